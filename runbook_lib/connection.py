@@ -1,0 +1,59 @@
+"""Clients for single nodes and for the cluster, authenticated from Credentials (password, ACL user, TLS)."""
+
+from __future__ import annotations
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from .config import Credentials, parse_address
+from .exceptions import BadInput
+
+
+def _tls_kwargs(creds: Credentials) -> dict:
+    if not creds.tls:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": creds.ca_file or None, "ssl_certfile": creds.cert_file or None,
+            "ssl_keyfile": creds.key_file or None}
+
+
+def _auth_kwargs(creds: Credentials) -> dict:
+    return {"username": creds.username or None, "password": creds.password or None}
+
+
+def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redis.Redis:
+    """A client for one node (bytes in, bytes out), with no automatic retries so that errors surface."""
+    host, port = parse_address(address)
+    return redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+                       decode_responses=False, retry_on_timeout=False, **_auth_kwargs(creds), **_tls_kwargs(creds))
+
+
+def cluster_client(seeds: list[str], creds: Credentials, timeout: float = 5.0) -> RedisCluster:
+    """A cluster-aware client (decoded strings) that follows MOVED and ASK like an application would."""
+    nodes = [ClusterNode(*parse_address(a)) for a in seeds]
+    return RedisCluster(startup_nodes=nodes, decode_responses=True, socket_timeout=timeout,
+                        **_auth_kwargs(creds), **_tls_kwargs(creds))
+
+
+def ping(address: str, creds: Credentials) -> redis.Redis:
+    """Connect, authenticate and PING one node; a clear BadInput says what failed and how to fix it."""
+    client = node_client(address, creds, timeout=5.0)
+    try:
+        client.ping()
+    except redis.AuthenticationError as e:
+        raise BadInput(f"{address}: authentication failed ({e}); check the password source and username in params") from None
+    except redis.ResponseError as e:
+        if "NOAUTH" in str(e) or "WRONGPASS" in str(e):
+            raise BadInput(f"{address}: authentication failed ({e}); check the password source and username in params") from None
+        raise
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BadInput(f"{address}: cannot connect ({e}); check that the node runs and the address is right") from None
+    return client
+
+
+def migrate_auth_args(creds: Credentials) -> list[str]:
+    """The AUTH/AUTH2 tail of a MIGRATE command for these credentials."""
+    if creds.username and creds.password:
+        return ["AUTH2", creds.username, creds.password]
+    if creds.password:
+        return ["AUTH", creds.password]
+    return []

@@ -1,0 +1,143 @@
+"""Adding new masters and replicas: checks that they are fresh, CLUSTER MEET, and waiting until the cluster agrees."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+import redis
+
+from .config import Credentials, parse_address
+from .connection import node_client, ping
+from .exceptions import BadInput, CheckFailed
+from .journal import Journal
+from .topology import Topology, cluster_info, observe, read_view
+
+
+@dataclass
+class StepReport:
+    """What a reconciling step found and did; `actions` is empty when there was nothing to do."""
+
+    actions: list[str]
+    notes: list[str]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.actions
+
+
+def check_fresh(address: str, creds: Credentials) -> str:
+    """Verify a node is reachable, in cluster mode, empty and alone; return its node id."""
+    client = ping(address, creds)
+    info = client.info("cluster")
+    if not info.get("cluster_enabled"):
+        raise BadInput(f"{address} is not in cluster mode; set `cluster-enabled yes` in its config and restart it")
+    view = read_view(client, address)
+    if len(view.entries) > 1:
+        raise BadInput(f"{address} already knows {len(view.entries) - 1} other nodes; it must be a fresh node "
+                       "(CLUSTER RESET HARD on it if it is really unused)")
+    keys = client.dbsize()
+    if keys:
+        raise BadInput(f"{address} holds {keys} keys; a new node must be empty (FLUSHALL it if that data is not needed)")
+    return view.myself.id
+
+
+def _meet(seed: str, address: str, creds: Credentials) -> None:
+    host, port = parse_address(address)
+    ip = socket.gethostbyname(host)
+    node_client(seed, creds).execute_command("CLUSTER MEET", ip, port)
+
+
+def wait_known(seed: str, creds: Credentials, node_ids: list[str], timeout: float) -> Topology:
+    """Wait until every node of the cluster lists each of `node_ids` (handshake done) and reports cluster_state:ok."""
+    deadline = time.time() + timeout
+    while True:
+        topo = observe(seed, creds)
+        missing = [f"{addr} does not know {nid[:8]}" for addr, view in topo.views.items() for nid in node_ids
+                   if nid not in view.entries or "handshake" in view.entries[nid].flags]
+        states = {addr: cluster_info(node_client(addr, creds)).get("cluster_state") for addr in topo.views}
+        not_ok = [f"{a} cluster_state:{s}" for a, s in states.items() if s != "ok"]
+        if not missing and not not_ok and not topo.unreachable:
+            return topo
+        if time.time() > deadline:
+            raise CheckFailed(f"the cluster did not converge within {timeout:.0f}s: "
+                              + "; ".join((missing + not_ok + list(topo.unreachable))[:5]))
+        time.sleep(0.2)
+
+
+def add_masters(seed: str, creds: Credentials, addresses: list[str], journal: Journal, apply: bool,
+                timeout: float = 60.0) -> StepReport:
+    """Meet each new master that is not yet a member and wait until every node knows it and the cluster is ok."""
+    topo = observe(seed, creds)
+    actions, notes, new_ids = [], [], []
+    for address in addresses:
+        entry = topo.by_address(address)
+        if entry is not None:
+            if not entry.is_master:
+                raise BadInput(f"{address} is already in the cluster as a replica, not a master")
+            notes.append(f"{address} is already a master of the cluster ({entry.id[:8]}); nothing to do")
+            new_ids.append(entry.id)
+            continue
+        node_id = check_fresh(address, creds)
+        new_ids.append(node_id)
+        actions.append(f"CLUSTER MEET {address} (node {node_id[:8]}) via {seed}")
+        if apply:
+            journal.record("node_meet", address=address, node=node_id, role="master")
+            _meet(seed, address, creds)
+    if apply and new_ids:
+        wait_known(seed, creds, new_ids, timeout)
+    return StepReport(actions=actions, notes=notes)
+
+
+def add_replicas(seed: str, creds: Credentials, pairs: list[tuple[str, str]], journal: Journal, apply: bool,
+                 timeout: float = 60.0) -> StepReport:
+    """Attach each (replica, master) pair: meet the replica, CLUSTER REPLICATE, wait for master_link_status:up."""
+    topo = observe(seed, creds)
+    actions, notes, waits = [], [], []
+    for replica, master in pairs:
+        m = topo.by_address(master)
+        if m is None or not m.is_master:
+            raise BadInput(f"{master} is not a master of the cluster; add it (20_add_masters) before its replica")
+        r = topo.by_address(replica)
+        if r is not None and r.master_id == m.id:
+            notes.append(f"{replica} already replicates {master}; nothing to do")
+            waits.append((replica, m.id))
+            continue
+        if r is not None and r.is_master and r.slots:
+            raise BadInput(f"{replica} is a master owning {len(r.slots)} slots; it cannot become a replica")
+        rid = r.id if r is not None else check_fresh(replica, creds)
+        if r is None:
+            actions.append(f"CLUSTER MEET {replica} (node {rid[:8]}) via {seed}")
+        actions.append(f"CLUSTER REPLICATE {m.id[:8]} on {replica} (replica of {master})")
+        if apply:
+            if r is None:
+                journal.record("node_meet", address=replica, node=rid, role="replica")
+                _meet(seed, replica, creds)
+                wait_known(seed, creds, [rid], timeout)
+            journal.record("replica_attach", address=replica, node=rid, master=m.id)
+            node_client(replica, creds).execute_command("CLUSTER REPLICATE", m.id)
+        waits.append((replica, m.id))
+    if apply:
+        for replica, master_id in waits:
+            wait_replica_synced(seed, creds, replica, master_id, timeout)
+    return StepReport(actions=actions, notes=notes)
+
+
+def wait_replica_synced(seed: str, creds: Credentials, replica: str, master_id: str, timeout: float) -> None:
+    """Wait until the replica's link to its master is up and every node sees it as that master's replica."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            link = node_client(replica, creds).info("replication").get("master_link_status")
+        except (redis.RedisError, OSError):
+            link = None
+        topo = observe(seed, creds)
+        rid = read_view(node_client(replica, creds), replica).myself.id
+        seen = all(rid in v.entries and v.entries[rid].master_id == master_id for v in topo.views.values())
+        if link == "up" and seen:
+            return
+        if time.time() > deadline:
+            raise CheckFailed(f"replica {replica} not in sync within {timeout:.0f}s "
+                              f"(master_link_status:{link}, seen by all nodes: {seen})")
+        time.sleep(0.2)

@@ -1,0 +1,143 @@
+"""The slot plan (pure): even targets, which slots each old master gives to which new master, cut into batches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .exceptions import BadInput
+from .topology import SLOTS
+
+
+@dataclass(frozen=True)
+class Move:
+    """One slot to move from a source master to a target master (node ids)."""
+
+    slot: int
+    source: str
+    target: str
+
+
+@dataclass
+class Plan:
+    """Moves grouped into batches, with slot counts per master before and after."""
+
+    batches: list[list[Move]]
+    before: dict[str, int]
+    after: dict[str, int]
+    targets: dict[str, int]
+    keys_per_slot: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def moves(self) -> list[Move]:
+        return [m for b in self.batches for m in b]
+
+    def to_json(self) -> dict:
+        return {
+            "before": self.before, "after": self.after, "targets": self.targets,
+            "moves": len(self.moves),
+            "batches": [[asdict(m) for m in b] for b in self.batches],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        return cls(batches=[[Move(**m) for m in b] for b in data["batches"]], before=data["before"],
+                   after=data["after"], targets=data["targets"])
+
+
+def even_targets(current: dict[str, int], new_ids: list[str], total: int = SLOTS) -> dict[str, int]:
+    """Slots each master should hold: total / masters, the remainder kept by the old masters holding most."""
+    ids = list(current) + [n for n in new_ids if n not in current]
+    share, rest = divmod(total, len(ids))
+    targets = {i: share for i in ids}
+    by_size = sorted(ids, key=lambda i: (i in new_ids, -current.get(i, 0), i))
+    for i in by_size[:rest]:
+        targets[i] += 1
+    return targets
+
+
+def plan_expansion(owned: dict[str, set[int]], new_ids: list[str], slots_per_batch: int,
+                   keys_per_slot: dict[int, int] | None = None, warmup: bool = True) -> Plan:
+    """Plan moves from old masters (ids in `owned` not in `new_ids`) to the new masters only.
+
+    Each donor gives away its highest slots above its even share; gifts are interleaved across donors so every
+    batch draws on all of them. With `warmup`, each new master that owns nothing first gets one slot alone, the one
+    with the fewest keys, so clients learn the new node through a short move.
+    """
+    if not new_ids:
+        raise BadInput("no new masters to plan for")
+    if slots_per_batch < 1:
+        raise BadInput("slots_per_batch must be at least 1")
+    all_slots = [s for slots in owned.values() for s in slots]
+    if len(all_slots) != len(set(all_slots)):
+        raise BadInput("the slot map claims some slots twice; run `runbook check` and repair first")
+    if len(all_slots) != SLOTS:
+        raise BadInput(f"the masters own {len(all_slots)} slots, not {SLOTS}; the cluster must be fully covered")
+    current = {i: len(s) for i, s in owned.items()}
+    for n in new_ids:
+        current.setdefault(n, 0)
+    targets = even_targets(current, new_ids)
+    donors = sorted((i for i in current if i not in new_ids and current[i] > targets[i]))
+    gifts = [[(s, d) for s in sorted(sorted(owned[d], reverse=True)[: current[d] - targets[d]])] for d in donors]
+    deficits = [(n, targets[n] - current[n]) for n in new_ids if targets[n] > current[n]]
+
+    stream = _interleave(gifts)
+    pos = 0
+    per_target: dict[str, list[Move]] = {}
+    for target, need in deficits:
+        per_target[target] = [Move(slot=s, source=src, target=target) for s, src in stream[pos: pos + need]]
+        pos += need
+    moves = _interleave(list(per_target.values()))
+
+    keys = keys_per_slot or {}
+    batches: list[list[Move]] = []
+    if warmup:
+        for target in per_target:
+            if current[target] == 0 and per_target[target]:
+                first = min(per_target[target], key=lambda m: (keys.get(m.slot, 0), m.slot))
+                moves.remove(first)
+                batches.append([first])
+    for i in range(0, len(moves), slots_per_batch):
+        batches.append(moves[i: i + slots_per_batch])
+
+    after = dict(current)
+    for m in (m for b in batches for m in b):
+        after[m.source] -= 1
+        after[m.target] += 1
+    plan = Plan(batches=batches, before=current, after=after, targets=targets, keys_per_slot=dict(keys))
+    verify_plan(plan, owned)
+    return plan
+
+
+def _interleave(lists: list[list]) -> list:
+    """Round-robin merge of several lists, so consecutive items come from different lists."""
+    longest = max((len(items) for items in lists), default=0)
+    return [items[i] for i in range(longest) for items in lists if i < len(items)]
+
+
+def verify_plan(plan: Plan, owned: dict[str, set[int]]) -> None:
+    """Refuse a plan that does not add up: a slot moved twice, from a non-owner, or totals off 16384."""
+    seen: set[int] = set()
+    for m in plan.moves:
+        if m.slot in seen:
+            raise BadInput(f"plan moves slot {m.slot} twice")
+        seen.add(m.slot)
+        if m.slot not in owned.get(m.source, set()):
+            raise BadInput(f"plan moves slot {m.slot} from {m.source}, which does not own it")
+        if m.source == m.target:
+            raise BadInput(f"plan moves slot {m.slot} onto its own owner")
+    if sum(plan.after.values()) != SLOTS:
+        raise BadInput(f"plan ends with {sum(plan.after.values())} slots, not {SLOTS}")
+
+
+def batch_summary(plan: Plan, names: dict[str, str] | None = None) -> list[dict]:
+    """One row per batch: slots, sources, targets and estimated keys, for tables."""
+    names = names or {}
+    rows = []
+    for i, batch in enumerate(plan.batches, start=1):
+        rows.append({
+            "batch": i, "slots": len(batch),
+            "sources": ", ".join(sorted({names.get(m.source, m.source[:8]) for m in batch})),
+            "targets": ", ".join(sorted({names.get(m.target, m.target[:8]) for m in batch})),
+            "keys (est.)": sum(plan.keys_per_slot.get(m.slot, 0) for m in batch),
+        })
+    return rows

@@ -1,0 +1,315 @@
+"""A real local Redis Cluster on 127.0.0.1 for demos and tests: existing masters + replicas with data, new nodes unjoined."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+import yaml
+from redis.crc import key_slot
+from tqdm.auto import tqdm
+
+from .config import Credentials
+from .connection import node_client
+from .exceptions import SandboxError
+from .topology import SLOTS, cluster_info, read_view
+
+STATE_FILE = "sandbox.json"
+PASSWORD_FILE = "password"
+
+
+@dataclass
+class SandboxLayout:
+    """Ports of every role; new nodes follow the existing ones."""
+
+    port: int = 7000
+    masters: int = 3
+    replicas: int = 1
+    new_masters: int = 1
+
+    @property
+    def master_ports(self) -> list[int]:
+        return list(range(self.port, self.port + self.masters))
+
+    @property
+    def replica_ports(self) -> list[int]:
+        start = self.port + self.masters
+        return list(range(start, start + self.masters * self.replicas))
+
+    @property
+    def new_master_ports(self) -> list[int]:
+        start = self.port + self.masters * (1 + self.replicas)
+        return list(range(start, start + self.new_masters))
+
+    @property
+    def new_replica_ports(self) -> list[int]:
+        start = self.new_master_ports[-1] + 1 if self.new_masters else self.port
+        return list(range(start, start + self.new_masters))
+
+    @property
+    def all_ports(self) -> list[int]:
+        return self.master_ports + self.replica_ports + self.new_master_ports + self.new_replica_ports
+
+
+def redis_binary(name: str = "redis-server") -> str:
+    """Find redis-server (or redis-cli) via RUNBOOK_REDIS_SERVER / RUNBOOK_REDIS_CLI or PATH."""
+    env = os.environ.get("RUNBOOK_" + name.upper().replace("-", "_"))
+    found = env or shutil.which(name)
+    if not found:
+        raise SandboxError(f"{name} not found on PATH; install it (Debian: apt-get install -y redis-server) "
+                           f"or set RUNBOOK_{name.upper().replace('-', '_')} to its path")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _node_config(port: int, node_dir: Path, password: str, persistence: bool) -> str:
+    lines = [
+        f"port {port}", "bind 127.0.0.1", f"dir {node_dir}", "daemonize yes",
+        f"pidfile {node_dir / 'redis.pid'}", f"logfile {node_dir / 'redis.log'}",
+        "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000",
+        "maxmemory 1gb", "maxmemory-policy noeviction", "enable-debug-command local",
+        f'requirepass "{password}"', f'masterauth "{password}"',
+    ]
+    lines += ["appendonly yes", "save 3600 1"] if persistence else ["appendonly no", 'save ""']
+    return "\n".join(lines) + "\n"
+
+
+class Sandbox:
+    """A sandbox rooted at one folder: its state file, password file and one sub-folder per node."""
+
+    def __init__(self, root: str | os.PathLike = ".sandbox") -> None:
+        self.root = Path(root).resolve()
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def password_path(self) -> Path:
+        return self.root / PASSWORD_FILE
+
+    def credentials(self) -> Credentials:
+        return Credentials(password=self.password_path.read_text().strip())
+
+    def state(self) -> dict | None:
+        return json.loads(self.state_path.read_text()) if self.state_path.exists() else None
+
+    def running_pids(self) -> dict[int, int]:
+        """Port → pid of this sandbox's redis-server processes that are still alive."""
+        alive = {}
+        for port in (self.state() or {}).get("ports", []):
+            pid = _read_pid(self.root / str(port) / "redis.pid")
+            if pid and _is_our_redis(pid, port):
+                alive[port] = pid
+        return alive
+
+    def up(self, layout: SandboxLayout, keys: int = 200_000, persistence: bool = False, progress: bool = True) -> dict:
+        """Start the existing cluster with data and the new nodes unjoined; write params for it."""
+        if self.running_pids():
+            raise SandboxError(f"a sandbox is already up in {self.root}; run `runbook sandbox down --dir {self.root}` first")
+        taken = [p for p in layout.all_ports if not _port_free(p) or not _port_free(p + 10000)]
+        if taken:
+            raise SandboxError(f"ports {taken} (or their cluster bus ports +10000) are in use on 127.0.0.1; "
+                               "stop what holds them or choose another --port")
+        server = redis_binary()
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        self.password_path.touch(mode=0o600)
+        self.password_path.write_text(secrets.token_urlsafe(24) + "\n")
+        password = self.password_path.read_text().strip()
+        state = {"layout": asdict(layout), "ports": layout.all_ports, "started": time.time()}
+        self.state_path.write_text(json.dumps(state, indent=2))
+        for port in layout.all_ports:
+            node_dir = self.root / str(port)
+            node_dir.mkdir()
+            conf = node_dir / "redis.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(_node_config(port, node_dir, password, persistence))
+            proc = subprocess.run([server, str(conf)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                self.down()
+                raise SandboxError(f"redis-server on port {port} failed to start: {proc.stderr or proc.stdout}")
+        creds = self.credentials()
+        try:
+            self._wait_ready(layout.all_ports, creds)
+            self._create_cluster(layout, creds)
+            if keys:
+                load_data(f"127.0.0.1:{layout.port}", creds, keys, progress=progress)
+        except BaseException:
+            self.down()
+            raise
+        self.write_params(layout)
+        return state
+
+    def down(self) -> list[int]:
+        """Stop exactly this sandbox's processes (pids from its own pidfiles) and return the ports stopped."""
+        alive = self.running_pids()
+        for pid in alive.values():
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_is_our_redis(pid, port) for port, pid in alive.items()):
+            time.sleep(0.05)
+        for port, pid in alive.items():
+            if _is_our_redis(pid, port):
+                os.kill(pid, signal.SIGKILL)
+        return sorted(alive)
+
+    def _wait_ready(self, ports: list[int], creds: Credentials, timeout: float = 10.0) -> None:
+        deadline = time.time() + timeout
+        for port in ports:
+            while True:
+                try:
+                    node_client(f"127.0.0.1:{port}", creds, timeout=1.0).ping()
+                    break
+                except (redis.RedisError, OSError):
+                    if time.time() > deadline:
+                        raise SandboxError(f"redis-server on port {port} did not answer; see "
+                                           f"{self.root / str(port) / 'redis.log'}") from None
+                    time.sleep(0.05)
+
+    def _create_cluster(self, layout: SandboxLayout, creds: Credentials) -> None:
+        """Assign even slot ranges, meet every node, attach replicas, wait for cluster_state:ok everywhere."""
+        masters = [node_client(f"127.0.0.1:{p}", creds) for p in layout.master_ports]
+        share = SLOTS // layout.masters
+        for i, m in enumerate(masters):
+            lo = i * share
+            hi = SLOTS - 1 if i == layout.masters - 1 else (i + 1) * share - 1
+            m.execute_command("CLUSTER ADDSLOTSRANGE", lo, hi)
+            m.execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
+        members = layout.master_ports + layout.replica_ports
+        for port in members[1:]:
+            masters[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+        _wait(lambda: all(len(read_view(node_client(f"127.0.0.1:{p}", creds), str(p)).entries) == len(members)
+                          for p in members), 20, "the sandbox nodes to meet")
+        ids = [read_view(m, "").myself.id for m in masters]
+        for k, port in enumerate(layout.replica_ports):
+            node_client(f"127.0.0.1:{port}", creds).execute_command("CLUSTER REPLICATE", ids[k % layout.masters])
+        _wait(lambda: all(_cluster_state(p, creds) == "ok" for p in members)
+              and all(_info(p, creds, "replication").get("master_link_status") == "up" for p in layout.replica_ports),
+              30, "the sandbox cluster to reach cluster_state:ok with replicas in sync")
+
+    def write_params(self, layout: SandboxLayout) -> Path:
+        """Write params.yaml for this sandbox into its folder (same schema as params/sandbox.yaml)."""
+        params = {
+            "cluster": {"seed": f"127.0.0.1:{layout.port}", "password_file": PASSWORD_FILE},
+            "new_masters": [{"address": f"127.0.0.1:{m}", "replica": f"127.0.0.1:{r}"}
+                            for m, r in zip(layout.new_master_ports, layout.new_replica_ports)],
+            "migration": {"slots_per_batch": 256, "keys_per_migrate": 1000},
+            "report": {"dir": str(self.root.parent / "reports")},
+            "apply": True,
+            "confirm_cluster": f"127.0.0.1:{layout.port}",
+        }
+        path = self.root / "params.yaml"
+        path.write_text("# Written by `runbook sandbox up`; the password stays in ./password (mode 0600).\n"
+                        + yaml.safe_dump(params, sort_keys=False))
+        return path
+
+
+def _cluster_state(port: int, creds: Credentials) -> str | None:
+    try:
+        return cluster_info(node_client(f"127.0.0.1:{port}", creds, timeout=2.0)).get("cluster_state")
+    except (redis.RedisError, OSError):
+        return None
+
+
+def _info(port: int, creds: Credentials, section: str) -> dict:
+    try:
+        return node_client(f"127.0.0.1:{port}", creds, timeout=2.0).info(section)
+    except (redis.RedisError, OSError):
+        return {}
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise SandboxError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _is_our_redis(pid: int, port: int) -> bool:
+    """True when pid is alive and is a redis-server listening on this port (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return "redis-server" in cmdline and f":{port}" in cmdline
+
+
+def sample_keys(count: int, seed: int = 7):
+    """Deterministic mixed data set: (key, type, value) with strings of varied size, hashes, lists, sets, zsets, hash tags."""
+    rng = random.Random(seed)
+    for i in range(count):
+        r = rng.random()
+        if r < 0.05:
+            yield f"{{user:{i % 500}}}:session:{i}", "string", "s" * rng.randint(8, 64)
+        elif r < 0.65:
+            yield f"str:{i}", "string", "v" * rng.choice((16, 64, 256, 1024, 4096))
+        elif r < 0.77:
+            yield f"hash:{i}", "hash", {f"f{j}": str(j * i) for j in range(rng.randint(2, 20))}
+        elif r < 0.86:
+            yield f"list:{i}", "list", [str(j) for j in range(rng.randint(2, 30))]
+        elif r < 0.94:
+            yield f"set:{i}", "set", [str(j) for j in range(rng.randint(2, 30))]
+        else:
+            yield f"zset:{i}", "zset", {f"m{j}": float(j) for j in range(rng.randint(2, 30))}
+
+
+def load_data(seed: str, creds: Credentials, count: int, progress: bool = True, chunk: int = 2000) -> int:
+    """Load `count` sample keys, pipelined straight to each slot's owner; returns the keys written."""
+    view = read_view(node_client(seed, creds), seed)
+    owners = view.owners()
+    address = {e.id: e.address for e in view.entries.values()}
+    pipes = {i: node_client(a, creds).pipeline(transaction=False) for i, a in address.items()}
+    bar = tqdm(total=count, unit="key", desc="loading sandbox data", disable=not progress)
+    pending = 0
+    for key, kind, value in sample_keys(count):
+        pipe = pipes[owners[key_slot(key.encode())]]
+        if kind == "string":
+            pipe.set(key, value)
+        elif kind == "hash":
+            pipe.hset(key, mapping=value)
+        elif kind == "list":
+            pipe.rpush(key, *value)
+        elif kind == "set":
+            pipe.sadd(key, *value)
+        else:
+            pipe.zadd(key, value)
+        pending += 1
+        if pending == chunk:
+            for p in pipes.values():
+                p.execute()
+            bar.update(pending)
+            pending = 0
+    for p in pipes.values():
+        p.execute()
+    bar.update(pending)
+    bar.close()
+    return count

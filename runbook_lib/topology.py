@@ -1,0 +1,241 @@
+"""The cluster model: CLUSTER NODES parsed from every node, slot owners, open slots, agreement, snapshots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from .config import Credentials
+from .connection import node_client
+from .exceptions import BadInput
+
+SLOTS = 16384
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """One line of CLUSTER NODES as one observer sees it."""
+
+    id: str
+    address: str
+    flags: frozenset[str]
+    master_id: str | None
+    config_epoch: int
+    link_state: str
+    slots: frozenset[int] = frozenset()
+    migrating: dict[int, str] = field(default_factory=dict)
+    importing: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.flags & {"fail", "fail?", "handshake", "noaddr"})
+
+
+def parse_cluster_nodes(text: str) -> dict[str, NodeEntry]:
+    """Parse CLUSTER NODES output into entries by node id (slot ranges expanded, open-slot markers kept)."""
+    entries: dict[str, NodeEntry] = {}
+    for line in text.strip().splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        node_id, addr, flags, master, _ping, _pong, epoch, link, *slot_fields = parts
+        address = addr.split("@")[0].split(",")[0]
+        slots: set[int] = set()
+        migrating: dict[int, str] = {}
+        importing: dict[int, str] = {}
+        for f in slot_fields:
+            if f.startswith("["):
+                body = f.strip("[]")
+                if "->-" in body:
+                    s, peer = body.split("->-")
+                    migrating[int(s)] = peer
+                elif "-<-" in body:
+                    s, peer = body.split("-<-")
+                    importing[int(s)] = peer
+            elif "-" in f:
+                lo, hi = f.split("-")
+                slots.update(range(int(lo), int(hi) + 1))
+            else:
+                slots.add(int(f))
+        entries[node_id] = NodeEntry(
+            id=node_id, address=address, flags=frozenset(flags.split(",")),
+            master_id=None if master == "-" else master, config_epoch=int(epoch), link_state=link,
+            slots=frozenset(slots), migrating=migrating, importing=importing)
+    return entries
+
+
+def slot_ranges(slots) -> list[tuple[int, int]]:
+    """Compress slot numbers into sorted inclusive ranges."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(slots):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def format_ranges(slots) -> str:
+    """Slots as "0-5460,5462" for humans."""
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in slot_ranges(slots))
+
+
+@dataclass
+class NodeView:
+    """What one node (the observer) says about the whole cluster."""
+
+    address: str
+    entries: dict[str, NodeEntry]
+
+    @property
+    def myself(self) -> NodeEntry:
+        return next(e for e in self.entries.values() if "myself" in e.flags)
+
+    def owners(self) -> list[str | None]:
+        """Owner node id for every slot, None where no master claims it."""
+        owner: list[str | None] = [None] * SLOTS
+        for e in self.entries.values():
+            if e.is_master:
+                for s in e.slots:
+                    owner[s] = e.id
+        return owner
+
+
+@dataclass
+class Topology:
+    """Views of the cluster from every reachable node, with the seed's view as the reference."""
+
+    seed: str
+    views: dict[str, NodeView]
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> NodeView:
+        return self.views[self.seed]
+
+    @property
+    def nodes(self) -> dict[str, NodeEntry]:
+        """Every node by id, each described by its own view of itself where reachable."""
+        out = dict(self.reference.entries)
+        for view in self.views.values():
+            me = view.myself
+            if me.id in out:
+                out[me.id] = me
+        return out
+
+    def by_address(self, address: str) -> NodeEntry | None:
+        return next((e for e in self.nodes.values() if e.address == address), None)
+
+    def masters(self) -> list[NodeEntry]:
+        """Masters that are part of the cluster and healthy, sorted by address."""
+        return sorted((e for e in self.nodes.values() if e.is_master and e.healthy), key=lambda e: _addr_key(e.address))
+
+    def replicas_of(self, master_id: str) -> list[NodeEntry]:
+        return sorted((e for e in self.nodes.values() if e.master_id == master_id and not e.is_master),
+                      key=lambda e: _addr_key(e.address))
+
+    def slots_by_master(self) -> dict[str, set[int]]:
+        """Slots each master (by id) owns, in the reference view."""
+        out: dict[str, set[int]] = {m.id: set() for m in self.masters()}
+        for s, owner in enumerate(self.reference.owners()):
+            if owner is not None:
+                out.setdefault(owner, set()).add(s)
+        return out
+
+    def uncovered(self) -> list[int]:
+        return [s for s, o in enumerate(self.reference.owners()) if o is None]
+
+    def open_slots(self) -> list[dict]:
+        """Every IMPORTING/MIGRATING marker any node reports about itself."""
+        out = []
+        for view in self.views.values():
+            me = view.myself
+            for s, peer in sorted(me.migrating.items()):
+                out.append({"node": me.address, "slot": s, "state": "migrating", "peer": peer})
+            for s, peer in sorted(me.importing.items()):
+                out.append({"node": me.address, "slot": s, "state": "importing", "peer": peer})
+        return out
+
+    def disagreements(self) -> list[str]:
+        """Differences between the nodes' views: slot owners and the set of known nodes."""
+        problems = []
+        ref_owners = self.reference.owners()
+        ref_ids = {i for i, e in self.reference.entries.items() if "handshake" not in e.flags}
+        for addr, view in self.views.items():
+            if addr == self.seed:
+                continue
+            owners = view.owners()
+            diff = sum(1 for a, b in zip(owners, ref_owners) if a != b)
+            if diff:
+                problems.append(f"{addr} disagrees with {self.seed} on the owner of {diff} slots")
+            ids = {i for i, e in view.entries.items() if "handshake" not in e.flags}
+            if ids != ref_ids:
+                problems.append(f"{addr} knows {len(ids)} nodes, {self.seed} knows {len(ref_ids)}")
+        return problems
+
+    def snapshot(self) -> dict:
+        """A JSON-able record of who owns what and who replicates whom, for rollback and reports."""
+        masters = self.masters()
+        return {
+            "seed": self.seed,
+            "masters": [{"id": m.id, "address": m.address, "config_epoch": m.config_epoch,
+                         "slots": format_ranges(self.slots_by_master().get(m.id, ())),
+                         "slot_count": len(self.slots_by_master().get(m.id, ())),
+                         "replicas": [r.address for r in self.replicas_of(m.id)]} for m in masters],
+            "open_slots": self.open_slots(),
+            "uncovered": len(self.uncovered()),
+        }
+
+
+def _addr_key(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def read_view(client: redis.Redis, address: str) -> NodeView:
+    """CLUSTER NODES of one node, parsed."""
+    raw = client.execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return NodeView(address=address, entries=parse_cluster_nodes(text))
+
+
+def observe(seed: str, creds: Credentials, extra: list[str] | None = None) -> Topology:
+    """Read CLUSTER NODES from the seed and from every node it knows (plus `extra`), noting the unreachable."""
+    try:
+        seed_view = read_view(node_client(seed, creds, timeout=5.0), seed)
+    except redis.AuthenticationError as e:
+        raise BadInput(f"seed {seed}: authentication failed ({e}); check the password source and username") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BadInput(f"seed {seed}: cannot connect ({e}); is the cluster up and the address right?") from None
+    except redis.ResponseError as e:
+        raise BadInput(f"seed {seed}: {e} (is it a cluster-mode node and the password right?)") from None
+    topo = Topology(seed=seed, views={seed: seed_view})
+    addresses = [e.address for e in seed_view.entries.values() if e.healthy and e.address != seed]
+    for addr in addresses + [a for a in (extra or []) if a not in addresses and a != seed]:
+        try:
+            topo.views[addr] = read_view(node_client(addr, creds, timeout=5.0), addr)
+        except (redis.RedisError, OSError) as e:
+            topo.unreachable[addr] = str(e)
+    return topo
+
+
+def save_snapshot(topology: Topology, path: Path) -> None:
+    """Write a topology snapshot as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(topology.snapshot(), indent=2))
+
+
+
+
+def cluster_info(client: redis.Redis) -> dict[str, str]:
+    """CLUSTER INFO as a dict of strings (cluster_state, cluster_known_nodes, ...)."""
+    raw = client.execute_command("CLUSTER", "INFO")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.strip().splitlines() if ":" in line)

@@ -1,0 +1,107 @@
+"""Post-change validation and health checks: coverage, agreement, open slots, balance, keys, live round trips."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+
+from .config import Credentials
+from .connection import cluster_client, node_client
+from .topology import SLOTS, Topology
+
+
+@dataclass
+class Check:
+    """One verdict: status is "pass", "warn" or "fail", with the reason in plain words."""
+
+    name: str
+    status: str
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "fail"
+
+
+def _check(name: str, ok: bool, detail: str) -> Check:
+    return Check(name, "pass" if ok else "fail", detail)
+
+
+def health(topo: Topology, require_replicas: bool = True) -> list[Check]:
+    """The cluster-wide health checks: reachability, state, coverage, agreement, open slots, replicas."""
+    checks = [_check("nodes reachable", not topo.unreachable,
+                     "all %d nodes answered" % len(topo.views) if not topo.unreachable
+                     else "unreachable: " + ", ".join(topo.unreachable))]
+    failing = [e.address for e in topo.nodes.values() if not e.healthy]
+    checks.append(_check("no failed nodes", not failing, "none flagged fail/handshake" if not failing
+                         else "flagged: " + ", ".join(failing)))
+    uncovered = topo.uncovered()
+    checks.append(_check("all slots covered", not uncovered,
+                         f"{SLOTS} of {SLOTS} slots have an owner" if not uncovered
+                         else f"{len(uncovered)} slots have no owner (first: {uncovered[:5]})"))
+    dis = topo.disagreements()
+    checks.append(_check("nodes agree", not dis, f"{len(topo.views)} nodes share one slot map" if not dis
+                         else "; ".join(dis[:3])))
+    open_slots = topo.open_slots()
+    checks.append(_check("no open slots", not open_slots, "no IMPORTING/MIGRATING slot" if not open_slots
+                         else "; ".join(f"{o['node']} slot {o['slot']} {o['state']}" for o in open_slots[:5])))
+    if require_replicas:
+        orphans = [m.address for m in topo.masters() if topo.slots_by_master().get(m.id) and not topo.replicas_of(m.id)]
+        checks.append(_check("every master has a replica", not orphans,
+                             "each master with slots has at least one replica" if not orphans
+                             else "no replica: " + ", ".join(orphans)))
+    return checks
+
+
+def balance(topo: Topology, tolerance_pct: float = 1.0) -> Check:
+    """Each master within tolerance_pct of an even share of the slots."""
+    counts = {m.address: len(s) for m, s in ((m, topo.slots_by_master().get(m.id, set())) for m in topo.masters())}
+    even = SLOTS / len(counts)
+    worst = max(abs(c - even) / even * 100 for c in counts.values())
+    detail = ", ".join(f"{a}: {c}" for a, c in counts.items()) + f" (even share {even:.0f}, worst {worst:.2f} % off)"
+    return _check("slots balanced", worst <= tolerance_pct, detail)
+
+
+def key_count(topo: Topology, creds: Credentials) -> int:
+    """Keys held by all masters (DBSIZE summed)."""
+    return sum(node_client(m.address, creds).dbsize() for m in topo.masters())
+
+
+def keys_unchanged(topo: Topology, creds: Credentials, expected: int) -> Check:
+    now = key_count(topo, creds)
+    return _check("no key lost", now == expected, f"{now} keys now, {expected} before the change")
+
+
+def round_trip(topo: Topology, creds: Credentials, count: int = 16) -> Check:
+    """Write test keys through a cluster client, read them back, and check CLUSTER KEYSLOT against their owner."""
+    client = cluster_client([m.address for m in topo.masters()], creds)
+    owners = topo.reference.owners()
+    address = {e.id: e.address for e in topo.nodes.values()}
+    stamp = f"{time.time():.6f}"
+    problems, served_by = [], set()
+    try:
+        for i in range(count):
+            key = f"runbook:validate:{stamp}:{i}"
+            client.set(key, stamp, ex=300)
+            if client.get(key) != stamp:
+                problems.append(f"{key} did not read back")
+            slot = int(node_client(topo.seed, creds).execute_command("CLUSTER KEYSLOT", key))
+            node = client.get_node_from_key(key)
+            owner = address[owners[slot]]
+            served_by.add(owner)
+            if f"{node.host}:{node.port}" != owner:
+                problems.append(f"{key} (slot {slot}) served by {node.host}:{node.port}, owner is {owner}")
+            client.delete(key)
+    finally:
+        client.close()
+    return _check("read/write round trip", not problems,
+                  f"{count} keys written and read back on {len(served_by)} masters; KEYSLOT matches the owner"
+                  if not problems else "; ".join(problems[:3]))
+
+
+def checks_table(checks: list[Check]) -> list[dict]:
+    """Rows for a pandas table."""
+    return [asdict(c) for c in checks]
+
+
