@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from .config import Credentials, parse_address
 from .exceptions import BadInput
@@ -24,7 +26,7 @@ def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redi
     """A client for one node (bytes in, bytes out), with no automatic retries so that errors surface."""
     host, port = parse_address(address)
     return redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
-                       decode_responses=False, retry_on_timeout=False, **_auth_kwargs(creds), **_tls_kwargs(creds))
+                       decode_responses=False, retry=Retry(NoBackoff(), 0), **_auth_kwargs(creds), **_tls_kwargs(creds))
 
 
 def cluster_client(seeds: list[str], creds: Credentials, timeout: float = 5.0) -> RedisCluster:

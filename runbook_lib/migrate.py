@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 
 from .config import Credentials, Migration, parse_address
 from .connection import migrate_auth_args, node_client
-from .exceptions import MigrationError
+from .exceptions import BadInput, CheckFailed, MigrationError
 from .journal import Journal
-from .plan import Move, Plan
-from .topology import Topology
+from .plan import Move, Plan, plan_expansion
+from .topology import Topology, key_counts
 
 
 @dataclass
@@ -164,3 +164,54 @@ class Mover:
             if failed:
                 self.journal.record("broadcast_incomplete", node=self.address[master], errors=len(failed),
                                     first=str(failed[0]))
+
+
+def new_master_ids(topo: Topology, addresses: list[str], allow_unjoined: bool = False) -> list[str]:
+    """Node ids of the new masters; a node not yet joined is named by its address when `allow_unjoined`."""
+    ids = []
+    for address in addresses:
+        entry = topo.by_address(address)
+        if entry is not None and not entry.is_master:
+            raise BadInput(f"{address} is in the cluster as a replica, not a master")
+        if entry is None and not allow_unjoined:
+            raise BadInput(f"{address} is not a master of the cluster yet; run 20_add_masters first")
+        ids.append(entry.id if entry is not None else address)
+    return ids
+
+
+def current_plan(topo: Topology, creds: Credentials, addresses: list[str], settings: Migration,
+                 allow_unjoined: bool = False) -> Plan:
+    """The plan for what remains, from the live slot map and key counts (empty when balanced already)."""
+    counts = key_counts(topo, creds)
+    return plan_expansion(topo.slots_by_master(), new_master_ids(topo, addresses, allow_unjoined),
+                          settings.slots_per_batch, keys_per_slot=counts, warmup=settings.warmup_slot)
+
+
+def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: Migration, journal: Journal,
+            progress: bool = True) -> tuple[Plan, list[BatchResult]]:
+    """Observe, plan what remains, move it; refuses to start while any slot is open."""
+    open_slots = topo.open_slots()
+    if open_slots:
+        first = open_slots[0]
+        raise CheckFailed(f"{len(open_slots)} open slots (first: slot {first['slot']} {first['state']} on "
+                          f"{first['node']}); repair them before migrating (`runbook check` shows them)")
+    plan = current_plan(topo, creds, addresses, settings)
+    if not plan.moves:
+        return plan, []
+    journal.record("migration_start", moves=len(plan.moves), batches=len(plan.batches))
+    results = Mover(topo, creds, settings, journal).run(plan, progress=progress)
+    journal.record("migration_end", keys=sum(r.keys for r in results), slots=sum(r.slots for r in results))
+    return plan, results
+
+
+def summary(plan: Plan, batches: list[BatchResult], applied: bool) -> str:
+    """One Markdown line on what the migration did or would do."""
+    if not plan.moves:
+        return "**Nothing to do**: the new masters already hold their share."
+    if not applied:
+        return f"**Dry run**: would move {len(plan.moves)} slots in {len(plan.batches)} batches."
+    seconds = sum(b.seconds for b in batches)
+    keys = sum(b.keys for b in batches)
+    rate = keys / seconds if seconds else 0.0
+    return (f"Moved **{sum(b.slots for b in batches)}** slots and **{keys}** keys in {len(batches)} batches, "
+            f"{seconds:.1f} s of migration ({rate:,.0f} keys/s).")

@@ -13,6 +13,7 @@ from .connection import node_client, ping
 from .exceptions import BadInput, CheckFailed
 from .journal import Journal
 from .topology import Topology, cluster_info, observe, read_view
+from .validate import Check
 
 
 @dataclass
@@ -141,3 +142,20 @@ def wait_replica_synced(seed: str, creds: Credentials, replica: str, master_id: 
             raise CheckFailed(f"replica {replica} not in sync within {timeout:.0f}s "
                               f"(master_link_status:{link}, seen by all nodes: {seen})")
         time.sleep(0.2)
+
+
+def verify_members(topo: Topology, addresses: list[str], role: str, masters: dict[str, str] | None = None) -> list[Check]:
+    """Checks that each address is in the cluster with the expected role (and master, for replicas)."""
+    checks = []
+    for address in addresses:
+        e = topo.by_address(address)
+        if e is None:
+            checks.append(Check(f"{role} {address}", "fail", "not in the cluster"))
+        elif (role == "master") != e.is_master:
+            checks.append(Check(f"{role} {address}", "fail", f"in the cluster as {'master' if e.is_master else 'replica'}"))
+        elif masters and topo.nodes.get(e.master_id or "") is not None and topo.nodes[e.master_id].address != masters[address]:
+            checks.append(Check(f"{role} {address}", "fail", f"replicates {topo.nodes[e.master_id].address}, "
+                                                               f"expected {masters[address]}"))
+        else:
+            checks.append(Check(f"{role} {address}", "pass", f"member as {role} ({e.id[:8]}), seen by every node"))
+    return checks

@@ -136,8 +136,8 @@ def batch_summary(plan: Plan, names: dict[str, str] | None = None) -> list[dict]
     for i, batch in enumerate(plan.batches, start=1):
         rows.append({
             "batch": i, "slots": len(batch),
-            "sources": ", ".join(sorted({names.get(m.source, m.source[:8]) for m in batch})),
-            "targets": ", ".join(sorted({names.get(m.target, m.target[:8]) for m in batch})),
+            "sources": ", ".join(sorted({names.get(m.source, m.source) for m in batch})),
+            "targets": ", ".join(sorted({names.get(m.target, m.target) for m in batch})),
             "keys (est.)": sum(plan.keys_per_slot.get(m.slot, 0) for m in batch),
         })
     return rows

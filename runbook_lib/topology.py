@@ -182,13 +182,13 @@ class Topology:
 
     def snapshot(self) -> dict:
         """A JSON-able record of who owns what and who replicates whom, for rollback and reports."""
-        masters = self.masters()
+        owned = self.slots_by_master()
         return {
             "seed": self.seed,
             "masters": [{"id": m.id, "address": m.address, "config_epoch": m.config_epoch,
-                         "slots": format_ranges(self.slots_by_master().get(m.id, ())),
-                         "slot_count": len(self.slots_by_master().get(m.id, ())),
-                         "replicas": [r.address for r in self.replicas_of(m.id)]} for m in masters],
+                         "slots": format_ranges(owned.get(m.id, ())),
+                         "slot_count": len(owned.get(m.id, ())),
+                         "replicas": [r.address for r in self.replicas_of(m.id)]} for m in self.masters()],
             "open_slots": self.open_slots(),
             "uncovered": len(self.uncovered()),
         }
@@ -239,3 +239,47 @@ def cluster_info(client: redis.Redis) -> dict[str, str]:
     raw = client.execute_command("CLUSTER", "INFO")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     return dict(line.split(":", 1) for line in text.strip().splitlines() if ":" in line)
+
+
+def parse_ranges(text: str) -> set[int]:
+    """Inverse of format_ranges: "0-5460,5462" to a set of slots."""
+    slots: set[int] = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        slots.update(range(int(lo), int(hi or lo) + 1))
+    return slots
+
+
+def key_counts(topo: Topology, creds: Credentials) -> dict[int, int]:
+    """Keys per slot, from CLUSTER COUNTKEYSINSLOT pipelined to each slot's owner."""
+    counts: dict[int, int] = {}
+    address = {e.id: e.address for e in topo.nodes.values()}
+    for owner, slots in topo.slots_by_master().items():
+        ordered = sorted(slots)
+        pipe = node_client(address[owner], creds).pipeline(transaction=False)
+        for s in ordered:
+            pipe.execute_command("CLUSTER COUNTKEYSINSLOT", s)
+        counts.update(zip(ordered, (int(n) for n in pipe.execute())))
+    return counts
+
+
+def nodes_table(topo: Topology, new_addresses: list[str] | tuple = ()) -> list[dict]:
+    """One row per node: address, role, master, slots, flags, and whether the expansion adds it."""
+    owned = topo.slots_by_master()
+    addr = {e.id: e.address for e in topo.nodes.values()}
+    rows = []
+    for e in sorted(topo.nodes.values(), key=lambda e: _addr_key(e.address)):
+        rows.append({"address": e.address, "id": e.id[:12], "role": "master" if e.is_master else "replica",
+                     "master": addr.get(e.master_id or "", ""), "slots": len(owned.get(e.id, ())),
+                     "flags": ",".join(sorted(e.flags - {"myself"})), "new": e.address in new_addresses})
+    return rows
+
+
+def names(topo: Topology) -> dict[str, str]:
+    """Node id → address, for tables and charts."""
+    return {e.id: e.address for e in topo.nodes.values()}
+
+
+def named(counts: dict[str, int], id_names: dict[str, str]) -> dict[str, int]:
+    """Re-key a per-node-id dict by address (ids that are not nodes yet stay as they are)."""
+    return {id_names.get(k, k): v for k, v in counts.items()}

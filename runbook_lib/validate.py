@@ -28,8 +28,11 @@ def _check(name: str, ok: bool, detail: str) -> Check:
     return Check(name, "pass" if ok else "fail", detail)
 
 
-def health(topo: Topology, require_replicas: bool = True) -> list[Check]:
-    """The cluster-wide health checks: reachability, state, coverage, agreement, open slots, replicas."""
+def health(topo: Topology, pending_replicas: set[str] = frozenset()) -> list[Check]:
+    """The cluster-wide health checks: reachability, state, coverage, agreement, open slots, replicas.
+
+    Masters in `pending_replicas` (new masters whose replica comes later in the runbook) may lack one.
+    """
     checks = [_check("nodes reachable", not topo.unreachable,
                      "all %d nodes answered" % len(topo.views) if not topo.unreachable
                      else "unreachable: " + ", ".join(topo.unreachable))]
@@ -46,11 +49,12 @@ def health(topo: Topology, require_replicas: bool = True) -> list[Check]:
     open_slots = topo.open_slots()
     checks.append(_check("no open slots", not open_slots, "no IMPORTING/MIGRATING slot" if not open_slots
                          else "; ".join(f"{o['node']} slot {o['slot']} {o['state']}" for o in open_slots[:5])))
-    if require_replicas:
-        orphans = [m.address for m in topo.masters() if topo.slots_by_master().get(m.id) and not topo.replicas_of(m.id)]
-        checks.append(_check("every master has a replica", not orphans,
-                             "each master with slots has at least one replica" if not orphans
-                             else "no replica: " + ", ".join(orphans)))
+    owned = topo.slots_by_master()
+    orphans = [m.address for m in topo.masters() if owned.get(m.id) and not topo.replicas_of(m.id)]
+    blocking = [a for a in orphans if a not in pending_replicas]
+    detail = ("each master with slots has at least one replica" if not orphans
+              else "no replica yet: " + ", ".join(orphans))
+    checks.append(Check("every master has a replica", "fail" if blocking else ("warn" if orphans else "pass"), detail))
     return checks
 
 

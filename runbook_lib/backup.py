@@ -1,0 +1,252 @@
+"""Backups before the change: BGSAVE on one replica per shard, local RDBs copied and hashed, and how to restore them."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+from tqdm.auto import tqdm
+
+from .config import Credentials, parse_address
+from .connection import node_client
+from .exceptions import CheckFailed
+from .validate import Check
+from .topology import NodeEntry, Topology
+
+LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}
+POLL_S = 0.2
+
+
+@dataclass
+class BackupRecord:
+    """One shard's backup: which node saved it, LASTSAVE before and after, and the copied RDB with its sha256."""
+
+    shard_master: str
+    node: str
+    role: str
+    lastsave_before: int
+    lastsave_after: int
+    status: str
+    rdb_path: str | None
+    copied_to: str | None
+    bytes: int | None
+    sha256: str | None
+    keys: int
+
+
+def is_local(host: str) -> bool:
+    """True when host names this machine (loopback, or an address a socket here can bind), so its files are readable."""
+    if host in LOCAL_NAMES:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror:
+        return False
+    for family, _type, _proto, _name, sockaddr in infos:
+        ip = sockaddr[0]
+        if ipaddress.ip_address(ip.split("%")[0]).is_loopback:
+            return True
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.bind((ip, 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _pick_node(topo: Topology, master: NodeEntry, creds: Credentials) -> NodeEntry:
+    """The shard's first healthy replica whose link to the master is up; the master when there is none."""
+    for replica in topo.replicas_of(master.id):
+        if not replica.healthy or replica.address in topo.unreachable:
+            continue
+        try:
+            with node_client(replica.address, creds, timeout=5.0) as client:
+                link = client.info("replication").get("master_link_status")
+        except (redis.RedisError, OSError):
+            continue
+        if link == "up":
+            return replica
+    return master
+
+
+def _wait_idle(client: redis.Redis, address: str, deadline: float, timeout_s: float) -> dict:
+    """Poll INFO persistence until no RDB save or AOF rewrite runs; returns the last INFO."""
+    while True:
+        info = client.info("persistence")
+        if not info.get("rdb_bgsave_in_progress") and not info.get("aof_rewrite_in_progress"):
+            return info
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"{address}: a BGSAVE or AOF rewrite is still running after {timeout_s:.0f}s; raise "
+                              "backup.timeout_s in params or check the node's log for a slow disk")
+        time.sleep(POLL_S)
+
+
+def _start_bgsave(client: redis.Redis, address: str, deadline: float, timeout_s: float) -> int:
+    """Send BGSAVE (after any save or rewrite already running) with DBSIZE right behind it; returns that DBSIZE."""
+    while True:
+        pipe = client.pipeline(transaction=False)
+        pipe.bgsave()
+        pipe.dbsize()
+        started, keys = pipe.execute(raise_on_error=False)
+        if not isinstance(started, Exception):
+            return int(keys)
+        text = str(started)
+        if "in progress" not in text and "can't BGSAVE right now" not in text:
+            raise CheckFailed(f"{address}: BGSAVE refused ({text}); check free memory and disk space on the node "
+                              "(see its log), then run the backup again")
+        _wait_idle(client, address, deadline, timeout_s)
+
+
+def _save(client: redis.Redis, address: str, timeout_s: float) -> tuple[int, int, int]:
+    """BGSAVE and wait until it finished and LASTSAVE moved; returns (lastsave before, after, keys saved)."""
+    deadline = time.monotonic() + timeout_s
+    before = int(client.lastsave())
+    server_now = int(client.time()[0])
+    if server_now <= before:
+        time.sleep(before + 1 - server_now)
+    keys = _start_bgsave(client, address, deadline, timeout_s)
+    while True:
+        info = _wait_idle(client, address, deadline, timeout_s)
+        status = info.get("rdb_last_bgsave_status")
+        if status != "ok":
+            raise CheckFailed(f"{address}: BGSAVE failed (rdb_last_bgsave_status:{status}); see the node's log "
+                              "(disk full? permissions on its dir?) and run the backup again")
+        after = int(client.lastsave())
+        if after > before:
+            return before, after, keys
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"{address}: LASTSAVE did not advance within {timeout_s:.0f}s of BGSAVE; "
+                              "check the node's log and run the backup again")
+        time.sleep(POLL_S)
+
+
+def _rdb_path(client: redis.Redis) -> tuple[str | None, str]:
+    """The node's RDB file from CONFIG GET dir and dbfilename, or None with the reason when CONFIG is refused."""
+    try:
+        values = [next(iter(client.config_get(name).values())) for name in ("dir", "dbfilename")]
+    except redis.ResponseError as e:
+        return None, str(e)
+    folder, name = (v.decode() if isinstance(v, bytes) else str(v) for v in values)
+    return str(Path(folder) / name), ""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 300.0,
+           progress: bool = True) -> list[BackupRecord]:
+    """BGSAVE one node per shard (a replica where there is one, so masters don't fork), copy local RDBs to dest.
+
+    Writes dest/backups.json. Shards are saved one after another; timeout_s applies to each save.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    owned = topo.slots_by_master()
+    shards = [m for m in topo.masters() if owned.get(m.id)]
+    records = []
+    for master in tqdm(shards, unit="shard", desc="backing up (BGSAVE)", disable=not progress):
+        node = _pick_node(topo, master, creds)
+        role = "master" if node.id == master.id else "replica"
+        client = node_client(node.address, creds, timeout=30.0)
+        client.set_response_callback("LASTSAVE", int)
+        try:
+            before, after, keys = _save(client, node.address, timeout_s)
+            rdb_path, config_problem = _rdb_path(client)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise CheckFailed(f"{node.address}: lost the connection during the backup ({e}); check the node and "
+                              "run the backup again") from None
+        except redis.ResponseError as e:
+            raise CheckFailed(f"{node.address}: backup failed ({e}); the user needs LASTSAVE, BGSAVE, INFO, DBSIZE "
+                              "and CONFIG GET (ACL)") from None
+        finally:
+            client.close()
+        record = BackupRecord(shard_master=master.address, node=node.address, role=role, lastsave_before=before,
+                              lastsave_after=after, status="ok", rdb_path=rdb_path, copied_to=None, bytes=None,
+                              sha256=None, keys=keys)
+        host, port = parse_address(node.address)
+        if rdb_path is None:
+            record.status = f"ok (CONFIG GET refused: {config_problem}; find and copy the RDB yourself)"
+        elif not is_local(host):
+            record.status = "ok (remote: copy it yourself)"
+        else:
+            target = dest / f"{host}_{port}.rdb"
+            try:
+                shutil.copyfile(rdb_path, target)
+            except OSError as e:
+                record.status = f"ok (local, but copying failed: {e}; copy it yourself)"
+            else:
+                record.copied_to, record.bytes, record.sha256 = str(target), target.stat().st_size, _sha256(target)
+        records.append(record)
+    (dest / "backups.json").write_text(json.dumps([asdict(r) for r in records], indent=2))
+    return records
+
+
+def targets(topo: Topology, creds: Credentials) -> list[dict]:
+    """Which node of each shard a backup would save (for a dry run)."""
+    owned = topo.slots_by_master()
+    rows = []
+    for master in (m for m in topo.masters() if owned.get(m.id)):
+        node = _pick_node(topo, master, creds)
+        rows.append({"shard_master": master.address, "node": node.address,
+                     "role": "master" if node.id == master.id else "replica"})
+    return rows
+
+
+def checks(records: list[BackupRecord]) -> list[Check]:
+    """One check per shard: a verified BGSAVE, and whether the RDB copy is in hand."""
+    out = []
+    for r in records:
+        copied = f", copied to {r.copied_to} ({r.bytes} bytes, sha256 {r.sha256[:12]})" if r.copied_to else ""
+        out.append(Check(f"backup of {r.shard_master}", "pass" if r.status == "ok" else "warn",
+                         f"BGSAVE on {r.role} {r.node}: {r.status}, {r.keys} keys{copied}"))
+    return out
+
+
+def restore_instructions(records: list[BackupRecord]) -> str:
+    """A plain-text procedure to restore a shard from its RDB, naming every file with its sha256."""
+    lines = ["Backups (one RDB per shard; each holds only the keys of the slots its shard owned when saved):"]
+    for r in records:
+        where = (f"{r.copied_to}  sha256 {r.sha256}" if r.copied_to
+                 else f"{r.rdb_path or '(path unknown)'} on {r.node}  (not copied: copy it and run sha256sum yourself)")
+        lines.append(f"  shard of master {r.shard_master}: saved on {r.role} {r.node}, {r.keys} keys, "
+                     f"LASTSAVE {r.lastsave_after}")
+        lines.append(f"    {where}")
+    lines += [
+        "",
+        "To restore one shard (its slots are unavailable meanwhile):",
+        "  1. Check the file: `sha256sum <file>` must print the sha256 above.",
+        "  2. Restore into the master of that shard, and only while it owns exactly the slots it owned at backup",
+        "     time (see the run's topology snapshot). If slots moved since, move them back first or use the import",
+        "     below: a node that loads keys of slots it does not own leaves those slots open (importing).",
+        "  3. Stop the shard's replicas first (so none is promoted), then the master, with `SHUTDOWN NOSAVE`",
+        "     (a plain SHUTDOWN would overwrite the RDB with the current data).",
+        "  4. On the master, copy the file to <dir>/<dbfilename> (`CONFIG GET dir`, `CONFIG GET dbfilename`;",
+        "     usually dump.rdb), owned by the redis user. Keep nodes.conf: it holds the node's id and slots.",
+        "  5. If the master runs with appendonly yes, move its AOF (appendonlydir) aside AND set appendonly no in",
+        "     its config for this start: with appendonly yes Redis loads only the AOF, and with no AOF it starts",
+        "     empty, ignoring the RDB. After step 6, `CONFIG SET appendonly yes` (rebuilds the AOF from memory)",
+        "     and `CONFIG REWRITE` turn the AOF back on.",
+        "  6. Start the master; `DBSIZE` must equal the keys above, and `CLUSTER INFO` show cluster_state:ok.",
+        "  7. On each replica remove its RDB and AOF (keep nodes.conf) and start it: it takes a full copy from",
+        "     the restored master. Confirm with `redis-cli --cluster check <any node>`.",
+        "",
+        "Without stopping any node: load the RDB into a spare standalone redis-server (not cluster mode:",
+        "`redis-server --port <p> --dir <folder holding the file as dump.rdb> --appendonly no --save ''`), check its",
+        "DBSIZE, then copy its keys into the cluster, overwriting what is there:",
+        "`redis-cli -a <password> --cluster import <cluster node> --cluster-from 127.0.0.1:<p> --cluster-copy "
+        "--cluster-replace`.",
+    ]
+    return "\n".join(lines) + "\n"

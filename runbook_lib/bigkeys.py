@@ -1,0 +1,189 @@
+"""Big-key scan: SCAN every master in small pipelined batches (never KEYS), with sizes per key and per slot."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import redis
+from redis.crc import key_slot
+from tqdm.auto import tqdm
+
+from .config import Credentials
+from .connection import node_client
+from .exceptions import CheckFailed
+from .topology import Topology
+
+LENGTH_COMMANDS = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD",
+                   "stream": "XLEN"}
+
+
+@dataclass
+class KeyStat:
+    """One key: where it lives, its type, its length in the type's unit (bytes, fields, items) and MEMORY USAGE."""
+
+    key: str
+    node: str
+    slot: int
+    type: str
+    length: int
+    bytes: int
+
+
+@dataclass
+class ScanResult:
+    """What a scan found: the largest keys, totals per slot, every key over the threshold, and how long it took."""
+
+    top: list[KeyStat]
+    per_slot: dict[int, dict]
+    big: list[KeyStat]
+    keys_scanned: int
+    seconds: float
+
+
+class _Pacer:
+    """Sleeps after each round trip so that the commands sent average at most `rate` per second."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def spend(self, commands: int) -> None:
+        self.sent += commands
+        if self.rate:
+            delay = self.start + self.sent / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
+class _Tally:
+    """Running totals: per-slot counts, keys over the threshold, and a bounded heap of the largest keys."""
+
+    def __init__(self, threshold_bytes: int, top_n: int) -> None:
+        self.threshold, self.top_n = threshold_bytes, top_n
+        self.per_slot: dict[int, dict] = {}
+        self.big: dict[tuple[str, str], KeyStat] = {}
+        self.heap: list[tuple[int, int, KeyStat]] = []
+        self.in_heap: set[tuple[str, str]] = set()
+        self.count = 0
+
+    def add(self, stat: KeyStat) -> None:
+        self.count += 1
+        slot = self.per_slot.setdefault(stat.slot, {"keys": 0, "bytes": 0})
+        slot["keys"] += 1
+        slot["bytes"] += stat.bytes
+        ident = (stat.node, stat.key)
+        if stat.bytes >= self.threshold:
+            self.big[ident] = stat
+        if self.top_n <= 0 or ident in self.in_heap:
+            return
+        entry = (stat.bytes, self.count, stat)
+        if len(self.heap) < self.top_n:
+            heapq.heappush(self.heap, entry)
+            self.in_heap.add(ident)
+        elif stat.bytes > self.heap[0][0]:
+            _, _, dropped = heapq.heapreplace(self.heap, entry)
+            self.in_heap.discard((dropped.node, dropped.key))
+            self.in_heap.add(ident)
+
+
+def _by_size(stats) -> list[KeyStat]:
+    return sorted(stats, key=lambda s: (-s.bytes, s.node, s.key))
+
+
+def _display(key: bytes) -> str:
+    return key.decode(errors="backslashreplace")
+
+
+def _measure(client: redis.Redis, address: str, keys: list[bytes], pacer: _Pacer) -> list[KeyStat]:
+    """TYPE for the batch, then MEMORY USAGE and the type's length command; keys gone meanwhile are skipped."""
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.type(k)
+    types = [t.decode() if isinstance(t, bytes) else str(t) for t in pipe.execute()]
+    pacer.spend(len(keys))
+    pipe = client.pipeline(transaction=False)
+    lengths_sent = 0
+    for k, t in zip(keys, types):
+        pipe.memory_usage(k)
+        if t in LENGTH_COMMANDS:
+            pipe.execute_command(LENGTH_COMMANDS[t], k)
+            lengths_sent += 1
+    replies = iter(pipe.execute(raise_on_error=False))
+    pacer.spend(len(keys) + lengths_sent)
+    stats = []
+    for k, t in zip(keys, types):
+        size = next(replies)
+        length = next(replies) if t in LENGTH_COMMANDS else 0
+        if isinstance(size, Exception):
+            raise CheckFailed(f"{address}: MEMORY USAGE failed ({size}); the user needs the +memory command "
+                              "(ACL) for the big-key scan")
+        if size is None or t == "none":
+            continue
+        if isinstance(length, redis.ResponseError) and "WRONGTYPE" in str(length):
+            length = 0
+        elif isinstance(length, Exception):
+            raise CheckFailed(f"{address}: {LENGTH_COMMANDS[t]} failed ({length}); check the user's ACL permissions")
+        stats.append(KeyStat(key=_display(k), node=address, slot=key_slot(k), type=t, length=int(length),
+                             bytes=int(size)))
+    return stats
+
+
+def scan(topo: Topology, creds: Credentials, threshold_bytes: int, count: int = 1000, top_n: int = 20,
+         max_ops_per_s: float | None = None, progress: bool = True) -> ScanResult:
+    """Size every key on every master with SCAN and pipelines, paced to max_ops_per_s commands so nodes stay responsive.
+
+    SCAN may return a key twice while a node resizes its table or a slot moves; counts are then slight overestimates.
+    """
+    started = time.monotonic()
+    pacer = _Pacer(max_ops_per_s)
+    tally = _Tally(threshold_bytes, top_n)
+    masters = [(m.address, node_client(m.address, creds)) for m in topo.masters()]
+    try:
+        totals = {address: int(client.dbsize()) for address, client in masters}
+        bar = tqdm(total=sum(totals.values()), unit="key", desc="scanning for big keys", disable=not progress)
+        with bar:
+            for address, client in masters:
+                bar.set_postfix_str(address)
+                cursor = 0
+                while True:
+                    cursor, keys = client.scan(cursor, count=count)
+                    pacer.spend(1)
+                    if keys:
+                        for stat in _measure(client, address, keys, pacer):
+                            tally.add(stat)
+                        bar.update(len(keys))
+                    if cursor == 0:
+                        break
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise CheckFailed(f"big-key scan lost a master ({e}); check that every master is reachable and scan again") from None
+    except redis.ResponseError as e:
+        raise CheckFailed(f"big-key scan failed ({e}); the user needs SCAN, TYPE, MEMORY and DBSIZE (ACL)") from None
+    finally:
+        for _, client in masters:
+            client.close()
+    top = _by_size(stat for _, _, stat in tally.heap)
+    return ScanResult(top=top, per_slot=dict(sorted(tally.per_slot.items())), big=_by_size(tally.big.values()),
+                      keys_scanned=tally.count, seconds=time.monotonic() - started)
+
+
+def keys_per_slot(result: ScanResult) -> dict[int, int]:
+    """Keys counted in each slot (only slots with keys), the weight the planner gives each move."""
+    return {slot: totals["keys"] for slot, totals in result.per_slot.items()}
+
+
+def slot_table(result: ScanResult) -> list[dict]:
+    """One row per slot with keys: keys, bytes and big keys, heaviest slots first, for notebook tables."""
+    big_count: dict[int, int] = {}
+    for stat in result.big:
+        big_count[stat.slot] = big_count.get(stat.slot, 0) + 1
+    rows = [{"slot": slot, "keys": t["keys"], "bytes": t["bytes"], "big_keys": big_count.get(slot, 0)}
+            for slot, t in result.per_slot.items()]
+    return sorted(rows, key=lambda r: (-r["bytes"], r["slot"]))
+
+
+def big_keys_in_slots(result: ScanResult, slots: set[int]) -> list[KeyStat]:
+    """The big keys that live in these slots, largest first: what would stall a batch moving them."""
+    return [stat for stat in result.big if stat.slot in slots]

@@ -1,0 +1,210 @@
+"""What a runbook notebook needs from the engine: parameter checks, provenance, the run folder, verdicts."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from . import __version__
+from .config import Credentials, Params, load_params
+from .exceptions import BadInput, CheckFailed
+from .journal import Journal
+from .nodes import StepReport
+from .topology import Topology, observe
+from .validate import Check
+
+__all__ = ["BadInput", "Check", "Section", "checks_frame", "open_section", "step_markdown", "step_summary"]
+
+PARAMETERS = {"params_file": str, "run_dir": str}
+RESULTS_DIR = "results"
+CHARTS_DIR = "charts"
+
+
+def git_commit() -> str:
+    """The git commit of the checkout the package runs from, or "unknown" when not in one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else "unknown"
+
+
+def check_parameters(namespace: dict, hidden: set[str]) -> dict:
+    """Type-check the notebook's parameters and refuse names papermill injected that the notebook does not know."""
+    user = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in hidden}
+    unknown = sorted(set(user) - set(PARAMETERS))
+    if unknown:
+        raise BadInput(f"unknown notebook parameters {unknown}; the parameters are {sorted(PARAMETERS)}")
+    for name, kind in PARAMETERS.items():
+        if name not in user:
+            raise BadInput(f"notebook parameter {name} is missing")
+        if not isinstance(user[name], kind):
+            raise BadInput(f"notebook parameter {name} must be {kind.__name__}, got {type(user[name]).__name__} "
+                           f"{user[name]!r}")
+    return {k: user[k] for k in PARAMETERS}
+
+
+class Section:
+    """One runbook section's context: params, credentials, run folder, journal, and where results go."""
+
+    def __init__(self, name: str, params: Params, run_dir: Path) -> None:
+        self.name = name
+        self.params = params
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(run_dir / "journal.jsonl")
+        self._creds: Credentials | None = None
+        self.started = time.time()
+
+    @property
+    def creds(self) -> Credentials:
+        if self._creds is None:
+            self._creds = self.params.credentials()
+        return self._creds
+
+    @property
+    def seed(self) -> str:
+        return self.params.model.cluster.seed
+
+    @property
+    def backup_dir(self) -> Path:
+        configured = self.params.model.backup.dir
+        return self.params.resolve(configured) if configured else self.run_dir / "backup"
+
+    @property
+    def apply(self) -> bool:
+        """True when the params allow changes; the cluster identity is checked by `confirm`."""
+        return self.params.model.apply
+
+    def observe(self) -> Topology:
+        return observe(self.seed, self.creds)
+
+    def confirm(self, topo: Topology) -> bool:
+        """Whether to act: apply is set and confirm_cluster names this cluster (seed address or seed node id)."""
+        if not self.apply:
+            return False
+        expected = self.params.model.confirm_cluster
+        seed_id = topo.reference.myself.id
+        if expected == self.seed or (len(expected) >= 8 and seed_id.startswith(expected)):
+            return True
+        raise BadInput(f"{self.params.path}: confirm_cluster: {expected!r} does not name the cluster at {self.seed} "
+                       f"(its seed node id is {seed_id}); nothing was changed")
+
+    def provenance(self) -> dict:
+        return {"section": self.name, "runbook_lib": __version__, "git_commit": git_commit(),
+                "host": platform.node(), "user": getpass.getuser(),
+                "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+                "params_file": self.params.path.name, "run_dir": str(self.run_dir),
+                "mode": "apply" if self.apply else "dry run"}
+
+    def save_json(self, name: str, data) -> Path:
+        """Write a result other steps and tests read (never scraped from outputs)."""
+        path = self.run_dir / name
+        path.write_text(json.dumps(_plain(data), indent=2, default=str))
+        return path
+
+    def load_json(self, name: str, required: bool = True):
+        path = self.run_dir / name
+        if not path.exists():
+            if required:
+                raise BadInput(f"{path} is missing; run the section that writes it first (same run_dir)")
+            return None
+        return json.loads(path.read_text())
+
+    def keep_baseline(self, data: dict) -> dict:
+        """Write baseline.json once per run folder and return what it holds (the first picture wins)."""
+        existing = self.load_json("baseline.json", required=False)
+        if existing is not None:
+            return existing
+        self.save_json("baseline.json", data)
+        return data
+
+    def save_figure(self, fig, name: str):
+        """Save a chart as PNG in the run's charts folder and return the figure for display."""
+        folder = self.run_dir / CHARTS_DIR
+        folder.mkdir(exist_ok=True)
+        fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+        return fig
+
+    def finish(self, checks: list | None = None, summary: str = "") -> dict:
+        """Record this section's verdict; raise CheckFailed when any check failed, so `runbook run` stops."""
+        rows = [_plain(c) for c in (checks or [])]
+        failed = [r for r in rows if r.get("status") == "fail"]
+        warned = [r for r in rows if r.get("status") == "warn"]
+        status = "fail" if failed else ("warn" if warned else "pass")
+        if not summary:
+            summary = (f"{len(failed)} of {len(rows)} checks failed: " + "; ".join(r["name"] for r in failed)
+                       if failed else f"{len(rows)} checks, {len(warned)} warnings")
+        verdict = {"section": self.name, "status": status, "summary": summary, "checks": rows,
+                   "seconds": round(time.time() - self.started, 2), **self.provenance()}
+        folder = self.run_dir / RESULTS_DIR
+        folder.mkdir(exist_ok=True)
+        (folder / f"{self.name}.json").write_text(json.dumps(verdict, indent=2, default=str))
+        if failed:
+            raise CheckFailed(f"{self.name}: {summary}")
+        return verdict
+
+
+def step_markdown(step: StepReport, applied: bool) -> str:
+    """What a reconciling step did (or would do, in a dry run), as Markdown."""
+    if step.nothing_to_do:
+        lines = ["**Nothing to do.**"]
+    else:
+        lines = ["**Done:**" if applied else "**Dry run, would send:**"] + [f"- `{a}`" for a in step.actions]
+    return "\n".join(lines + [f"- {n}" for n in step.notes])
+
+
+def step_summary(step: StepReport, applied: bool) -> str:
+    if step.nothing_to_do:
+        return "nothing to do"
+    return f"{len(step.actions)} actions {'done' if applied else 'planned (dry run)'}"
+
+
+def checks_frame(checks: list):
+    """Checks as a pandas table coloured by status, for display in a notebook."""
+    import pandas as pd
+    colours = {"pass": "background-color:#e3f4e1", "warn": "background-color:#fff4d6",
+               "fail": "background-color:#fbe0de"}
+    frame = pd.DataFrame([_plain(c) for c in checks], columns=["name", "status", "detail"])
+    return frame.style.apply(lambda row: [colours.get(row["status"], "")] * len(row), axis=1).hide(axis="index")
+
+
+def _plain(obj):
+    if is_dataclass(obj):
+        return asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def default_run_dir(params: Params) -> Path:
+    """Where a notebook stepped through by hand writes: one folder per UTC day under the report folder."""
+    return params.report_dir / time.strftime("interactive-%Y%m%d", time.gmtime())
+
+
+def open_section(name: str, namespace: dict) -> Section:
+    """Check the parameters of the calling notebook, load its params file, and open its run folder."""
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+        hidden = set(shell.user_ns_hidden) if shell is not None else set()
+    except ImportError:
+        hidden = set()
+    values = check_parameters({k: v for k, v in namespace.items() if not callable(v) and not _is_module(v)}, hidden)
+    params = load_params(values["params_file"])
+    run_dir = Path(values["run_dir"]).resolve() if values["run_dir"] else default_run_dir(params)
+    return Section(name, params, run_dir)
+
+
+def _is_module(value) -> bool:
+    return type(value).__name__ == "module"

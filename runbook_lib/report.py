@@ -1,0 +1,188 @@
+"""The papermill runner: executes the runbook notebooks in order into one run folder and writes its index.html."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+from .config import load_params
+from .exceptions import BadInput
+from .notebook import RESULTS_DIR
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+ROLLBACK = "90_rollback"
+
+
+@dataclass
+class SectionResult:
+    """The verdict of one executed notebook."""
+
+    name: str
+    status: str
+    summary: str
+    seconds: float
+    notebook: str
+    html: str
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    sections: list[SectionResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status != "fail" for s in self.sections)
+
+    @property
+    def exit_code(self) -> int:
+        bad = [s for s in self.sections if s.status == "fail"]
+        return 0 if not bad else (2 if any(s.summary.startswith(("BadInput", "ParamsError")) for s in bad) else 1)
+
+
+def available(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
+    """Section names in run order (the file names sort in run order)."""
+    return sorted(p.stem for p in notebooks_dir.glob("*.ipynb"))
+
+
+def select(names: list[str], only: str | None = None, start: str | None = None) -> list[str]:
+    """Sections to run: all but rollback by default, one with `only`, or from `start` on."""
+    def find(name: str) -> str:
+        matches = [n for n in names if n == name or n.split("_", 1)[-1] == name or n.startswith(name)]
+        if len(matches) != 1:
+            raise BadInput(f"no single section matches {name!r}; sections are {', '.join(names)}")
+        return matches[0]
+    if only:
+        return [find(only)]
+    chosen = [n for n in names if n != ROLLBACK]
+    if start:
+        first = find(start)
+        chosen = [n for n in chosen if n >= first]
+    return chosen
+
+
+def new_run_dir(report_dir: Path) -> Path:
+    """A fresh folder named after the UTC time."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_dir = report_dir / stamp
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = report_dir / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run(params_file: str | Path, out: str | Path | None = None, only: str | None = None, start: str | None = None,
+        notebooks_dir: Path = NOTEBOOKS_DIR, echo: Callable[[str], None] = print) -> RunResult:
+    """Execute the selected notebooks in order with papermill, stop at the first failure, write the index."""
+    params = load_params(params_file)
+    sections = select(available(notebooks_dir), only, start)
+    run_dir = Path(out).resolve() if out else new_run_dir(params.report_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = RunResult(run_dir=run_dir)
+    echo(f"run folder: {run_dir}")
+    for i, name in enumerate(sections, start=1):
+        echo(f"[{i}/{len(sections)}] {name} ...")
+        section = execute(name, params.path, run_dir, notebooks_dir)
+        result.sections.append(section)
+        echo(f"[{i}/{len(sections)}] {name}: {section.status} ({section.seconds:.1f} s) {section.summary}")
+        if section.status == "fail":
+            echo(f"stopped at {name}; later sections were not run")
+            break
+    write_index(result, available(notebooks_dir))
+    echo(f"report: {run_dir / 'index.html'}")
+    return result
+
+
+def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> SectionResult:
+    """Run one notebook into the run folder and read back the verdict it recorded."""
+    source = notebooks_dir / f"{name}.ipynb"
+    target = run_dir / f"{name}.ipynb"
+    started = time.time()
+    error = ""
+    try:
+        papermill.execute_notebook(str(source), str(target), kernel_name="python3", progress_bar=False,
+                                   parameters={"params_file": str(params_path), "run_dir": str(run_dir)},
+                                   cwd=str(notebooks_dir))
+    except papermill.PapermillExecutionError as e:
+        error = f"{e.ename}: {e.evalue}"
+    seconds = time.time() - started
+    page = export_html(target) if target.exists() else None
+    verdict_path = run_dir / RESULTS_DIR / f"{name}.json"
+    verdict = json.loads(verdict_path.read_text()) if verdict_path.exists() else {}
+    if error:
+        status, summary = "fail", error
+    elif verdict:
+        status, summary = verdict["status"], verdict["summary"]
+    else:
+        status, summary = "warn", "the notebook recorded no verdict"
+    return SectionResult(name=name, status=status, summary=summary, seconds=seconds, notebook=target.name,
+                         html=page.name if page else "")
+
+
+def export_html(notebook_path: Path) -> Path:
+    """The executed notebook as a standalone HTML page beside it."""
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    out = notebook_path.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def earlier_results(run_dir: Path) -> list[SectionResult]:
+    """Verdicts already recorded in the run folder (sections run by an earlier `--only` or `--from`)."""
+    out = []
+    for path in sorted((run_dir / RESULTS_DIR).glob("*.json")):
+        v = json.loads(path.read_text())
+        nb = run_dir / f"{v['section']}.ipynb"
+        out.append(SectionResult(name=v["section"], status=v["status"], summary=v["summary"], seconds=v["seconds"],
+                                 notebook=nb.name if nb.exists() else "",
+                                 html=nb.with_suffix(".html").name if nb.with_suffix(".html").exists() else ""))
+    return out
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
+table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.4em .6em;text-align:left}
+.pass{background:#e3f4e1}.warn{background:#fff4d6}.fail{background:#fbe0de}.pending{color:#888}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def write_index(result: RunResult, sections: list[str]) -> Path:
+    """index.html: one line per section with its verdict and links, the charts, and the run's artifacts."""
+    done = {s.name: s for s in earlier_results(result.run_dir)}
+    done.update({s.name: s for s in result.sections})
+    planned = [n for n in sections if n != ROLLBACK or n in done]
+    rows = []
+    for name in planned:
+        s = done.get(name)
+        if s is None:
+            rows.append(f'<tr class="pending"><td>{name}</td><td>not run</td><td></td><td></td></tr>')
+            continue
+        links = " · ".join(f'<a href="{html.escape(f)}">{kind}</a>' for kind, f in (("report", s.html), ("notebook", s.notebook)) if f)
+        rows.append(f'<tr class="{s.status}"><td>{name}</td><td>{s.status}</td><td>{html.escape(s.summary)}</td>'
+                    f'<td>{links} ({s.seconds:.1f} s)</td></tr>')
+    charts = sorted((result.run_dir / "charts").glob("*.png"))
+    artifacts = sorted(p for p in result.run_dir.glob("*") if p.suffix in (".json", ".jsonl", ".csv", ".txt", ".yml", ".yaml") or p.is_dir())
+    statuses = [done[n].status for n in planned if n in done]
+    overall = "FAIL" if "fail" in statuses else ("PASS" if len(statuses) == len(planned) else "INCOMPLETE")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Runbook run {result.run_dir.name}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Redis Cluster expansion: run {html.escape(result.run_dir.name)}</h1>
+<p>Verdict: <strong>{overall}</strong> &mdash; {len(done)} of {len(planned)} sections run.</p>
+<table><tr><th>section</th><th>verdict</th><th>summary</th><th>executed</th></tr>
+{''.join(rows)}</table>
+<h2>Charts</h2>{''.join(f'<figure><img src="charts/{c.name}" alt="{c.stem}"><figcaption>{c.stem}</figcaption></figure>' for c in charts) or '<p>none</p>'}
+<h2>Artifacts</h2><ul>{''.join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in artifacts)}</ul>
+</body></html>"""
+    path = result.run_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,61 @@
+"""The sandbox: refuses taken ports and a second `up`, and `down` stops exactly its own processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import pytest
+
+from runbook_lib.exceptions import SandboxError
+from runbook_lib.sandbox import Sandbox, SandboxLayout
+from runbook_lib.topology import observe
+from tests.conftest import start_sandbox
+
+pytestmark = pytest.mark.integration
+PORT = 7150
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    sb = start_sandbox(tmp_path_factory.mktemp("sb") / "sandbox", PORT, 2000)
+    yield sb
+    sb.down()
+
+
+def test_layout_and_data(sandbox):
+    topo = observe(f"127.0.0.1:{PORT}", sandbox.credentials())
+    masters = topo.masters()
+    assert [m.address for m in masters] == [f"127.0.0.1:{PORT + i}" for i in range(3)]
+    assert all(len(topo.replicas_of(m.id)) == 1 for m in masters)
+    assert not topo.by_address(f"127.0.0.1:{PORT + 6}") and not topo.by_address(f"127.0.0.1:{PORT + 7}")
+    assert sorted(sandbox.running_pids()) == list(range(PORT, PORT + 8))
+
+
+def test_password_file_is_owner_only_and_params_do_not_hold_it(sandbox):
+    assert stat.S_IMODE(os.stat(sandbox.password_path).st_mode) == 0o600
+    password = sandbox.credentials().password
+    assert password not in (sandbox.root / "params.yaml").read_text()
+
+
+def test_second_up_is_refused(sandbox):
+    with pytest.raises(SandboxError, match="already up"):
+        sandbox.up(SandboxLayout(port=PORT), keys=0, progress=False)
+
+
+def test_taken_port_is_refused(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 7190))
+        s.listen()
+        with pytest.raises(SandboxError, match="7190"):
+            Sandbox(tmp_path / "other").up(SandboxLayout(port=7185), keys=0, progress=False)
+
+
+def test_down_stops_only_its_own(tmp_path, sandbox):
+    other = start_sandbox(tmp_path / "other", 7170, 0, new_masters=0)
+    pids = other.running_pids()
+    assert len(pids) == 6
+    assert other.down() == sorted(pids)
+    assert other.running_pids() == {}
+    assert len(sandbox.running_pids()) == 8
