@@ -205,13 +205,13 @@ def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: 
 
 
 def summary(plan: Plan, batches: list[BatchResult], applied: bool) -> str:
-    """One Markdown line on what the migration did or would do."""
+    """One line on what the migration did or would do."""
     if not plan.moves:
-        return "**Nothing to do**: the new masters already hold their share."
+        return "Nothing to do: the new masters already hold their share."
     if not applied:
-        return f"**Dry run**: would move {len(plan.moves)} slots in {len(plan.batches)} batches."
+        return f"Dry run: would move {len(plan.moves)} slots in {len(plan.batches)} batches."
     seconds = sum(b.seconds for b in batches)
     keys = sum(b.keys for b in batches)
     rate = keys / seconds if seconds else 0.0
-    return (f"Moved **{sum(b.slots for b in batches)}** slots and **{keys}** keys in {len(batches)} batches, "
+    return (f"Moved {sum(b.slots for b in batches)} slots and {keys} keys in {len(batches)} batches, "
             f"{seconds:.1f} s of migration ({rate:,.0f} keys/s).")

@@ -11,6 +11,7 @@ from typing import Callable
 
 import nbformat
 import papermill
+from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
 from .config import load_params
@@ -19,6 +20,12 @@ from .notebook import RESULTS_DIR
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ROLLBACK = "90_rollback"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """Kernels talk over local IPC sockets, not TCP: nothing listens on the network while a run executes."""
+
+    transport = "ipc"
 
 
 @dataclass
@@ -112,7 +119,7 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
     try:
         papermill.execute_notebook(str(source), str(target), kernel_name="python3", progress_bar=False,
                                    parameters={"params_file": str(params_path), "run_dir": str(run_dir)},
-                                   cwd=str(notebooks_dir))
+                                   cwd=str(notebooks_dir), kernel_manager_class=LocalKernelManager)
     except papermill.PapermillExecutionError as e:
         error = f"{e.ename}: {e.evalue}"
     seconds = time.time() - started
