@@ -1,12 +1,11 @@
-"""Backups before the change: BGSAVE on one replica per shard, local RDBs copied and hashed, and how to restore them."""
+"""Backups before the change: BGSAVE on every replica (the master where a shard has none), local RDBs copied and
+hashed, and how to restore them."""
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import shutil
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,16 +16,16 @@ from tqdm.auto import tqdm
 from .config import Credentials, parse_address
 from .connection import node_client
 from .exceptions import CheckFailed
+from .host import is_local
 from .validate import Check
 from .topology import NodeEntry, Topology
 
-LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}
 POLL_S = 0.2
 
 
 @dataclass
 class BackupRecord:
-    """One shard's backup: which node saved it, LASTSAVE before and after, and the copied RDB with its sha256."""
+    """One node's backup of its shard: which node saved it, LASTSAVE before and after, the copied RDB with its sha256."""
 
     shard_master: str
     node: str
@@ -41,29 +40,10 @@ class BackupRecord:
     keys: int
 
 
-def is_local(host: str) -> bool:
-    """True when host names this machine (loopback, or an address a socket here can bind), so its files are readable."""
-    if host in LOCAL_NAMES:
-        return True
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror:
-        return False
-    for family, _type, _proto, _name, sockaddr in infos:
-        ip = sockaddr[0]
-        if ipaddress.ip_address(ip.split("%")[0]).is_loopback:
-            return True
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.bind((ip, 0))
-            return True
-        except OSError:
-            continue
-    return False
-
-
-def _pick_node(topo: Topology, master: NodeEntry, creds: Credentials) -> NodeEntry:
-    """The shard's first healthy replica whose link to the master is up; the master when there is none."""
+def _pick_nodes(topo: Topology, master: NodeEntry, creds: Credentials) -> list[NodeEntry]:
+    """Every healthy replica of the shard whose link to the master is up (a lagging copy is no backup); the master
+    alone when there is none."""
+    chosen = []
     for replica in topo.replicas_of(master.id):
         if not replica.healthy or replica.address in topo.unreachable:
             continue
@@ -73,8 +53,8 @@ def _pick_node(topo: Topology, master: NodeEntry, creds: Credentials) -> NodeEnt
         except (redis.RedisError, OSError):
             continue
         if link == "up":
-            return replica
-    return master
+            chosen.append(replica)
+    return chosen or [master]
 
 
 def _wait_idle(client: redis.Redis, address: str, deadline: float, timeout_s: float) -> dict:
@@ -148,17 +128,17 @@ def _sha256(path: Path) -> str:
 
 def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 300.0,
            progress: bool = True) -> list[BackupRecord]:
-    """BGSAVE one node per shard (a replica where there is one, so masters don't fork), copy local RDBs to dest.
+    """BGSAVE every in-sync replica (the master only where a shard has none, so masters don't fork), copy local RDBs
+    to dest.
 
-    Writes dest/backups.json. Shards are saved one after another; timeout_s applies to each save.
+    Writes dest/backups.json. Nodes are saved one after another; timeout_s applies to each save.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     owned = topo.slots_by_master()
-    shards = [m for m in topo.masters() if owned.get(m.id)]
+    todo = [(m, node) for m in topo.masters() if owned.get(m.id) for node in _pick_nodes(topo, m, creds)]
     records = []
-    for master in tqdm(shards, unit="shard", desc="backing up (BGSAVE)", disable=not progress):
-        node = _pick_node(topo, master, creds)
+    for master, node in tqdm(todo, unit="node", desc="backing up (BGSAVE)", disable=not progress):
         role = "master" if node.id == master.id else "replica"
         client = node_client(node.address, creds, timeout=30.0)
         client.set_response_callback("LASTSAVE", int)
@@ -195,29 +175,30 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
 
 
 def targets(topo: Topology, creds: Credentials) -> list[dict]:
-    """Which node of each shard a backup would save (for a dry run)."""
+    """Which nodes of each shard a backup would save (for a dry run)."""
     owned = topo.slots_by_master()
     rows = []
     for master in (m for m in topo.masters() if owned.get(m.id)):
-        node = _pick_node(topo, master, creds)
-        rows.append({"shard_master": master.address, "node": node.address,
-                     "role": "master" if node.id == master.id else "replica"})
+        for node in _pick_nodes(topo, master, creds):
+                rows.append({"shard_master": master.address, "node": node.address,
+                         "role": "master" if node.id == master.id else "replica"})
     return rows
 
 
 def checks(records: list[BackupRecord]) -> list[Check]:
-    """One check per shard: a verified BGSAVE, and whether the RDB copy is in hand."""
+    """One check per saved node: a verified BGSAVE, and whether the RDB copy is in hand."""
     out = []
     for r in records:
         copied = f", copied to {r.copied_to} ({r.bytes} bytes, sha256 {r.sha256[:12]})" if r.copied_to else ""
-        out.append(Check(f"backup of {r.shard_master}", "pass" if r.status == "ok" else "warn",
+        out.append(Check(f"backup on {r.node} (shard of {r.shard_master})", "pass" if r.status == "ok" else "warn",
                          f"BGSAVE on {r.role} {r.node}: {r.status}, {r.keys} keys{copied}"))
     return out
 
 
 def restore_instructions(records: list[BackupRecord]) -> str:
     """A plain-text procedure to restore a shard from its RDB, naming every file with its sha256."""
-    lines = ["Backups (one RDB per shard; each holds only the keys of the slots its shard owned when saved):"]
+    lines = ["Backups (one RDB per saved node; each holds only the keys of the slots its shard owned when saved,",
+             "and the RDBs of one shard's replicas hold the same data: restore a shard from one of them):"]
     for r in records:
         where = (f"{r.copied_to}  sha256 {r.sha256}" if r.copied_to
                  else f"{r.rdb_path or '(path unknown)'} on {r.node}  (not copied: copy it and run sha256sum yourself)")

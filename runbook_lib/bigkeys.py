@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import redis
 from redis.crc import key_slot
 from tqdm.auto import tqdm
 
-from .config import Credentials
+from .config import BigKeys, Credentials
 from .connection import node_client
 from .exceptions import CheckFailed
 from .topology import Topology
+from .validate import Check
 
+CHECK_ROWS = 20
+MB = 1024 * 1024
 LENGTH_COMMANDS = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD",
                    "stream": "XLEN"}
 
@@ -187,3 +190,60 @@ def slot_table(result: ScanResult) -> list[dict]:
 def big_keys_in_slots(result: ScanResult, slots: set[int]) -> list[KeyStat]:
     """The big keys that live in these slots, largest first: what would stall a batch moving them."""
     return [stat for stat in result.big if stat.slot in slots]
+
+
+def slot_bytes(result: ScanResult) -> dict[int, int]:
+    """MEMORY USAGE summed per slot (only slots with keys), what the planner's time estimate weighs."""
+    return {slot: totals["bytes"] for slot, totals in result.per_slot.items()}
+
+
+def to_json(result: ScanResult, threshold_bytes: int) -> dict:
+    """The scan as JSON for the run folder (bigkeys.json), read back by the planner and the mover's guard."""
+    return {"threshold_bytes": threshold_bytes, "keys_scanned": result.keys_scanned,
+            "seconds": round(result.seconds, 3), "top": [asdict(s) for s in result.top],
+            "big": [asdict(s) for s in result.big],
+            "per_slot": {str(slot): totals for slot, totals in result.per_slot.items()}}
+
+
+def from_json(data: dict) -> ScanResult:
+    """A ScanResult back from bigkeys.json."""
+    return ScanResult(top=[KeyStat(**s) for s in data["top"]],
+                      per_slot={int(slot): totals for slot, totals in data["per_slot"].items()},
+                      big=[KeyStat(**s) for s in data["big"]], keys_scanned=data["keys_scanned"],
+                      seconds=data["seconds"])
+
+
+def describe(result: ScanResult, threshold_bytes: int) -> str:
+    """One Markdown line on what the scan saw: keys, slots, bytes, the heaviest slot and the big keys."""
+    slots = len(result.per_slot)
+    total = sum(t["bytes"] for t in result.per_slot.values())
+    heaviest = max(result.per_slot.items(), key=lambda item: item[1]["bytes"], default=None)
+    line = (f"**{result.keys_scanned}** keys in **{slots}** slots, {total / MB:.1f} MB (MEMORY USAGE), "
+            f"scanned in {result.seconds:.1f} s")
+    if heaviest:
+        line += (f"; heaviest slot {heaviest[0]}: {heaviest[1]['keys']} keys, "
+                 f"{heaviest[1]['bytes'] / MB:.2f} MB")
+    return line + (f"; **{len(result.big)}** keys at or over {threshold_bytes / MB:g} MB" if result.big
+                   else f"; no key at or over {threshold_bytes / MB:g} MB")
+
+
+def checks(result: ScanResult, settings: BigKeys, slots: set[int] | None = None) -> list[Check]:
+    """A warning per key at or over the threshold (in `slots` when given), naming its slot, node and size, and what
+    the mover will do with it; a pass when there is none."""
+    limit = f"{settings.threshold_bytes / MB:g} MB"
+    big = result.big if slots is None else big_keys_in_slots(result, slots)
+    if not big:
+        where = f"among {result.keys_scanned} keys" if slots is None else f"in the {len(slots)} slots to move"
+        return [Check("big keys", "pass", f"no key at or over {limit} {where}")]
+    out = []
+    for stat in big[:CHECK_ROWS]:
+        allowed = settings.allow.get(stat.key)
+        then = (f"allowed in bigkeys.allow: the mover moves it alone with a {allowed} ms MIGRATE timeout, and both "
+                "masters block meanwhile" if allowed else
+                f"the mover stops before slot {stat.slot}: split or delete the key, or allow it in bigkeys.allow")
+        out.append(Check(f"big key {stat.key}", "warn", f"{stat.bytes / MB:.1f} MB {stat.type} (length {stat.length}) "
+                         f"in slot {stat.slot} on {stat.node}, over {limit}; {then}"))
+    if len(big) > CHECK_ROWS:
+        out.append(Check("big keys", "warn", f"{len(big) - CHECK_ROWS} more keys at or over {limit}; all are in "
+                         "bigkeys.json"))
+    return out

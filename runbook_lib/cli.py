@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,10 +25,15 @@ def _sandbox_up(args) -> int:
     from .sandbox import Sandbox, SandboxLayout
     layout = SandboxLayout(port=args.port, masters=args.masters, replicas=args.replicas, new_masters=args.new_masters)
     sb = Sandbox(args.dir)
-    sb.up(layout, keys=args.keys, persistence=args.persistence, progress=not args.quiet)
+    sb.up(layout, keys=args.keys, persistence=args.persistence, progress=not args.quiet, acl=args.acl, tls=args.tls)
     print(f"sandbox up in {sb.root}: masters {layout.master_ports}, replicas {layout.replica_ports}, "
           f"new masters {layout.new_master_ports} and replicas {layout.new_replica_ports} (not joined)")
     print(f"params for it: {sb.root / 'params.yaml'} (the password stays in {sb.password_path}, mode 0600)")
+    if args.acl:
+        print(f"ACL: the runbook connects as user `runbook` (least rules, `runbook acl`); the default user is off; "
+              f"the sandbox's own admin password is in {sb.admin_password_path}")
+    if args.tls:
+        print(f"TLS only: a throwaway CA and certificates in {sb.root / 'tls'}")
     return 0
 
 
@@ -40,8 +46,49 @@ def _sandbox_down(args) -> int:
 
 def _run(args) -> int:
     from .report import run
-    result = run(args.params, out=args.out, only=args.only, start=args.start)
+    result = run(args.params, out=args.out, only=args.only, start=args.start, take_over_lock=args.take_over_lock)
     return result.exit_code
+
+
+def _verify_report(args) -> int:
+    from .audit import verify
+    result = verify(args.dir)
+    for line in result.lines():
+        print(line)
+    print(f"{result.run_dir}: {result.checked} files in the manifest; "
+          + ("all intact" if result.ok else f"{len(result.lines())} problems: the folder changed after its run"))
+    return 0 if result.ok else 1
+
+
+def _acl(args) -> int:
+    from .acl import setuser_command
+    print(setuser_command(args.user, args.section or None))
+    return 0
+
+
+def _under_lock(name: str, func, acts):
+    """Wrap a command that may change the cluster: hold the run lock meanwhile, then re-seal the run folder used."""
+    def command(args) -> int:
+        from .audit import invocation, seal
+        from .lock import holding
+        params = load_params(args.params)
+        if not acts(args, params):
+            return func(args)
+        started, code = time.time(), 1
+        creds = params.credentials()
+        with holding(params.model.cluster.seed, creds, f"runbook {name}", args.take_over_lock) as lock:
+            try:
+                code = func(args)
+            finally:
+                try:
+                    run_dir = _run_dir(params, args.run_dir)
+                except BadInput:
+                    run_dir = None
+                if run_dir is not None and (run_dir / "manifest.json").exists():
+                    seal(run_dir, params, invocation(f"runbook {name}", lock.holder.run_id, params, started,
+                                                     time.time(), exit_code=code), [creds.password])
+        return code
+    return command
 
 
 def _names(topo) -> dict[str, str]:
@@ -81,46 +128,65 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
-def _latest_run(params) -> Path:
-    runs = sorted((p for p in params.report_dir.glob("*") if (p / "baseline.json").exists()), key=lambda p: p.stat().st_mtime)
+def _run_dir(params, given: str | None) -> Path:
+    """The run folder to continue: the one given, or the newest whose baseline was taken before the expansion."""
+    if given:
+        run_dir = Path(given).resolve()
+        if not (run_dir / "baseline.json").exists():
+            raise BadInput(f"{run_dir} holds no baseline.json; give the folder of a run that passed 00_preflight")
+        return run_dir
+    runs = sorted((p for p in params.report_dir.glob("*") if (p / "baseline.json").exists()
+                   and json.loads((p / "baseline.json").read_text()).get("pre_expansion")),
+                  key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise BadInput(f"no run folder with baseline.json under {params.report_dir}; run 00_preflight first")
+        raise BadInput(f"no run folder under {params.report_dir} has a baseline taken before the expansion; "
+                       "give one with --run-dir")
     return runs[-1]
 
 
 def _resume(args) -> int:
-    from .migrate import migrate
-    from .topology import observe
+    from .preflight import new_node_addresses
+    from .repair import resume
     params = load_params(args.params)
-    creds = params.credentials()
-    run_dir = _latest_run(params)
-    topo = observe(params.model.cluster.seed, creds)
-    plan, results = migrate(topo, creds, new_master_addresses(params), params.model.migration,
-                            Journal(run_dir / "journal.jsonl"))
-    print(f"resumed in {run_dir}: " + (f"moved {sum(r.slots for r in results)} slots, {sum(r.keys for r in results)} keys"
-                                        if results else "nothing left to move"))
+    run_dir = _run_dir(params, args.run_dir)
+    journal = Journal(run_dir / "journal.jsonl")
+    last = journal.last("slot_open", "slot_assigned", "migrate_failed", "bigkey_stop", "node_remove")
+    print(f"resuming the run in {run_dir}" + (f"; its journal stops at {last['event']} of slot {last.get('slot')} "
+                                               f"({last['utc']})" if last else ""))
+    out = resume(params.model.cluster.seed, params.credentials(), journal, params.model.migration,
+                 new_node_addresses(params) if _phase_is_rollback(journal) else new_master_addresses(params),
+                 bigkeys=params.model.bigkeys, snapshot=json.loads((run_dir / "baseline.json").read_text()))
+    for line in out["repaired"].actions:
+        print("repaired " + line)
+    moved = sum(b.slots for b in out["batches"])
+    print(f"{out['phase']}: " + (f"moved {moved} slots, {sum(b.keys for b in out['batches'])} keys"
+                                 if moved else "nothing left to move"))
     return 0
 
 
+def _phase_is_rollback(journal: Journal) -> bool:
+    phase = journal.last("migration_start", "rollback_start")
+    return bool(phase) and phase["event"] == "rollback_start"
+
+
 def _rollback(args) -> int:
-    from .rollback import rollback
     from .preflight import new_node_addresses
+    from .rollback import rollback
     from .topology import observe
     params = load_params(args.params)
     creds = params.credentials()
-    run_dir = _latest_run(params)
+    run_dir = _run_dir(params, args.run_dir)
     snapshot = json.loads((run_dir / "baseline.json").read_text())
     topo = observe(params.model.cluster.seed, creds)
     apply = params.model.apply and not args.dry_run
     out = rollback(topo, creds, snapshot, new_node_addresses(params), params.model.migration,
-                   Journal(run_dir / "journal.jsonl"), apply=apply)
-    print(f"{'moved' if apply else 'would move'} {len(out['plan'].moves)} slots back to their owners in {run_dir.name}")
+                   Journal(run_dir / "journal.jsonl"), apply=apply, bigkeys=params.model.bigkeys)
+    print(f"{'moved' if apply else 'would move'} {len(out['plan'].moves)} slots back to their owners ({run_dir.name})")
     for line in out["removal"].actions + out["removal"].notes:
         print(("" if apply else "would: ") + line)
-    failed = [c for c in out["checks"] if c.status == "fail"]
     for c in out["checks"]:
         print(f"{c.status:5} {c.name}: {c.detail}")
-    return 1 if failed else 0
+    return 1 if any(c.status == "fail" for c in out["checks"]) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keys", type=int, default=200_000, help="keys of mixed types to load (default 200000)")
     up.add_argument("--persistence", action="store_true", help="enable AOF and RDB saves (off by default)")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
+    up.add_argument("--acl", action="store_true",
+                    help="default user off; the runbook connects as a least-privilege ACL user `runbook`")
+    up.add_argument("--tls", action="store_true",
+                    help="TLS only (clients, cluster bus, replication, MIGRATE), with a throwaway CA and certificates")
     up.set_defaults(func=_sandbox_up)
     down = ssub.add_parser("down", help="stop exactly this sandbox's redis-server processes")
     down.add_argument("--dir", default=".sandbox", help="sandbox folder (default .sandbox)")
@@ -155,12 +225,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder (default: <report.dir>/<UTC timestamp>)")
     r.add_argument("--only", metavar="NAME", help="run one section, e.g. 30_plan or 90_rollback")
     r.add_argument("--from", dest="start", metavar="NAME", help="start at this section")
+    vr = sub.add_parser("verify-report", help="check a run folder against its sha256 manifest; exit 1 if it changed",
+                        description="check a run folder against its sha256 manifest; exit 1 if it changed",
+                        epilog=EPILOG)
+    vr.add_argument("dir", metavar="DIR", help="the run folder (holding manifest.json)")
+    vr.set_defaults(func=_verify_report)
+    acl = sub.add_parser("acl", help="print the ACL SETUSER command for the runbook's least-privilege user",
+                         description="print the ACL SETUSER command for the runbook's least-privilege user "
+                                     "(docs/acl.md explains every rule)", epilog=EPILOG)
+    acl.add_argument("--user", default="runbook", help="user name (default runbook)")
+    acl.add_argument("--section", action="append", metavar="NAME",
+                     help="only the rules these sections need (repeatable; default: every section)")
+    acl.set_defaults(func=_acl)
     with_params("plan", "print the slot plan for the live cluster; change nothing", _plan)
     with_params("check", "health: coverage, agreement, open slots, balance; exit 1 if unhealthy", _check)
-    with_params("resume", "finish an interrupted migration from the live state and the latest run's journal", _resume)
+    res = with_params("resume", "repair open slots (from any tool) and finish an interrupted expansion or rollback",
+                      _resume)
     rb = with_params("rollback", "return slots to the owners recorded before the run, then remove the new nodes",
                      _rollback)
     rb.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
+    for p in (res, rb):
+        p.add_argument("--run-dir", help="the run folder whose baseline and journal to use (default: the newest run "
+                                         "whose preflight ran before the expansion)")
+    res.set_defaults(func=_under_lock("resume", _resume, lambda args, params: True))
+    rb.set_defaults(func=_under_lock("rollback", _rollback,
+                                     lambda args, params: params.model.apply and not args.dry_run))
+    for p in (r, res, rb):
+        p.add_argument("--take-over-lock", action="store_true",
+                       help="take over the cluster's run lock from a run that is dead (a live run is never overridden)")
     return parser
 
 

@@ -25,6 +25,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class KeyedProblem(ValueError):
+    """A cross-field problem that names the params key to fix (pydantic alone would point at the whole file)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(problem)
+
+
+SECRET_KEYS = {"password", "pass", "requirepass", "masterauth", "auth", "secret", "token"}
+"""Keys someone might write a password under; params refuse them with a pointer to password_env/password_file."""
+
+
 class TLS(_Section):
     """TLS client settings; files are paths relative to the params file."""
 
@@ -47,6 +59,13 @@ class ClusterParams(_Section):
     @classmethod
     def _seed(cls, v: str) -> str:
         parse_address(v)
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if v and not (v.replace("_", "a").isalnum() and v.isascii() and not v[0].isdigit()):
+            raise ValueError("must be the NAME of an environment variable (letters, digits and _), not a password")
         return v
 
     @model_validator(mode="after")
@@ -75,6 +94,7 @@ class Migration(_Section):
 
     slots_per_batch: int = Field(256, ge=1, le=16384)
     keys_per_migrate: int = Field(1000, ge=1, le=100000)
+    slots_in_flight: int = Field(16, ge=1, le=1024)
     migrate_timeout_ms: int = Field(10000, ge=100)
     pause_between_batches_s: float = Field(0.0, ge=0)
     warmup_slot: bool = True
@@ -97,6 +117,15 @@ class BigKeys(_Section):
 
     threshold_bytes: int = Field(10 * 1024 * 1024, ge=1)
     scan_count: int = Field(1000, ge=10)
+    max_ops_per_s: float = Field(50000.0, ge=0)
+    top_n: int = Field(20, ge=1, le=1000)
+    allow: dict[str, int] = Field(default_factory=dict)
+
+
+class Preflight(_Section):
+    """How preflight samples the nodes: CPU is measured from INFO cpu over this many seconds of wall time."""
+
+    cpu_sample_s: float = Field(2.0, gt=0, le=60)
 
 
 class Backup(_Section):
@@ -105,6 +134,20 @@ class Backup(_Section):
     enabled: bool = True
     timeout_s: float = Field(300.0, gt=0)
     dir: str = ""
+
+
+class Probe(_Section):
+    """The traffic probe (DESIGN section 6): client processes writing and reading keys under `prefix` during the run.
+
+    On by default in the sandbox params; optional against production, where it writes only under `prefix`, with a TTL.
+    """
+
+    enabled: bool = False
+    rate: float = Field(200.0, gt=0, le=100000)
+    processes: int = Field(2, ge=1, le=32)
+    prefix: str = Field("runbook:probe:", pattern=r"^[A-Za-z0-9_.:-]+$")
+    ttl_s: int = Field(3600, ge=60)
+    read_ratio: float = Field(0.5, ge=0, le=1)
 
 
 class Report(_Section):
@@ -121,7 +164,9 @@ class ParamsModel(_Section):
     migration: Migration = Migration()
     gates: Gates = Gates()
     bigkeys: BigKeys = BigKeys()
+    preflight: Preflight = Preflight()
     backup: Backup = Backup()
+    probe: Probe = Probe()
     report: Report = Report()
     apply: bool = False
     confirm_cluster: str = ""
@@ -129,15 +174,19 @@ class ParamsModel(_Section):
     @model_validator(mode="after")
     def _distinct(self) -> "ParamsModel":
         seen: set[str] = set()
-        for node in self.new_masters:
-            for addr in filter(None, (node.address, node.replica)):
+        for i, node in enumerate(self.new_masters):
+            for name, addr in (("address", node.address), ("replica", node.replica)):
+                if not addr:
+                    continue
                 if addr in seen:
-                    raise ValueError(f"node {addr} is listed twice in new_masters")
+                    raise KeyedProblem(f"new_masters.{i}.{name}", f"node {addr} is listed twice in new_masters")
+                if addr == self.cluster.seed:
+                    raise KeyedProblem(f"new_masters.{i}.{name}", f"{addr} is the seed (cluster.seed), a node of the "
+                                                                  "existing cluster; it cannot also be a new node")
                 seen.add(addr)
-        if self.cluster.seed in seen:
-            raise ValueError(f"the seed {self.cluster.seed} cannot also be a new node")
         if self.apply and not self.confirm_cluster:
-            raise ValueError("apply: true needs confirm_cluster (the seed address or the cluster fingerprint)")
+            raise KeyedProblem("confirm_cluster", "apply: true needs confirm_cluster (the seed address or the "
+                                                  "cluster fingerprint)")
         return self
 
 
@@ -182,6 +231,13 @@ class Params:
             password = read_secret_file(self.resolve(c.password_file), str(self.path), "cluster.password_file")
         tls = c.tls
         files = {k: str(self.resolve(getattr(tls, k))) if getattr(tls, k) else "" for k in ("ca_file", "cert_file", "key_file")}
+        if tls.enabled:
+            for name, file in files.items():
+                if file and not Path(file).is_file():
+                    raise ParamsError(str(self.path), f"cluster.tls.{name}", f"file {file} does not exist")
+            if files["key_file"] and Path(files["key_file"]).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ParamsError(str(self.path), "cluster.tls.key_file", f"private key {files['key_file']} is "
+                                                                          f"readable by others; run chmod 600 on it")
         return Credentials(username=c.username, password=password, tls=tls.enabled, **files)
 
 
@@ -213,11 +269,17 @@ def load_params(path: str | os.PathLike) -> Params:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"]) or "(file)"
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, KeyedProblem):
+            key, msg = ".".join(filter(None, (key if key != "(file)" else "", cause.key))), str(cause)
+        elif err["type"] == "extra_forbidden" and str(err["loc"][-1]).lower() in SECRET_KEYS:
+            msg = ("passwords never go in params (they would be copied into every report); name an environment "
+                   "variable (cluster.password_env) or a 0600 file (cluster.password_file) instead")
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against params/production.example.yaml)"
         elif err["type"] == "missing":
             msg = "missing value"
-        elif "input" in err and not isinstance(err["input"], dict):
+        elif "input" in err and not isinstance(err["input"], dict) and "password" not in key:
             msg = f"{msg} (got {err['input']!r})"
         more = f" (and {len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
         raise ParamsError(str(p), key, msg + more) from None

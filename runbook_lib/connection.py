@@ -29,10 +29,14 @@ def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redi
                        decode_responses=False, retry=Retry(NoBackoff(), 0), **_auth_kwargs(creds), **_tls_kwargs(creds))
 
 
-def cluster_client(seeds: list[str], creds: Credentials, timeout: float = 5.0) -> RedisCluster:
-    """A cluster-aware client (decoded strings) that follows MOVED and ASK like an application would."""
+def cluster_client(seeds: list[str], creds: Credentials, timeout: float = 5.0,
+                   client_class: type[RedisCluster] = RedisCluster) -> RedisCluster:
+    """A cluster-aware client (decoded strings) that follows MOVED and ASK like an application would.
+
+    `client_class` may be a RedisCluster subclass (the traffic probe's AskSafeCluster).
+    """
     nodes = [ClusterNode(*parse_address(a)) for a in seeds]
-    return RedisCluster(startup_nodes=nodes, decode_responses=True, socket_timeout=timeout,
+    return client_class(startup_nodes=nodes, decode_responses=True, socket_timeout=timeout,
                         **_auth_kwargs(creds), **_tls_kwargs(creds))
 
 

@@ -41,3 +41,9 @@ class SandboxError(RunbookError):
     """The local sandbox cannot be started or stopped as asked."""
 
     exit_code = 2
+
+
+class RunLocked(RunbookError):
+    """Another run holds the cluster's run lock; nothing was changed."""
+
+    exit_code = 2

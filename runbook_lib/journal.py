@@ -4,27 +4,54 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+FAILPOINT_ENV = "RUNBOOK_FAILPOINT"
+
 
 class Journal:
-    """Append-only JSON-lines record of changes; each entry is durable before `record` returns."""
+    """Append-only JSON-lines record of changes; each entry is durable before `record` returns (thread-safe)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._fd: int | None = None
+        self._written = 0
+        self._synced = 0
 
     def record(self, event: str, **fields) -> dict:
-        """Append one event with a UTC timestamp and make it durable."""
-        entry = {"ts": time.time(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **fields}
-        line = json.dumps(entry, sort_keys=True, default=str) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one event with a UTC timestamp and make it durable before returning.
+
+        Group commit: concurrent workers append under one lock, and one fdatasync covers every line written before
+        it started, so parallel movers do not queue behind each other's syncs.
+        """
+        now = time.time()
+        entry = {"ts": now, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "event": event, **fields}
+        line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(self._fd, line)
+            self._written += 1
+            mine = self._written
+        with self._sync_lock:
+            if self._synced < mine:
+                covered = self._written
+                os.fdatasync(self._fd)
+                self._synced = covered
         return entry
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def entries(self) -> Iterator[dict]:
         """Every entry so far, oldest first (a torn last line from a crash is skipped)."""
@@ -36,3 +63,45 @@ class Journal:
                     yield json.loads(line)
                 except json.JSONDecodeError:
                     continue
+
+    def open_slots(self) -> dict[int, dict]:
+        """Slots this journal opened and never assigned or closed: slot → its slot_open entry."""
+        opened: dict[int, dict] = {}
+        for e in self.entries():
+            if e["event"] == "slot_open":
+                opened[e["slot"]] = e
+            elif e["event"] == "slots_open":
+                opened.update({s: e for s in e["slots"]})
+            elif e["event"] in ("slot_assigned", "slot_closed"):
+                opened.pop(e["slot"], None)
+            elif e["event"] == "slots_assigned":
+                for s in e["slots"]:
+                    opened.pop(s, None)
+        return opened
+
+    def last(self, *events: str) -> dict | None:
+        """The latest entry of one of these events."""
+        found = None
+        for e in self.entries():
+            if e["event"] in events:
+                found = e
+        return found
+
+
+_hits: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """Crash the process with SIGKILL here when RUNBOOK_FAILPOINT names this point ("name" or "name:N" for the Nth hit).
+
+    Tests use it to stop the mover at exact protocol steps, like a power cut; it does nothing otherwise.
+    """
+    wanted = os.environ.get(FAILPOINT_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -71,6 +71,34 @@ def generate(out_dir: Path, nodes: list[dict], cluster_name: str = "redis-cluste
     return written
 
 
+def monitored_nodes(members: list[dict], new_masters: list[str], new_replicas: list[str]) -> list[dict]:
+    """Every node to monitor: the members (rows of topology.nodes_table) and the new nodes not joined yet, each
+    with the role it will take; `new` marks the nodes this expansion adds, `joined` those in the cluster now."""
+    rows = [{"address": r["address"], "role": r["role"], "new": bool(r.get("new")), "joined": True} for r in members]
+    known = {r["address"] for r in rows}
+    rows += [{"address": a, "role": "master", "new": True, "joined": False} for a in new_masters if a not in known]
+    known.update(new_masters)
+    rows += [{"address": a, "role": "replica", "new": True, "joined": False} for a in new_replicas if a not in known]
+    return rows
+
+
+def seeds_ready(nodes: list[dict]) -> dict:
+    """A validate() row: the seed list may be rolled out only when every node in it has joined the cluster (an
+    unjoined node answers CLUSTER SLOTS with nothing)."""
+    waiting = [n["address"] for n in nodes if not n.get("joined", True)]
+    if waiting:
+        return _row(SEEDS_TXT, "every node joined", "warn", "not in the cluster yet: " + ", ".join(waiting)
+                    + "; roll the seed list out to clients only after 20_add_masters and 50_add_replicas")
+    return _row(SEEDS_TXT, "every node joined", "pass", f"all {len(nodes)} nodes are members of the cluster")
+
+
+def alert_rows(path: Path) -> list[dict]:
+    """The generated alert rules as table rows: name, severity, how long the condition must hold, expression."""
+    data = yaml.safe_load(Path(path).read_text())
+    return [{"alert": r["alert"], "severity": r["labels"]["severity"], "for": r.get("for", ""), "expr": r["expr"]}
+            for group in data["groups"] for r in group["rules"]]
+
+
 def _seed_order(nodes: list[dict]) -> list[str]:
     """Every node address, masters first, in the order given: what clients get as cluster seeds."""
     return [n["address"] for n in nodes if n["role"] == "master"] + \

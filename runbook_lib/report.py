@@ -14,8 +14,11 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
+from . import audit, exceptions
 from .config import load_params
-from .exceptions import BadInput
+from .exceptions import BadInput, RunLocked
+from .inputs import check_targets
+from .lock import LOCK_KEY, RunLock, new_run_id
 from .notebook import RESULTS_DIR
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -40,19 +43,32 @@ class SectionResult:
     html: str
 
 
+def _subclass_names(cls: type) -> set[str]:
+    return {cls.__name__}.union(*(_subclass_names(c) for c in cls.__subclasses__()))
+
+
+BAD_INPUT_ERRORS = _subclass_names(exceptions.BadInput) | {exceptions.RunLocked.__name__}
+"""Exceptions that mean "bad input, nothing changed" when a notebook fails with them (exit code 2)."""
+
+
 @dataclass
 class RunResult:
     run_dir: Path
     sections: list[SectionResult] = field(default_factory=list)
+    stopped: str = ""
+    manifest_sha256: str = ""
 
     @property
     def ok(self) -> bool:
-        return all(s.status != "fail" for s in self.sections)
+        return all(s.status != "fail" for s in self.sections) and not self.stopped
 
     @property
     def exit_code(self) -> int:
+        """2 when a section failed on bad input (nothing changed), 1 on a failed check or a stopped run, else 0."""
         bad = [s for s in self.sections if s.status == "fail"]
-        return 0 if not bad else (2 if any(s.summary.startswith(("BadInput", "ParamsError")) for s in bad) else 1)
+        if any(s.summary.split(":", 1)[0] in BAD_INPUT_ERRORS for s in bad):
+            return 2
+        return 1 if bad or self.stopped else 0
 
 
 def available(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
@@ -89,24 +105,71 @@ def new_run_dir(report_dir: Path) -> Path:
 
 
 def run(params_file: str | Path, out: str | Path | None = None, only: str | None = None, start: str | None = None,
-        notebooks_dir: Path = NOTEBOOKS_DIR, echo: Callable[[str], None] = print) -> RunResult:
-    """Execute the selected notebooks in order with papermill, stop at the first failure, write the index."""
+        notebooks_dir: Path = NOTEBOOKS_DIR, echo: Callable[[str], None] = print,
+        take_over_lock: bool = False) -> RunResult:
+    """Execute the selected notebooks in order with papermill, stop at the first failure, write the index.
+
+    Before anything changes, the nodes the params name are checked live (bad input raises, exit code 2) and a run
+    with `apply: true` takes the cluster's run lock. Last, the folder is sealed: provenance, the params with secrets
+    redacted, and the sha256 manifest of every file.
+    """
+    started = time.time()
     params = load_params(params_file)
     sections = select(available(notebooks_dir), only, start)
+    creds = params.credentials()
+    check_targets(params, creds)
+    run_id = new_run_id()
+    existed = out is not None and Path(out).resolve().exists()
     run_dir = Path(out).resolve() if out else new_run_dir(params.report_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(params.model.cluster.seed, creds, run_id, "runbook run", str(run_dir)) if params.model.apply else None
+    try:
+        if lock is not None:
+            lock.acquire(take_over=take_over_lock)
+    except (RunLocked, BadInput):
+        if not existed and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     result = RunResult(run_dir=run_dir)
     echo(f"run folder: {run_dir}")
-    for i, name in enumerate(sections, start=1):
-        echo(f"[{i}/{len(sections)}] {name} ...")
-        section = execute(name, params.path, run_dir, notebooks_dir)
-        result.sections.append(section)
-        echo(f"[{i}/{len(sections)}] {name}: {section.status} ({section.seconds:.1f} s) {section.summary}")
-        if section.status == "fail":
-            echo(f"stopped at {name}; later sections were not run")
-            break
-    write_index(result, available(notebooks_dir))
-    echo(f"report: {run_dir / 'index.html'}")
+    if lock is not None and lock.taken_over is not None:
+        echo(f"took over the stale run lock of {lock.taken_over.describe()}")
+    try:
+        for i, name in enumerate(sections, start=1):
+            if lock is not None and lock.lost is not None:
+                result.stopped = f"the run lock was taken over by {lock.lost.describe()}"
+                echo(f"stopped before {name}: {result.stopped}")
+                break
+            echo(f"[{i}/{len(sections)}] {name} ...")
+            section = execute(name, params.path, run_dir, notebooks_dir)
+            result.sections.append(section)
+            echo(f"[{i}/{len(sections)}] {name}: {section.status} ({section.seconds:.1f} s) {section.summary}")
+            if section.status == "fail":
+                echo(f"stopped at {name}; later sections were not run")
+                break
+    except BaseException as e:
+        result.stopped = f"interrupted: {type(e).__name__}"
+        raise
+    finally:
+        released = lock.release() if lock is not None else False
+        if lock is not None and not released:
+            echo(f"warning: the run lock {LOCK_KEY!r} was not ours any more or could not be deleted; it expires by "
+                 "itself within a minute")
+        record = audit.invocation(
+            "runbook run", run_id, params, started, time.time(), exit_code=result.exit_code, stopped=result.stopped,
+            sections=[{"name": s.name, "status": s.status, "summary": s.summary, "seconds": round(s.seconds, 2)}
+                      for s in result.sections],
+            lock={"held": lock is not None, "key": LOCK_KEY if lock else "",
+                  "taken_over_from": lock.taken_over.describe() if lock and lock.taken_over else ""})
+        audit.record(run_dir, params, record, [creds.password])
+        write_index(result, available(notebooks_dir))
+        sealed = audit.finish(run_dir, run_id, [creds.password])
+        result.manifest_sha256 = sealed["manifest_sha256"]
+        if sealed["scrubbed"] or sealed["binary"]:
+            echo(f"warning: the password appeared in {sealed['scrubbed'] + sealed['binary']} and was redacted where "
+                 "possible; this is a bug, please report it")
+        echo(f"report: {run_dir / 'index.html'}")
+        echo(f"manifest: {sealed['manifest']} (sha256 {sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
     return result
 
 
@@ -122,6 +185,8 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
                                    cwd=str(notebooks_dir), kernel_manager_class=LocalKernelManager)
     except papermill.PapermillExecutionError as e:
         error = f"{e.ename}: {e.evalue}"
+    except Exception as e:  # the kernel died or could not start: record it and stop the run, never crash the runner
+        error = f"{type(e).__name__}: {e} (the notebook's process ended; `runbook check` shows the cluster state)"
     seconds = time.time() - started
     page = export_html(target) if target.exists() else None
     verdict_path = run_dir / RESULTS_DIR / f"{name}.json"
@@ -189,6 +254,10 @@ def write_index(result: RunResult, sections: list[str]) -> Path:
 {''.join(rows)}</table>
 <h2>Charts</h2>{''.join(f'<figure><img src="charts/{c.name}" alt="{c.stem}"><figcaption>{c.stem}</figcaption></figure>' for c in charts) or '<p>none</p>'}
 <h2>Artifacts</h2><ul>{''.join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in artifacts)}</ul>
+<h2>Audit</h2><p>Who ran which code where and when: <a href="provenance.json">provenance.json</a>; the params as
+validated, secrets redacted: <a href="params.redacted.yaml">params.redacted.yaml</a>. <a href="manifest.json">manifest.json</a>,
+written last, holds the sha256 of every file here: <code>runbook verify-report {html.escape(str(result.run_dir))}</code>
+shows any file changed, missing or added since.</p>
 </body></html>"""
     path = result.run_dir / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -6,12 +6,13 @@ import time
 
 import redis
 
-from .config import Credentials, Migration
+from .config import BigKeys, Credentials, Migration
 from .connection import node_client
 from .exceptions import BadInput, CheckFailed
 from .journal import Journal
 from .migrate import Mover
 from .nodes import StepReport
+from .repair import settle_own_open_slots
 from .plan import Move, Plan
 from .topology import SLOTS, Topology, observe, parse_ranges
 from .validate import Check
@@ -60,11 +61,11 @@ def remove_nodes(seed: str, creds: Credentials, addresses: list[str], journal: J
     actions = []
     for e in entries:
         others = [v for a, v in topo.views.items() if a != e.address and v.myself.id not in {x.id for x in entries}]
-        actions.append(f"CLUSTER RESET SOFT on {e.address}, then CLUSTER FORGET {e.id[:8]} on {len(others)} nodes")
+        actions.append(f"CLUSTER RESET HARD on {e.address}, then CLUSTER FORGET {e.id[:8]} on {len(others)} nodes")
         if not apply:
             continue
         journal.record("node_remove", address=e.address, node=e.id)
-        node_client(e.address, creds).execute_command("CLUSTER RESET", "SOFT")
+        node_client(e.address, creds).execute_command("CLUSTER", "RESET", "HARD")
         for view in others:
             try:
                 node_client(view.address, creds).execute_command("CLUSTER FORGET", e.id)
@@ -108,15 +109,18 @@ def compare_with_snapshot(snapshot: dict, topo: Topology) -> list[Check]:
 
 
 def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: list[str], settings: Migration,
-             journal: Journal, apply: bool, progress: bool = True) -> dict:
+             journal: Journal, apply: bool, bigkeys: BigKeys | None = None, progress: bool = True) -> dict:
     """Return the slots to their recorded owners, remove the new nodes, and compare with the snapshot."""
-    if topo.open_slots():
-        raise CheckFailed("open slots in the cluster; repair them (`runbook resume`) before rolling back")
+    if apply:
+        topo = settle_own_open_slots(topo, creds, journal, settings, bigkeys)
+    elif topo.open_slots():
+        raise CheckFailed("open slots in the cluster; `runbook check` shows them, `runbook resume` repairs them")
     plan = rollback_plan(snapshot, topo, settings.slots_per_batch)
     results = []
-    if apply and plan.moves:
+    if apply:
         journal.record("rollback_start", moves=len(plan.moves))
-        results = Mover(topo, creds, settings, journal).run(plan, progress=progress)
+    if apply and plan.moves:
+        results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress)
     removal = remove_nodes(topo.seed, creds, new_addresses, journal, apply=apply) if apply or not plan.moves else \
         StepReport(actions=[f"remove {a}" for a in new_addresses], notes=["after the slots are back"])
     checks = compare_with_snapshot(snapshot, observe(topo.seed, creds)) if apply else []

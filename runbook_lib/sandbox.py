@@ -19,6 +19,8 @@ import yaml
 from redis.crc import key_slot
 from tqdm.auto import tqdm
 
+from . import acl as acl_rules
+from .certs import make_certificates
 from .config import Credentials
 from .connection import node_client
 from .exceptions import SandboxError
@@ -26,6 +28,11 @@ from .topology import SLOTS, cluster_info, read_view
 
 STATE_FILE = "sandbox.json"
 PASSWORD_FILE = "password"
+ADMIN_PASSWORD_FILE = "admin-password"
+TLS_DIR = "tls"
+OPERATOR_USER = "runbook"
+ADMIN_USER = "admin"
+REPLICATION_USER = "replicator"
 
 
 @dataclass
@@ -81,13 +88,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _node_config(port: int, node_dir: Path, password: str, persistence: bool) -> str:
+def _node_config(port: int, node_dir: Path, security: list[str], persistence: bool, tls: bool = False) -> str:
+    """redis.conf for one node; with TLS it listens only on a TLS port (the cluster bus and replication too)."""
     lines = [
-        f"port {port}", "bind 127.0.0.1", f"dir {node_dir}", "daemonize yes",
+        *(["port 0", f"tls-port {port}"] if tls else [f"port {port}"]),
+        "bind 127.0.0.1", f"dir {node_dir}", "daemonize yes",
         f"pidfile {node_dir / 'redis.pid'}", f"logfile {node_dir / 'redis.log'}",
         "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000",
         "maxmemory 1gb", "maxmemory-policy noeviction", "enable-debug-command local",
-        f'requirepass "{password}"', f'masterauth "{password}"',
+        *security,
     ]
     lines += ["appendonly yes", "save 3600 1"] if persistence else ["appendonly no", 'save ""']
     return "\n".join(lines) + "\n"
@@ -107,8 +116,29 @@ class Sandbox:
     def password_path(self) -> Path:
         return self.root / PASSWORD_FILE
 
+    @property
+    def admin_password_path(self) -> Path:
+        return self.root / ADMIN_PASSWORD_FILE
+
+    def _tls_files(self) -> dict:
+        state = self.state() or {}
+        if not state.get("tls"):
+            return {}
+        folder = self.root / TLS_DIR
+        return {"tls": True, "ca_file": str(folder / "ca.crt"), "cert_file": str(folder / "client.crt"),
+                "key_file": str(folder / "client.key")}
+
     def credentials(self) -> Credentials:
-        return Credentials(password=self.password_path.read_text().strip())
+        """What the runbook connects with: the `runbook` ACL user with --acl, else the default user's password."""
+        username = OPERATOR_USER if (self.state() or {}).get("acl") else ""
+        return Credentials(username=username, password=self.password_path.read_text().strip(), **self._tls_files())
+
+    def admin_credentials(self) -> Credentials:
+        """What the sandbox itself sets up with (slots, data): the `admin` user with --acl, else the default user."""
+        if not (self.state() or {}).get("acl"):
+            return self.credentials()
+        return Credentials(username=ADMIN_USER, password=self.admin_password_path.read_text().strip(),
+                           **self._tls_files())
 
     def state(self) -> dict | None:
         return json.loads(self.state_path.read_text()) if self.state_path.exists() else None
@@ -122,8 +152,13 @@ class Sandbox:
                 alive[port] = pid
         return alive
 
-    def up(self, layout: SandboxLayout, keys: int = 200_000, persistence: bool = False, progress: bool = True) -> dict:
-        """Start the existing cluster with data and the new nodes unjoined; write params for it."""
+    def up(self, layout: SandboxLayout, keys: int = 200_000, persistence: bool = False, progress: bool = True,
+           acl: bool = False, tls: bool = False) -> dict:
+        """Start the existing cluster with data and the new nodes unjoined; write params for it.
+
+        `acl`: the default user is off, the runbook connects as a least-privilege `runbook` user and replicas sync as
+        `replicator`; the sandbox sets itself up as `admin`. `tls`: a throwaway CA, and every connection over TLS.
+        """
         if self.running_pids():
             raise SandboxError(f"a sandbox is already up in {self.root}; run `runbook sandbox down --dir {self.root}` first")
         taken = [p for p in layout.all_ports if not _port_free(p) or not _port_free(p + 10000)]
@@ -134,22 +169,26 @@ class Sandbox:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
-        self.password_path.touch(mode=0o600)
-        self.password_path.write_text(secrets.token_urlsafe(24) + "\n")
-        password = self.password_path.read_text().strip()
-        state = {"layout": asdict(layout), "ports": layout.all_ports, "started": time.time()}
+        password = _secret_file(self.password_path)
+        state = {"layout": asdict(layout), "ports": layout.all_ports, "started": time.time(), "acl": acl, "tls": tls}
         self.state_path.write_text(json.dumps(state, indent=2))
+        security = (self._acl_config(password) if acl else [f'requirepass "{password}"', f'masterauth "{password}"'])
+        if tls:
+            files = make_certificates(self.root / TLS_DIR)
+            security += [f"tls-cert-file {files.node_cert}", f"tls-key-file {files.node_key}",
+                         f"tls-ca-cert-file {files.ca_cert}", "tls-cluster yes", "tls-replication yes",
+                         "tls-auth-clients yes"]
         for port in layout.all_ports:
             node_dir = self.root / str(port)
             node_dir.mkdir()
             conf = node_dir / "redis.conf"
             conf.touch(mode=0o600)
-            conf.write_text(_node_config(port, node_dir, password, persistence))
+            conf.write_text(_node_config(port, node_dir, security, persistence, tls))
             proc = subprocess.run([server, str(conf)], capture_output=True, text=True)
             if proc.returncode != 0:
                 self.down()
                 raise SandboxError(f"redis-server on port {port} failed to start: {proc.stderr or proc.stdout}")
-        creds = self.credentials()
+        creds = self.admin_credentials()
         try:
             self._wait_ready(layout.all_ports, creds)
             self._create_cluster(layout, creds)
@@ -160,6 +199,16 @@ class Sandbox:
             raise
         self.write_params(layout)
         return state
+
+    def _acl_config(self, password: str) -> list[str]:
+        """redis.conf lines: default user off, `admin` for the sandbox, `runbook` with the least rules, `replicator`."""
+        admin = _secret_file(self.admin_password_path)
+        replication = secrets.token_urlsafe(24)
+        return ["user default off",
+                acl_rules.config_line(ADMIN_USER, admin, ["~*", "&*", "+@all"]),
+                acl_rules.config_line(OPERATOR_USER, password, acl_rules.operator_rules()),
+                acl_rules.config_line(REPLICATION_USER, replication, list(acl_rules.REPLICATION_RULES)),
+                f"masteruser {REPLICATION_USER}", f'masterauth "{replication}"']
 
     def down(self) -> list[int]:
         """Stop exactly this sandbox's processes (pids from its own pidfiles) and return the ports stopped."""
@@ -210,11 +259,20 @@ class Sandbox:
 
     def write_params(self, layout: SandboxLayout) -> Path:
         """Write params.yaml for this sandbox into its folder (same schema as params/sandbox.yaml)."""
+        state = self.state() or {}
+        cluster: dict = {"seed": f"127.0.0.1:{layout.port}"}
+        if state.get("acl"):
+            cluster["username"] = OPERATOR_USER
+        cluster["password_file"] = PASSWORD_FILE
+        if state.get("tls"):
+            cluster["tls"] = {"enabled": True, "ca_file": f"{TLS_DIR}/ca.crt", "cert_file": f"{TLS_DIR}/client.crt",
+                              "key_file": f"{TLS_DIR}/client.key"}
         params = {
-            "cluster": {"seed": f"127.0.0.1:{layout.port}", "password_file": PASSWORD_FILE},
+            "cluster": cluster,
             "new_masters": [{"address": f"127.0.0.1:{m}", "replica": f"127.0.0.1:{r}"}
                             for m, r in zip(layout.new_master_ports, layout.new_replica_ports)],
             "migration": {"slots_per_batch": 256, "keys_per_migrate": 1000},
+            "probe": {"enabled": True},
             "report": {"dir": str(self.root.parent / "reports")},
             "apply": True,
             "confirm_cluster": f"127.0.0.1:{layout.port}",
@@ -223,6 +281,13 @@ class Sandbox:
         path.write_text("# Written by `runbook sandbox up`; the password stays in ./password (mode 0600).\n"
                         + yaml.safe_dump(params, sort_keys=False))
         return path
+
+
+def _secret_file(path: Path) -> str:
+    """A fresh random password in an owner-only file; returns it."""
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
 
 
 def _cluster_state(port: int, creds: Credentials) -> str | None:

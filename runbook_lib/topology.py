@@ -28,6 +28,7 @@ class NodeEntry:
     slots: frozenset[int] = frozenset()
     migrating: dict[int, str] = field(default_factory=dict)
     importing: dict[int, str] = field(default_factory=dict)
+    bus_port: int = 0
 
     @property
     def is_master(self) -> bool:
@@ -47,6 +48,7 @@ def parse_cluster_nodes(text: str) -> dict[str, NodeEntry]:
             continue
         node_id, addr, flags, master, _ping, _pong, epoch, link, *slot_fields = parts
         address = addr.split("@")[0].split(",")[0]
+        cport = addr.partition("@")[2].split(",")[0]
         slots: set[int] = set()
         migrating: dict[int, str] = {}
         importing: dict[int, str] = {}
@@ -67,7 +69,8 @@ def parse_cluster_nodes(text: str) -> dict[str, NodeEntry]:
         entries[node_id] = NodeEntry(
             id=node_id, address=address, flags=frozenset(flags.split(",")),
             master_id=None if master == "-" else master, config_epoch=int(epoch), link_state=link,
-            slots=frozenset(slots), migrating=migrating, importing=importing)
+            slots=frozenset(slots), migrating=migrating, importing=importing,
+            bus_port=int(cport) if cport.isdigit() else 0)
     return entries
 
 
@@ -250,15 +253,15 @@ def parse_ranges(text: str) -> set[int]:
     return slots
 
 
-def key_counts(topo: Topology, creds: Credentials) -> dict[int, int]:
-    """Keys per slot, from CLUSTER COUNTKEYSINSLOT pipelined to each slot's owner."""
+def key_counts(topo: Topology, creds: Credentials, only: set[int] | None = None) -> dict[int, int]:
+    """Keys per slot (all slots, or `only` these), from CLUSTER COUNTKEYSINSLOT pipelined to each slot's owner."""
     counts: dict[int, int] = {}
     address = {e.id: e.address for e in topo.nodes.values()}
     for owner, slots in topo.slots_by_master().items():
-        ordered = sorted(slots)
+        ordered = sorted(slots if only is None else slots & only)
         pipe = node_client(address[owner], creds).pipeline(transaction=False)
         for s in ordered:
-            pipe.execute_command("CLUSTER COUNTKEYSINSLOT", s)
+            pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", s)
         counts.update(zip(ordered, (int(n) for n in pipe.execute())))
     return counts
 
@@ -283,3 +286,14 @@ def names(topo: Topology) -> dict[str, str]:
 def named(counts: dict[str, int], id_names: dict[str, str]) -> dict[str, int]:
     """Re-key a per-node-id dict by address (ids that are not nodes yet stay as they are)."""
     return {id_names.get(k, k): v for k, v in counts.items()}
+
+
+def observe_any(addresses: list[str], creds: Credentials) -> Topology:
+    """Observe from the first of these nodes that answers (the seed may be the node that just failed)."""
+    problems = []
+    for address in dict.fromkeys(addresses):
+        try:
+            return observe(address, creds)
+        except BadInput as e:
+            problems.append(str(e))
+    raise BadInput("no node answered: " + "; ".join(problems))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -32,3 +33,28 @@ def runbook_bin() -> str:
     found = shutil.which("runbook", path=str(Path(os.sys.executable).parent)) or shutil.which("runbook")
     assert found, "the runbook console script is not installed; run `make test`"
     return found
+
+
+def files_holding(secret: str, roots: list[Path]) -> list[str]:
+    """Every file under `roots` (files or folders) whose bytes contain the secret, plain or JSON-escaped."""
+    needles = {secret.encode(), json.dumps(secret)[1:-1].encode()}
+    hits = []
+    for root in roots:
+        for path in ([root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())):
+            data = path.read_bytes()
+            if any(n in data for n in needles):
+                hits.append(str(path))
+    return hits
+
+
+def cluster_layout(ports: list[int], creds) -> dict[int, dict]:
+    """Every node's own CLUSTER NODES, reduced to what a change would alter: ids, roles, masters, epochs, slots."""
+    from runbook_lib.connection import node_client
+    from runbook_lib.topology import read_view
+    layout = {}
+    for port in ports:
+        view = read_view(node_client(f"127.0.0.1:{port}", creds), str(port))
+        layout[port] = {e.id: (e.address, sorted(e.flags - {"myself"}), e.master_id, e.config_epoch,
+                               sorted(e.slots), sorted(e.migrating.items()), sorted(e.importing.items()))
+                        for e in view.entries.values()}
+    return layout

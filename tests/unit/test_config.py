@@ -106,3 +106,43 @@ def test_parse_address():
     assert parse_address("[::1]:7000") == ("::1", 7000)
     with pytest.raises(ValueError):
         parse_address("host:99999")
+
+
+def test_password_in_params_is_refused_without_echoing_it(tmp_path):
+    path = write(tmp_path, GOOD.replace('password_file: "pw"', 'password: "hunter2-inline"'))
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    assert str(path) in str(e.value) and "cluster.password: passwords never go in params" in str(e.value)
+    assert "hunter2-inline" not in str(e.value)
+
+
+def test_password_env_holding_a_password_is_refused_without_echoing_it(tmp_path):
+    with pytest.raises(ParamsError) as e:
+        load_params(write(tmp_path, GOOD.replace('password_file: "pw"', 'password_env: "s3cr3t!pw#"')))
+    assert "cluster.password_env" in str(e.value) and "NAME of an environment variable" in str(e.value)
+    assert "s3cr3t!pw#" not in str(e.value)
+
+
+def test_duplicate_node_names_the_key(tmp_path):
+    text = GOOD.replace('replica: "127.0.0.1:7007"', 'replica: "127.0.0.1:7006"')
+    with pytest.raises(ParamsError, match=r"p.yaml: new_masters\.0\.replica: node 127.0.0.1:7006 is listed twice"):
+        load_params(write(tmp_path, text))
+    with pytest.raises(ParamsError, match=r"new_masters\.0\.address: 127.0.0.1:7000 is the seed"):
+        load_params(write(tmp_path, GOOD.replace("127.0.0.1:7006", "127.0.0.1:7000")))
+
+
+def test_tls_files_must_exist_and_the_key_be_private(tmp_path):
+    (tmp_path / "pw").write_text("pw\n")
+    os.chmod(tmp_path / "pw", 0o600)
+    tls = '  tls:\n    enabled: true\n    ca_file: "ca.crt"\n    key_file: "client.key"\n'
+    params = load_params(write(tmp_path, GOOD.replace('  password_file: "pw"\n', '  password_file: "pw"\n' + tls)))
+    with pytest.raises(ParamsError, match=r"cluster\.tls\.ca_file: file .*ca.crt does not exist"):
+        params.credentials()
+    (tmp_path / "ca.crt").write_text("x")
+    (tmp_path / "client.key").write_text("x")
+    os.chmod(tmp_path / "client.key", 0o644)
+    with pytest.raises(ParamsError, match=r"cluster\.tls\.key_file: private key .* readable by others"):
+        params.credentials()
+    os.chmod(tmp_path / "client.key", 0o600)
+    creds = params.credentials()
+    assert creds.tls and creds.ca_file == str(tmp_path / "ca.crt") and creds.cert_file == ""

@@ -1,0 +1,80 @@
+"""What the runner's own host can tell: whether a node runs here, its RAM and kernel settings, and TCP reachability."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}
+KERNEL_FILES = {
+    "vm.overcommit_memory": "proc/sys/vm/overcommit_memory",
+    "transparent_hugepage": "sys/kernel/mm/transparent_hugepage/enabled",
+    "vm.swappiness": "proc/sys/vm/swappiness",
+}
+
+
+def is_local(host: str) -> bool:
+    """True when host names this machine (loopback, or an address a socket here can bind), so its files are readable."""
+    if host in LOCAL_NAMES:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror:
+        return False
+    for family, _type, _proto, _name, sockaddr in infos:
+        ip = sockaddr[0]
+        if ipaddress.ip_address(ip.split("%")[0]).is_loopback:
+            return True
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.bind((ip, 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def mem_total(root: Path = Path("/")) -> int | None:
+    """This host's RAM in bytes (MemTotal of /proc/meminfo), or None when it cannot be read."""
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "MemTotal":
+                fields = value.split()
+                return int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def kernel_settings(root: Path = Path("/")) -> dict[str, str | OSError]:
+    """The kernel settings Redis cares about, read from this host's /proc and /sys (an OSError where unreadable)."""
+    values: dict[str, str | OSError] = {}
+    for name, relative in KERNEL_FILES.items():
+        try:
+            values[name] = (root / relative).read_text().strip()
+        except OSError as e:
+            values[name] = e
+    return values
+
+
+def tcp_open(host: str, port: int, timeout: float = 2.0) -> str:
+    """Connect to host:port over TCP and close again; "" when it accepted, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return ""
+    except socket.timeout:
+        return f"no answer within {timeout:g} s (filtered by a firewall?)"
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def tcp_open_all(targets: list[tuple[str, int]], timeout: float = 2.0) -> dict[tuple[str, int], str]:
+    """tcp_open for many (host, port) pairs at once, so closed or filtered ports cost one timeout in total."""
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
+        results = pool.map(lambda t: tcp_open(t[0], t[1], timeout), targets)
+        return dict(zip(targets, results))
