@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from runbook_lib import nodes
-from runbook_lib.config import Migration
+from runbook_lib.config import BigKeys, Migration
 from runbook_lib.connection import node_client
 from runbook_lib.journal import Journal
 from runbook_lib.migrate import migrate
@@ -44,7 +44,7 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
             if proc.returncode != 0:
                 raise SystemExit(f"redis-cli rebalance failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
         else:
-            migrate(observe(seed, creds), creds, [new], settings, journal, progress=False)
+            migrate(observe(seed, creds), creds, [new], settings, journal, bigkeys=BigKeys(), progress=False)
         seconds = time.perf_counter() - started
         time.sleep(1)
         topo = observe(seed, creds)

@@ -27,6 +27,14 @@ TOPOLOGY_ERRORS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only
                    "LOADING", "MASTERDOWN", "already the owner")
 
 
+BIG_KEYS_SCRIPT = """local out = {}
+for _, key in ipairs(KEYS) do
+  local bytes = redis.call('MEMORY', 'USAGE', key)
+  if bytes and bytes >= tonumber(ARGV[1]) then out[#out + 1] = key; out[#out + 1] = bytes end
+end
+return out"""
+
+
 class TopologyChanged(Exception):
     """A node stopped being what the mover thought (failover, not a master, unreachable): refresh and retry."""
 
@@ -55,6 +63,7 @@ class Mover:
         self.threshold = bigkeys.threshold_bytes if bigkeys else None
         self.allowed = dict(bigkeys.allow) if bigkeys else {}
         self._clients: dict[str, redis.Redis] = {}
+        self._broadcaster: ThreadPoolExecutor | None = None
         self._auth = migrate_auth_args(creds)
         self._refresh_lock = threading.Lock()
         self._former_master: dict[str, str] = {}
@@ -97,6 +106,7 @@ class Mover:
         """Move every batch of the plan in order, pausing between batches as the params say."""
         results: list[BatchResult] = []
         bar = tqdm(total=len(plan.moves), unit="slot", desc="migrating", disable=not progress)
+        self._broadcaster = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broadcast")
         try:
             for number, batch in enumerate(plan.batches, start=1):
                 result = self.move_batch(number, batch)
@@ -106,6 +116,8 @@ class Mover:
                 if self.settings.pause_between_batches_s and number < len(plan.batches):
                     time.sleep(self.settings.pause_between_batches_s)
         finally:
+            self._broadcaster.shutdown(wait=True)
+            self._broadcaster = None
             bar.close()
         return results
 
@@ -125,7 +137,10 @@ class Mover:
                     keys += worker.result()
                 except MigrationError as e:
                     errors.append(e)
-        self._broadcast_owners(assigned)
+        if self._broadcaster is not None:
+            self._broadcaster.submit(self._broadcast_owners, list(assigned))
+        else:
+            self._broadcast_owners(assigned)
         ended = time.time()
         self.journal.record("batch_end", batch=number, keys=keys, seconds=round(ended - started, 3),
                             errors=[str(e) for e in errors])
@@ -160,8 +175,7 @@ class Mover:
         n = self.settings.keys_per_migrate
         try:
             first = self._pipeline(src_id, [("CLUSTER", "GETKEYSINSLOT", s, n) for s in slots])
-            for slot, keys in zip(slots, first):
-                self._guard_big_keys(slot, src_id, keys)
+            self._guard_groups(src_id, list(zip(slots, first)))
             self.journal.record("slots_open", slots=slots, source=src_id, target=tgt_id)
             self._pipeline(tgt_id, [("CLUSTER", "SETSLOT", s, "IMPORTING", src_id) for s in slots])
             failpoint("after_importing")
@@ -280,14 +294,21 @@ class Mover:
 
     def _guard_big_keys(self, slot: int, src_id: str, keys: list[bytes]) -> None:
         """Stop at a key over the threshold (before its slot is opened, for the slot's first keys), unless allowed."""
-        if not keys or not self.threshold:
+        self._guard_groups(src_id, [(slot, keys)])
+
+    def _guard_groups(self, src_id: str, slot_keys: list[tuple[int, list[bytes]]]) -> None:
+        """Size the keys of several slots with one script call per slot, all in one round trip."""
+        todo = [(slot, keys) for slot, keys in slot_keys if keys]
+        if not todo or not self.threshold:
             return
         pipe = self.client(src_id).pipeline(transaction=False)
-        for k in keys:
-            pipe.execute_command("MEMORY USAGE", k)
-        for key, size in zip(keys, pipe.execute()):
-            name = key.decode(errors="replace")
-            if size and size >= self.threshold and name not in self.allowed:
+        for _, keys in todo:
+            pipe.eval(BIG_KEYS_SCRIPT, len(keys), *keys, self.threshold)
+        for (slot, _), found in zip(todo, pipe.execute()):
+            for key, size in zip(found[::2], found[1::2]):
+                name = key.decode(errors="replace")
+                if name in self.allowed:
+                    continue
                 self.journal.record("bigkey_stop", slot=slot, key=name, bytes=size)
                 raise MigrationError(slot, f"key {name!r} is {size / 1048576:.1f} MB, over the big-key threshold "
                                            f"({self.threshold / 1048576:.1f} MB); not opening its slot. Split or delete "
@@ -414,7 +435,11 @@ class Mover:
         self._call(node_id, "CLUSTER", "SETSLOT", slot, "STABLE")
 
     def _broadcast_owners(self, assigned: list[Move]) -> None:
-        """Tell every other master the new owners of handed-over slots, one pipeline each (gossip would, later)."""
+        """Tell every other master the new owners of handed-over slots, one pipeline each (gossip would, later).
+
+        During a run this goes on in the background while the next batch moves: the target and source already
+        agree, and a third master that has not heard yet only redirects a client one hop further.
+        """
         for master in list(self.masters):
             pipe = self.client(master).pipeline(transaction=False)
             for m in assigned:

@@ -134,14 +134,14 @@ class MoveRates:
     """How fast the mover works, for time estimates: a fixed cost per slot, plus a cost per key and per byte.
     Across a network each slot costs a few round trips more: time a few batches there and pass the rates you see."""
 
-    # Measured with the sandbox on one host (loopback, Redis 7.0.15, 1000 keys per MIGRATE, three old masters giving
-    # 4096 slots to one new master; medians of three runs, which varied by up to a third on this shared machine):
-    # no keys 0.74 s; the sandbox's mixed data (50 000 keys, 47 MB) 1.55 s, about 30 000 keys/s, estimated 1.5 s;
-    # 250 000 keys of 16 bytes 2.4 s, estimated 3.4 s (small strings move faster than the mix); 110 MB in values of
-    # 100 kB or 1 MB 1.0 to 1.2 s, estimated 1.2 s.
-    slot_s: float = 0.0002
+    # Measured with the sandbox on one host (loopback, Redis 7.0.15, 1000 keys per MIGRATE, 32 slots in flight, three
+    # old masters giving 4096 slots to one new master; two runs each, on a shared machine): no keys 0.6-0.8 s,
+    # estimated 0.7 s; the sandbox's mixed data (50 000 keys, 47 MB) 1.3-1.5 s, about 35 000 keys/s, estimated 1.3 s;
+    # 115 MB in 100 kB values 0.84-0.94 s, estimated 1.0 s; 250 000 keys of 16 bytes 1.7-2.2 s, estimated 3.3 s
+    # (small strings move faster than the mix, so the estimate errs long there).
+    slot_s: float = 0.00017
     keys_per_s: float = 100_000.0
-    bytes_per_s: float = 300_000_000.0
+    bytes_per_s: float = 400_000_000.0
 
     def __post_init__(self) -> None:
         if self.slot_s < 0 or self.keys_per_s <= 0 or self.bytes_per_s <= 0:
