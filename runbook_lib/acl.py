@@ -16,7 +16,7 @@ when it connects and ignores a refusal, which ACL LOG then records; add +client|
 (7.0 does not know the command, so it cannot be in the rules)."""
 
 _MOVER = ("+cluster|setslot", "+cluster|getkeysinslot", "+cluster|countkeysinslot", "+migrate", "+restore-asking",
-          "+select", "+memory|usage", "+exists", "+asking", "+dump", "+del", "+client|list")
+          "+select", "+memory|usage", "+eval", "+exists", "+asking", "+dump", "+del", "+client|list")
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "00_preflight": ("+config|get", "+dbsize", "+cluster|countkeysinslot", "+scan", "+type", "+memory|usage",
@@ -33,7 +33,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "traffic probe": ("+cluster|slots", "+command", "+asking"),
 }
 """Commands each section sends on any key (or none). MIGRATE sends SELECT and RESTORE-ASKING to the target node
-authenticated as the same user (AUTH2), hence those two; MEMORY USAGE guards against big keys; after a BUSYKEY the
+authenticated as the same user (AUTH2), hence those two; MEMORY USAGE guards against big keys, a slot's keys sized in
+one EVAL (a script runs only the commands its user may run); after a BUSYKEY the
 mover compares both copies with EXISTS and DUMP (ASKING on the importing target) and DELetes an identical source copy;
 CLIENT LIST shows which clients already know a new master."""
 

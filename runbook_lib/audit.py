@@ -23,6 +23,7 @@ import yaml
 from . import __version__
 from .config import Params
 from .exceptions import BadInput
+from .notebook import git_commit
 
 PROVENANCE = "provenance.json"
 PARAMS_COPY = "params.redacted.yaml"
@@ -78,7 +79,6 @@ def _versions() -> dict[str, str]:
 
 def invocation(command: str, run_id: str, params: Params, started: float, ended: float, **details) -> dict:
     """What one invocation that wrote into a run folder was: who ran which code where, when, on which params."""
-    from .notebook import git_commit
     return {
         "run_id": run_id, "command": command, "argv": list(sys.argv),
         "runbook_lib": __version__, "git_commit": git_commit(), "versions": _versions(),

@@ -43,3 +43,31 @@ def batch_progress(batches: list[dict]) -> Figure:
     ax.legend(handles, ["slots moved", "seconds"], fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def batch_latency(table, baseline_p99_ms: float | None, decisions: list | None = None,
+                  budget_pct: float = 10.0) -> Figure:
+    """Per batch: probe p50/p99 against the baseline band, throughput, and where the throttle slowed down."""
+    rows = table[table["batch"].notna()] if len(table) else table
+    fig = Figure(figsize=(8, 4.2))
+    ax, ax_ops = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    if len(rows):
+        ax.plot(rows["batch"], rows["p99_ms"], marker="o", markersize=3, color="#c0392b", label="p99")
+        ax.plot(rows["batch"], rows["p50_ms"], marker="o", markersize=3, color="#2f6fb0", label="p50")
+        ax_ops.bar(rows["batch"], rows["ops_per_s"], color="#9aa5b1", label="requests/s")
+        errors = rows[rows["errors"] > 0]
+        ax.scatter(errors["batch"], errors["p99_ms"], color="black", marker="x", zorder=5, label="failed requests")
+    if baseline_p99_ms:
+        ax.axhspan(0, baseline_p99_ms * (1 + budget_pct / 100), color="#e3f4e1", label=f"baseline p99 +{budget_pct:g} %")
+        ax.axhline(baseline_p99_ms, color="#27ae60", linestyle="--", linewidth=1)
+    for d in decisions or []:
+        if d.action in ("slow down", "pause"):
+            ax.axvline(d.batch, color="#e67e22", linewidth=1, alpha=0.6)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Client latency per batch (traffic probe); orange lines: throttle slowed down")
+    ax.legend(fontsize=7, loc="upper right")
+    ax_ops.set_ylabel("req/s")
+    ax_ops.set_xlabel("batch")
+    ax_ops.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig

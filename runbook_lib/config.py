@@ -89,9 +89,16 @@ class NewMaster(_Section):
         return v
 
 
-class Migration(_Section):
-    """How slots move: batch size, keys per MIGRATE, timeouts, pacing."""
+PRESETS = {
+    "fast": {},
+    "gentle": {"slots_per_batch": 64, "slots_in_flight": 1, "keys_per_migrate": 100, "pause_between_batches_s": 0.2},
+}
 
+
+class Migration(_Section):
+    """How slots move: batch size, keys per MIGRATE, timeouts, pacing; `preset` fills the keys not given."""
+
+    preset: str = "fast"
     slots_per_batch: int = Field(256, ge=1, le=16384)
     keys_per_migrate: int = Field(1000, ge=1, le=100000)
     slots_in_flight: int = Field(32, ge=1, le=1024)
@@ -99,6 +106,15 @@ class Migration(_Section):
     pause_between_batches_s: float = Field(0.0, ge=0)
     warmup_slot: bool = True
     convergence_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        if isinstance(data, dict) and "preset" in data:
+            if data["preset"] not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {data['preset']!r}")
+            return {**PRESETS[data["preset"]], **data}
+        return data
 
 
 class Gates(_Section):
@@ -110,6 +126,10 @@ class Gates(_Section):
     p99_latency_ms: float = Field(20.0, gt=0)
     replication_lag_ms: float = Field(500.0, gt=0)
     latency_budget_pct: float = Field(10.0, gt=0)
+    latency_floor_ms: float = Field(1.0, ge=0)
+    window_s: float = Field(5.0, gt=0)
+    baseline_s: float = Field(5.0, gt=0)
+    pause_after_s: float = Field(60.0, gt=0)
 
 
 class BigKeys(_Section):

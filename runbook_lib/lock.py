@@ -22,10 +22,12 @@ from typing import Iterator
 
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from .config import Credentials
-from .connection import cluster_client
+from .connection import cluster_client, node_client
 from .exceptions import BadInput, RunLocked
+from .topology import Topology
 
 LOCK_KEY = "runbook:lock"
 TTL_S = 60.0
@@ -165,8 +167,12 @@ class RunLock:
                 elif not self._client.set(LOCK_KEY, mine, nx=True, px=px):
                     raise RunLocked("another run took the cluster's run lock at this very moment; try again")
         except redis.ResponseError as e:
+            self._close()
             raise BadInput(f"cannot take the run lock {LOCK_KEY!r} ({e}); the user needs SET, GET, PTTL and DEL on "
                            f"keys 'runbook:*' (see docs/acl.md)") from None
+        except RunLocked:
+            self._close()
+            raise
         self._thread = threading.Thread(target=self._beat, name="runbook-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -182,6 +188,10 @@ class RunLock:
                             "to take the lock over deliberately; nothing was changed")
         previous = self._client.set(LOCK_KEY, mine, xx=True, get=True, px=px)
         if previous != state.raw:
+            if previous is None:
+                self._client.delete(LOCK_KEY)
+            else:
+                self._client.set(LOCK_KEY, previous, xx=True, px=px)
             raise RunLocked("the run lock changed hands while taking it over; look again (`runbook check`) and retry")
         self.taken_over = state.holder
 
@@ -189,22 +199,27 @@ class RunLock:
         """Refresh the lock's TTL while it is ours; note in `lost` who took it if it is not any more."""
         mine, px = self.holder.to_json(), int(TTL_S * 1000)
         client = self._connect_quietly()
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                client = client or self._connect_quietly()
-                if client is None:
-                    continue
-                current = client.get(LOCK_KEY)
-                if current == mine:
-                    client.set(LOCK_KEY, mine, xx=True, px=px)
-                    continue
-                if current is None and client.set(LOCK_KEY, mine, nx=True, px=px):
-                    continue
-                state = read_lock(client)
-                self.lost = state.holder if state else None
-                return
-            except (redis.RedisError, OSError, AttributeError):
-                client = None
+        try:
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    client = client or self._connect_quietly()
+                    if client is None:
+                        continue
+                    current = client.get(LOCK_KEY)
+                    if current == mine:
+                        client.set(LOCK_KEY, mine, xx=True, px=px)
+                    elif current is None:
+                        client.set(LOCK_KEY, mine, nx=True, px=px)
+                    else:
+                        state = read_lock(client)
+                        if state is not None and state.raw != mine:
+                            self.lost = state.holder
+                            return
+                except (redis.RedisError, OSError, AttributeError):
+                    client = None
+        finally:
+            if client is not None:
+                client.close()
 
     def _connect_quietly(self) -> RedisCluster | None:
         try:
@@ -227,6 +242,10 @@ class RunLock:
         except (redis.RedisError, OSError, AttributeError):
             return False
         finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._client is not None:
             self._client.close()
             self._client = None
 
@@ -239,3 +258,14 @@ def holding(seed: str, creds: Credentials, command: str, take_over: bool = False
         yield lock
     finally:
         lock.release()
+
+
+def lock_keys(topo: Topology, creds: Credentials) -> int:
+    """1 when the run lock's key exists (on its slot's owner), else 0: key counts leave the runbook's own key out."""
+    owner = topo.reference.owners()[key_slot(LOCK_KEY.encode())]
+    if owner is None or owner not in topo.nodes:
+        return 0
+    try:
+        return int(node_client(topo.nodes[owner].address, creds, timeout=5.0).exists(LOCK_KEY))
+    except (redis.RedisError, OSError):
+        return 0

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 from tqdm.auto import tqdm
@@ -22,6 +23,9 @@ from .exceptions import BadInput, MigrationError
 from .journal import Journal, failpoint
 from .plan import Move, Plan, plan_expansion
 from .topology import Topology, key_counts, observe_any
+
+if TYPE_CHECKING:
+    from .throttle import Throttle
 
 TOPOLOGY_ERRORS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters", "I don't know about node",
                    "LOADING", "MASTERDOWN", "already the owner")
@@ -102,18 +106,26 @@ class Mover:
             self._clients[address] = node_client(address, self.creds, timeout=self.settings.migrate_timeout_ms / 1000 + 5)
         return self._clients[address]
 
-    def run(self, plan: Plan, progress: bool = True) -> list[BatchResult]:
-        """Move every batch of the plan in order, pausing between batches as the params say."""
+    def run(self, plan: Plan, progress: bool = True, throttle: "Throttle | None" = None) -> list[BatchResult]:
+        """Move the plan batch by batch; a throttle may shrink batches, change the pace, or pause the run."""
         results: list[BatchResult] = []
+        queue = [list(b) for b in plan.batches]
         bar = tqdm(total=len(plan.moves), unit="slot", desc="migrating", disable=not progress)
         self._broadcaster = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broadcast")
         try:
-            for number, batch in enumerate(plan.batches, start=1):
+            while queue:
+                number = len(results) + 1
+                if throttle is not None:
+                    self.settings = throttle.before_batch(number)
+                batch = queue.pop(0)
+                if len(batch) > self.settings.slots_per_batch:
+                    queue.insert(0, batch[self.settings.slots_per_batch:])
+                    batch = batch[: self.settings.slots_per_batch]
                 result = self.move_batch(number, batch)
                 results.append(result)
                 bar.update(result.slots)
-                bar.set_postfix(batch=f"{number}/{len(plan.batches)}", keys=sum(r.keys for r in results))
-                if self.settings.pause_between_batches_s and number < len(plan.batches):
+                bar.set_postfix(batch=number, keys=sum(r.keys for r in results))
+                if self.settings.pause_between_batches_s and queue:
                     time.sleep(self.settings.pause_between_batches_s)
         finally:
             self._broadcaster.shutdown(wait=True)
@@ -480,7 +492,8 @@ def current_plan(topo: Topology, creds: Credentials, addresses: list[str], setti
 
 
 def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: Migration, journal: Journal,
-            bigkeys: BigKeys | None = None, progress: bool = True) -> tuple[Plan, list[BatchResult]]:
+            bigkeys: BigKeys | None = None, progress: bool = True,
+            throttle: "Throttle | None" = None) -> tuple[Plan, list[BatchResult]]:
     """Observe, finish the slots this journal left open, plan what remains, move it.
 
     Open slots this run did not open (another tool, an operator) are refused: `runbook resume` repairs those.
@@ -491,7 +504,7 @@ def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: 
     if not plan.moves:
         return plan, []
     journal.record("migration_start", moves=len(plan.moves), batches=len(plan.batches))
-    results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress)
+    results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle)
     journal.record("migration_end", keys=sum(r.keys for r in results), slots=sum(r.slots for r in results))
     return plan, results
 

@@ -20,6 +20,7 @@ from .exceptions import BadInput, RunLocked
 from .inputs import check_targets
 from .lock import LOCK_KEY, RunLock, new_run_id
 from .notebook import RESULTS_DIR
+from .watch import stop_all
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ROLLBACK = "90_rollback"
@@ -161,6 +162,9 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
                       for s in result.sections],
             lock={"held": lock is not None, "key": LOCK_KEY if lock else "",
                   "taken_over_from": lock.taken_over.describe() if lock and lock.taken_over else ""})
+        stopped = stop_all(run_dir)
+        if stopped:
+            echo(f"stopped the run's {' and '.join(stopped)}")
         audit.record(run_dir, params, record, [creds.password])
         write_index(result, available(notebooks_dir))
         sealed = audit.finish(run_dir, run_id, [creds.password])

@@ -271,8 +271,9 @@ class Sandbox:
             "cluster": cluster,
             "new_masters": [{"address": f"127.0.0.1:{m}", "replica": f"127.0.0.1:{r}"}
                             for m, r in zip(layout.new_master_ports, layout.new_replica_ports)],
-            "migration": {"slots_per_batch": 256, "keys_per_migrate": 1000},
+            "migration": {"preset": "gentle"},
             "probe": {"enabled": True},
+            "gates": {"baseline_s": 10.0, "latency_floor_ms": 2.0},
             "report": {"dir": str(self.root.parent / "reports")},
             "apply": True,
             "confirm_cluster": f"127.0.0.1:{layout.port}",

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from .config import Credentials
 from .connection import cluster_client, node_client
+from .lock import lock_keys
 from .topology import SLOTS, Topology
 
 
@@ -68,8 +69,8 @@ def balance(topo: Topology, tolerance_pct: float = 1.0) -> Check:
 
 
 def key_count(topo: Topology, creds: Credentials) -> int:
-    """Keys held by all masters (DBSIZE summed)."""
-    return sum(node_client(m.address, creds).dbsize() for m in topo.masters())
+    """Keys held by all masters (DBSIZE summed), leaving out the runbook's own run-lock key."""
+    return sum(node_client(m.address, creds).dbsize() for m in topo.masters()) - lock_keys(topo, creds)
 
 
 def keys_unchanged(topo: Topology, creds: Credentials, expected: int) -> Check:

@@ -18,10 +18,11 @@ from runbook_lib.validate import key_count
 RUNBOOK = str(Path(sys.executable).parent / "runbook")
 
 
-def params_variant(sb: Sandbox, name: str, **migration) -> Path:
-    """A copy of the sandbox's params with migration settings changed, beside the original."""
+def params_variant(sb: Sandbox, name: str, gates: dict | None = None, **migration) -> Path:
+    """A copy of the sandbox's params with migration (and gate) settings changed, beside the original."""
     data = yaml.safe_load((sb.root / "params.yaml").read_text())
     data["migration"] = {**data.get("migration", {}), **migration}
+    data["gates"] = {**data.get("gates", {}), **(gates or {})}
     path = sb.root / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -18,6 +18,7 @@ from runbook_lib.connection import cluster_client, node_client
 from runbook_lib.lock import RunLock, read_lock
 from runbook_lib.sandbox import SandboxLayout, redis_binary
 from runbook_lib.topology import observe
+from runbook_lib.validate import key_count
 from tests.conftest import cluster_layout, start_sandbox
 
 pytestmark = pytest.mark.integration
@@ -237,8 +238,11 @@ def test_stale_lock_is_recognised_and_taken_over_deliberately(sandbox, runbook_b
 
 def test_resume_and_rollback_respect_the_lock(sandbox, runbook_bin, unchanged):
     params = sandbox.root / "params.yaml"
+    keys = key_count(observe(f"127.0.0.1:{PORT}", sandbox.credentials()), sandbox.credentials())
     lock = RunLock(f"127.0.0.1:{PORT}", sandbox.credentials(), "holding-run", "runbook run").acquire()
     try:
+        topo = observe(f"127.0.0.1:{PORT}", sandbox.credentials())
+        assert key_count(topo, sandbox.credentials()) == keys, "the lock key is not counted as data"
         for command in ("resume", "rollback"):
             proc = runbook(runbook_bin, command, "--params", params)
             assert proc.returncode == 2, proc.stdout + proc.stderr

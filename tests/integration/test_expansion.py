@@ -78,6 +78,18 @@ def test_report_folder_holds_the_audit_record(run):
     assert list((out / "backup").glob("*.rdb")), "10_backup copied no RDB"
 
 
+def test_verdict_table_in_executed_validate(run):
+    _, out = run
+    checks = {c["name"]: c for c in json.loads((out / "results" / "60_validate.json").read_text())["checks"]}
+    for name in ("latency variation", "failed requests", "lost writes", "downtime"):
+        assert name in checks and checks[name]["status"] in ("pass", "fail", "warn")
+    assert checks["failed requests"]["status"] == "pass", checks["failed requests"]
+    assert checks["lost writes"]["status"] == "pass", checks["lost writes"]
+    summary = json.loads((out / "probe-summary.json").read_text())
+    assert summary["ops"] > 100 and summary["acknowledged_writes"] > 0
+    assert (out / "metrics.csv").exists() and "batch-latency.png" in {p.name for p in (out / "charts").glob("*.png")}
+
+
 def test_second_run_does_nothing_and_says_so(run, sandbox, runbook_bin):
     out = sandbox.root.parent / "run2"
     proc = subprocess.run([runbook_bin, "run", "--params", str(sandbox.root / "params.yaml"), "--out", str(out),

@@ -1,0 +1,126 @@
+"""Gates and the adaptive throttle: before each batch, fresh samples decide go, slow down, or pause the run.
+
+A failing gate halves the batch, the slots in flight and the keys per MIGRATE and doubles the pause, then measures
+again; gates that keep failing for `gates.pause_after_s` pause the run between batches (no slot open), with a message
+naming the gate, and `runbook resume` goes on. Passing gates restore the configured pace one step at a time. Every
+decision is journaled.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import Gates, Migration
+from .exceptions import CheckFailed
+from .journal import Journal
+from .validate import Check
+
+Gate = Callable[[float | None], list[Check]]
+
+
+class GatePaused(CheckFailed):
+    """A gate kept failing: the run paused between batches with the cluster consistent."""
+
+
+@dataclass
+class Decision:
+    """One throttle decision, for the journal and the batch chart."""
+
+    ts: float
+    batch: int
+    action: str
+    failing: list[str]
+    slots_per_batch: int
+    slots_in_flight: int
+    keys_per_migrate: int
+    pause_s: float
+
+
+def slower(s: Migration) -> Migration:
+    """One step down: half the batch, slots in flight and keys per MIGRATE, twice the pause (at least 0.5 s)."""
+    return s.model_copy(update={
+        "slots_per_batch": max(1, s.slots_per_batch // 2), "slots_in_flight": max(1, s.slots_in_flight // 2),
+        "keys_per_migrate": max(10, s.keys_per_migrate // 2),
+        "pause_between_batches_s": min(10.0, max(0.5, s.pause_between_batches_s * 2))})
+
+
+def faster(s: Migration, limit: Migration) -> Migration:
+    """One step back up towards the configured pace, never beyond it."""
+    return s.model_copy(update={
+        "slots_per_batch": min(limit.slots_per_batch, s.slots_per_batch * 2),
+        "slots_in_flight": min(limit.slots_in_flight, s.slots_in_flight * 2),
+        "keys_per_migrate": min(limit.keys_per_migrate, s.keys_per_migrate * 2),
+        "pause_between_batches_s": max(limit.pause_between_batches_s, s.pause_between_batches_s / 2)
+        if s.pause_between_batches_s > limit.pause_between_batches_s else limit.pause_between_batches_s})
+
+
+@dataclass
+class Throttle:
+    """Decides the pace of each batch from a gate; `settings` is the pace the next batch uses."""
+
+    configured: Migration
+    gate: Gate
+    journal: Journal
+    pause_after_s: float = 60.0
+    settings: Migration = None
+    decisions: list[Decision] = field(default_factory=list)
+    sleep: Callable[[float], None] = time.sleep
+    min_window_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            self.settings = self.configured
+
+    def _decide(self, batch: int, action: str, failing: list[Check]) -> None:
+        s = self.settings
+        d = Decision(ts=time.time(), batch=batch, action=action, failing=[f"{c.name}: {c.detail}" for c in failing],
+                     slots_per_batch=s.slots_per_batch, slots_in_flight=s.slots_in_flight,
+                     keys_per_migrate=s.keys_per_migrate, pause_s=s.pause_between_batches_s)
+        self.decisions.append(d)
+        self.journal.record("gate", **asdict(d))
+
+    def before_batch(self, batch: int) -> Migration:
+        """Evaluate the gate until it passes (slowing down meanwhile) or pause the run; returns the pace to use.
+
+        The first evaluation covers the last window (the previous batch included); after a slow-down only what came
+        after it counts, so a batch already judged is not judged again.
+        """
+        first_failure = None
+        since = None
+        while True:
+            failing = [c for c in self.gate(since) if c.status == "fail"]
+            if not failing:
+                if first_failure is None and self.settings != self.configured:
+                    self.settings = faster(self.settings, self.configured)
+                    self._decide(batch, "faster", [])
+                elif first_failure is None:
+                    self._decide(batch, "go", [])
+                else:
+                    self._decide(batch, "go after slowing", [])
+                return self.settings
+            now = time.time()
+            first_failure = first_failure or now
+            if now - first_failure >= self.pause_after_s:
+                self._decide(batch, "pause", failing)
+                names = ", ".join(c.name for c in failing)
+                raise GatePaused(f"paused before batch {batch}: {names} kept failing for {self.pause_after_s:.0f} s "
+                                 f"({failing[0].detail}). No slot is open and the cluster is consistent. Find the "
+                                 "cause (load, a slow node) or change the gate in params, then `runbook resume`")
+            self.settings = slower(self.settings)
+            self._decide(batch, "slow down", failing)
+            since = time.time()
+            self.sleep(max(self.settings.pause_between_batches_s, self.min_window_s))
+
+
+def run_gate(run_dir: str | Path, gates: Gates, baseline_p99_ms: float | None, window_s: float = 5.0) -> Gate:
+    """The gate of a run folder: the sampler's node metrics and the probe's latencies over the last `window_s`."""
+    from .metrics import evaluate, gate_values
+
+    def gate(since: float | None = None) -> list[Check]:
+        window = window_s if since is None else min(window_s, max(0.5, time.time() - since))
+        return evaluate(gate_values(run_dir, window_s=window), gates, baseline_p99_ms,
+                        budget_floor_ms=gates.latency_floor_ms)
+    return gate

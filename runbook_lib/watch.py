@@ -1,0 +1,153 @@
+"""Watching a run: the metrics sampler and traffic probe lifecycle, the latency baseline, and the zero-downtime verdict.
+
+The sampler runs from 40_migrate until the end of the run, the probe (when params enable it) from before the first
+batch until after validation; both are detached processes recorded in the run folder, so any later notebook, the
+runner or the CLI can stop them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import Gates, Params
+from .journal import Journal
+from .metrics import METRICS_DIR, STATE_FILE as SAMPLER_STATE, Sampler, write_table
+from .timeline import batch_windows, label
+from .traffic import PROBE_DIR, STATE_FILE as PROBE_STATE, ProbeSummary, TrafficProbe, latency_stats, per_batch
+from .validate import Check
+
+BASELINE_FILE = "latency_baseline.json"
+DOWNTIME_LIMIT_S = 1.0
+
+
+def start(params: Params, run_dir: Path, extra_nodes: list[str]) -> dict[str, str]:
+    """Start the sampler, and the probe when params enable it, unless they already run for this run folder."""
+    status = {}
+    if (run_dir / METRICS_DIR / SAMPLER_STATE).exists() and Sampler.attach(run_dir).alive():
+        status["sampler"] = "already running"
+    else:
+        Sampler(params.model.cluster.seed, params.credentials(), run_dir, extra=extra_nodes).start()
+        status["sampler"] = "started"
+    if not params.model.probe.enabled:
+        status["probe"] = "disabled in params (probe.enabled: false)"
+    elif (run_dir / PROBE_DIR / PROBE_STATE).exists() and TrafficProbe.attach(run_dir).alive():
+        status["probe"] = "already running"
+    else:
+        TrafficProbe.from_params(params, run_dir).start()
+        status["probe"] = f"started at {params.model.probe.rate:g} ops/s"
+    return status
+
+
+def probe_running(run_dir: Path) -> bool:
+    return (run_dir / PROBE_DIR / PROBE_STATE).exists() and bool(TrafficProbe.attach(run_dir).alive())
+
+
+def baseline(run_dir: Path, gates: Gates) -> dict:
+    """The probe's latency over `gates.baseline_s` before the first batch, measured once per run folder."""
+    path = run_dir / BASELINE_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    if not probe_running(run_dir):
+        return {"p50_ms": None, "p99_ms": None, "avg_ms": None, "ops": 0, "note": "no probe running"}
+    time.sleep(gates.baseline_s)
+    now = time.time()
+    records = TrafficProbe.attach(run_dir).records(since=now - gates.baseline_s)
+    stats = latency_stats(records, seconds=gates.baseline_s)
+    data = {k: stats[k] for k in ("p50_ms", "p99_ms", "avg_ms", "ops", "ops_per_s", "errors")} | {"ts": now}
+    path.write_text(json.dumps(data, indent=2))
+    return data
+
+
+def batch_table(run_dir: Path) -> pd.DataFrame:
+    """Per batch: probe latency, throughput and errors against the baseline (empty without a probe)."""
+    if not (run_dir / PROBE_DIR / PROBE_STATE).exists():
+        return pd.DataFrame()
+    windows = batch_windows(Journal(run_dir / "journal.jsonl").entries())
+    return per_batch(TrafficProbe.attach(run_dir).records(), windows)
+
+
+def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
+    """Stop the probe, read back every acknowledged write, delete the probe's keys; None when no probe ran."""
+    if not (run_dir / PROBE_DIR / PROBE_STATE).exists():
+        return None
+    probe = TrafficProbe.attach(run_dir, params.credentials())
+    probe.stop()
+    summary = probe.verify()
+    probe.cleanup()
+    return summary
+
+
+def stop_all(run_dir: Path) -> list[str]:
+    """Stop whatever still runs for this run folder (the runner calls this when a run ends or fails)."""
+    stopped = []
+    if (run_dir / PROBE_DIR / PROBE_STATE).exists() and TrafficProbe.attach(run_dir).alive():
+        TrafficProbe.attach(run_dir).stop()
+        stopped.append("probe")
+    if (run_dir / METRICS_DIR / SAMPLER_STATE).exists() and Sampler.attach(run_dir).alive():
+        Sampler.attach(run_dir).stop()
+        stopped.append("sampler")
+    return stopped
+
+
+def save_metrics(run_dir: Path) -> Path | None:
+    """The tidy metrics table (every node, the probe, labelled by batch) as metrics.csv in the run folder."""
+    if not (run_dir / METRICS_DIR / SAMPLER_STATE).exists():
+        return None
+    return write_table(run_dir, batch_windows(Journal(run_dir / "journal.jsonl").entries()))
+
+
+def verdict(run_dir: Path, summary: ProbeSummary | None, gates: Gates) -> list[Check]:
+    """The article's acceptance: latency variation, failed requests, lost writes, downtime; each pass or fail."""
+    if summary is None:
+        return [Check("zero downtime proven", "warn", "no traffic probe ran in this run (probe.enabled: false); "
+                                                      "latency, failed requests and lost writes were not measured")]
+    base = json.loads((run_dir / BASELINE_FILE).read_text()) if (run_dir / BASELINE_FILE).exists() else {}
+    windows = batch_windows(Journal(run_dir / "journal.jsonl").entries())
+    records = label(TrafficProbe.attach(run_dir).records(), windows)
+    during = latency_stats(records[records["phase"] == "batch"])
+    checks = []
+    if base.get("p99_ms") and during["ops"]:
+        change = (during["p99_ms"] / base["p99_ms"] - 1) * 100
+        limit = max(base["p99_ms"] * (1 + gates.latency_budget_pct / 100), base["p99_ms"] + gates.latency_floor_ms)
+        checks.append(Check("latency variation", "pass" if during["p99_ms"] <= limit else "fail",
+                            f"p99 {during['p99_ms']:.2f} ms during the batches vs {base['p99_ms']:.2f} ms baseline: "
+                            f"{change:+.1f} % (limit {limit:.2f} ms: +{gates.latency_budget_pct:g} % or "
+                            f"+{gates.latency_floor_ms:g} ms); p50 {during['p50_ms']:.2f} vs {base['p50_ms']:.2f} ms"))
+    else:
+        checks.append(Check("latency variation", "warn", "no baseline or no request during the batches"))
+    checks.append(Check("failed requests", "pass" if not summary.errors else "fail",
+                        f"{summary.errors} of {summary.ops} requests failed"
+                        + (f" ({summary.errors_by_kind})" if summary.errors else "")))
+    lost = len(summary.lost_writes) + len(summary.wrong_writes) + summary.lost_reads + summary.wrong_reads
+    checks.append(Check("lost writes", "pass" if not lost else "fail",
+                        f"{summary.verified_writes} of {summary.acknowledged_writes} acknowledged writes read back, "
+                        f"{len(summary.lost_writes)} missing, {len(summary.wrong_writes)} wrong"))
+    checks.append(Check("downtime", "pass" if summary.longest_gap_s < DOWNTIME_LIMIT_S else "fail",
+                        f"longest gap without a successful request: {summary.longest_gap_s * 1000:.0f} ms "
+                        f"(limit {DOWNTIME_LIMIT_S * 1000:.0f} ms)"))
+    return checks
+
+
+
+
+def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True):
+    """The migration under watch: observers started, baseline measured, every batch gated by the throttle.
+
+    Returns (plan, batches, throttle decisions, baseline).
+    """
+    from .migrate import migrate
+    from .preflight import new_node_addresses
+    from .throttle import Throttle, run_gate
+    gates = params.model.gates
+    start(params, run_dir, new_node_addresses(params))
+    base = baseline(run_dir, gates)
+    throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
+                        pause_after_s=gates.pause_after_s)
+    plan, batches = migrate(topo, params.credentials(), [n.address for n in params.model.new_masters],
+                            params.model.migration, journal, bigkeys=params.model.bigkeys, progress=progress,
+                            throttle=throttle)
+    return plan, batches, throttle.decisions, base

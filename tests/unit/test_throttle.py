@@ -1,0 +1,68 @@
+"""The adaptive throttle (pure, with a scripted gate): go, slow down and measure again, pause, speed back up."""
+
+import pytest
+
+from runbook_lib.config import Migration
+from runbook_lib.journal import Journal
+from runbook_lib.throttle import GatePaused, Throttle, faster, slower
+from runbook_lib.validate import Check
+
+PASS = [Check("CPU", "pass", "10 %")]
+FAIL = [Check("p99 within 10 % of baseline", "fail", "p99 9 ms, baseline 1 ms")]
+
+
+def scripted(*answers):
+    queue = list(answers)
+    seen = []
+
+    def gate(since=None):
+        seen.append(since)
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+    return gate, seen
+
+
+def make(tmp_path, gate, **kw):
+    return Throttle(Migration(slots_per_batch=256, slots_in_flight=32, keys_per_migrate=1000), gate,
+                    Journal(tmp_path / "j.jsonl"), sleep=lambda s: None, **kw)
+
+
+def test_passing_gate_keeps_the_configured_pace(tmp_path):
+    gate, _ = scripted(PASS)
+    t = make(tmp_path, gate)
+    assert t.before_batch(1) == t.configured
+    assert [d.action for d in t.decisions] == ["go"]
+
+
+def test_failing_gate_slows_down_then_measures_only_what_follows(tmp_path):
+    gate, seen = scripted(FAIL, PASS)
+    t = make(tmp_path, gate)
+    s = t.before_batch(3)
+    assert (s.slots_per_batch, s.slots_in_flight, s.keys_per_migrate) == (128, 16, 500)
+    assert s.pause_between_batches_s == 0.5
+    assert [d.action for d in t.decisions] == ["slow down", "go after slowing"]
+    assert seen[0] is None and seen[1] is not None
+    events = [e["event"] for e in Journal(tmp_path / "j.jsonl").entries()]
+    assert events == ["gate", "gate"]
+
+
+def test_gate_failing_too_long_pauses_with_the_gate_named(tmp_path):
+    gate, _ = scripted(FAIL)
+    t = make(tmp_path, gate, pause_after_s=0.0)
+    with pytest.raises(GatePaused, match="p99 within 10 % of baseline kept failing.*runbook resume"):
+        t.before_batch(7)
+    assert t.decisions[-1].action == "pause"
+
+
+def test_pace_recovers_one_step_per_passing_batch(tmp_path):
+    gate, _ = scripted(FAIL, PASS, PASS, PASS)
+    t = make(tmp_path, gate)
+    t.before_batch(1)
+    assert t.before_batch(2).slots_per_batch == 256
+    assert t.decisions[-1].action == "faster"
+
+
+def test_steps_stay_within_bounds():
+    tiny = Migration(slots_per_batch=1, slots_in_flight=1, keys_per_migrate=10, pause_between_batches_s=10)
+    assert slower(tiny) == tiny
+    base = Migration()
+    assert faster(slower(slower(base)), base) == slower(base)
