@@ -1,8 +1,10 @@
 """Benchmark: our mover against `redis-cli --cluster rebalance --cluster-use-empty-masters` on the same sandbox.
 
-Each round starts the same 3+3 sandbox with the same deterministic keys, joins the new master the same way, and
-times only the slot moves of one tool; rounds alternate tools so drift on the machine hits both. Prints keys/s of
-each and the ratio. Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2]
+Each round starts the same 3+3 sandbox with the same deterministic keys, joins the new master the same way, runs
+the traffic probe (baseline first), and times only the slot moves of one tool; rounds alternate tools so drift on
+the machine hits both. Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's,
+failed requests and lost writes, and the ratios between the tools.
+Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle]
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from runbook_lib.journal import Journal
 from runbook_lib.migrate import migrate
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.topology import observe
+from runbook_lib.traffic import TrafficProbe, latency_stats
 from runbook_lib.validate import balance, health, key_count
 
 
-def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path) -> dict:
+def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,
+              baseline_s: float = 5.0) -> dict:
     """Start the sandbox, join the new master, time one tool's rebalance, check the end state, stop the sandbox."""
     sb = Sandbox(workdir / f"{tool}-{port}")
     layout = SandboxLayout(port=port)
@@ -36,6 +40,10 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         journal = Journal(sb.root / "journal.jsonl")
         nodes.add_masters(seed, creds, [new], journal, apply=True)
         before = key_count(observe(seed, creds), creds)
+        probe = TrafficProbe([seed], creds, sb.root / "run", rate=probe_rate)
+        probe.start()
+        time.sleep(baseline_s)
+        window_start = time.time()
         started = time.perf_counter()
         if tool == "redis-cli":
             env = {**os.environ, "REDISCLI_AUTH": creds.password}
@@ -46,14 +54,24 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         else:
             migrate(observe(seed, creds), creds, [new], settings, journal, bigkeys=BigKeys(), progress=False)
         seconds = time.perf_counter() - started
+        window_end = time.time()
         time.sleep(1)
+        probe.stop()
+        summary = probe.verify()
+        records = probe.records()
+        base = latency_stats(records[records["ts"] < window_start])
+        during = latency_stats(records[(records["ts"] >= window_start) & (records["ts"] < window_end)])
+        probe.cleanup()
         topo = observe(seed, creds)
         problems = [c.detail for c in health(topo, pending_replicas={new}) + [balance(topo)] if c.status == "fail"]
         moved = topo.by_address(new)
         moved_keys = node_client(new, creds).dbsize()
         if problems or key_count(topo, creds) != before or moved is None:
             raise SystemExit(f"{tool}: the end state is wrong: {problems}")
-        return {"tool": tool, "keys": moved_keys, "seconds": seconds, "keys_per_s": moved_keys / seconds}
+        return {"tool": tool, "keys": moved_keys, "seconds": seconds, "keys_per_s": moved_keys / seconds,
+                "p50_ratio": during["p50_ms"] / base["p50_ms"], "p99_ratio": during["p99_ms"] / base["p99_ms"],
+                "base_p99_ms": base["p99_ms"], "p99_ms": during["p99_ms"], "failed": summary.errors,
+                "lost": len(summary.lost_writes) + len(summary.wrong_writes)}
     finally:
         sb.down()
 
@@ -63,24 +81,34 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=200_000, help="sandbox keys (default 200000)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per tool, alternating (default 2)")
     parser.add_argument("--port", type=int, default=7900, help="first sandbox port (default 7900)")
-    parser.add_argument("--slots-per-batch", type=int, default=Migration().slots_per_batch)
-    parser.add_argument("--keys-per-migrate", type=int, default=Migration().keys_per_migrate)
+    parser.add_argument("--preset", default="fast", help="our mover's params preset: fast (default) or gentle")
+    parser.add_argument("--probe-rate", type=float, default=200.0, help="probe requests per second (default 200)")
     args = parser.parse_args()
-    settings = Migration(slots_per_batch=args.slots_per_batch, keys_per_migrate=args.keys_per_migrate)
+    settings = Migration.model_validate({"preset": args.preset})
     results: dict[str, list[dict]] = {"redis-cli": [], "runbook": []}
     with tempfile.TemporaryDirectory(prefix="bench-mover-") as tmp:
         for r in range(args.rounds):
             order = ("redis-cli", "runbook") if r % 2 == 0 else ("runbook", "redis-cli")
             for tool in order:
-                res = one_round(tool, args.port, args.keys, settings, Path(tmp))
+                res = one_round(tool, args.port, args.keys, settings, Path(tmp), probe_rate=args.probe_rate)
                 results[tool].append(res)
                 print(f"round {r + 1} {tool:9}: {res['keys']} keys in {res['seconds']:.2f} s = "
-                      f"{res['keys_per_s']:,.0f} keys/s", flush=True)
-    med = {t: statistics.median(x["keys_per_s"] for x in rs) for t, rs in results.items()}
-    print(f"\nmedian keys/s: redis-cli {med['redis-cli']:,.0f}, runbook {med['runbook']:,.0f}; "
-          f"ratio runbook / redis-cli = {med['runbook'] / med['redis-cli']:.2f}x "
-          f"({args.keys} keys, 3+3 -> 4+4, slots_per_batch {settings.slots_per_batch}, "
-          f"keys_per_migrate {settings.keys_per_migrate})")
+                      f"{res['keys_per_s']:,.0f} keys/s; p50 x{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f} "
+                      f"of baseline ({res['p99_ms']:.2f} vs {res['base_p99_ms']:.2f} ms); failed requests "
+                      f"{res['failed']}, lost writes {res['lost']}", flush=True)
+    med = {t: {k: statistics.median(x[k] for x in rs) for k in ("keys_per_s", "p50_ratio", "p99_ratio")}
+           for t, rs in results.items()}
+    failed = {t: sum(x["failed"] for x in rs) for t, rs in results.items()}
+    lost = {t: sum(x["lost"] for x in rs) for t, rs in results.items()}
+    print(f"\n{args.keys} keys, 3+3 -> 4+4, runbook preset {args.preset} ({settings.slots_per_batch} slots per batch, "
+          f"{settings.slots_in_flight} in flight, {settings.keys_per_migrate} keys per MIGRATE); medians of "
+          f"{args.rounds} rounds")
+    print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'failed':>7} {'lost':>5}")
+    for t in ("redis-cli", "runbook"):
+        print(f"{t:10} {med[t]['keys_per_s']:>10,.0f} {med[t]['p50_ratio']:>9.2f} {med[t]['p99_ratio']:>9.2f} "
+              f"{failed[t]:>7} {lost[t]:>5}")
+    print(f"ratios runbook / redis-cli: keys/s {med['runbook']['keys_per_s'] / med['redis-cli']['keys_per_s']:.2f}x, "
+          f"p99 ratio {med['runbook']['p99_ratio'] / med['redis-cli']['p99_ratio']:.2f}")
 
 
 if __name__ == "__main__":
