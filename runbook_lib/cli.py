@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
-from .config import load_params, new_master_addresses
+from .audit import redact
+from .config import known_secrets, load_params, new_master_addresses
 from .exceptions import BadInput, RunbookError
 from .journal import Journal
 from .notebook import git_commit
@@ -86,7 +87,7 @@ def _under_lock(name: str, func, acts):
                     run_dir = None
                 if run_dir is not None and (run_dir / "manifest.json").exists():
                     seal(run_dir, params, invocation(f"runbook {name}", lock.holder.run_id, params, started,
-                                                     time.time(), exit_code=code), [creds.password])
+                                                     time.time(), exit_code=code), known_secrets())
         return code
     return command
 
@@ -182,6 +183,9 @@ def _rollback(args) -> int:
     out = rollback(topo, creds, snapshot, new_node_addresses(params), params.model.migration,
                    Journal(run_dir / "journal.jsonl"), apply=apply, bigkeys=params.model.bigkeys)
     print(f"{'moved' if apply else 'would move'} {len(out['plan'].moves)} slots back to their owners ({run_dir.name})")
+    if apply:
+        from .watch import discard_probe
+        print(f"deleted {discard_probe(params, run_dir)} keys the run's traffic probe had written")
     for line in out["removal"].actions + out["removal"].notes:
         print(("" if apply else "would: ") + line)
     for c in out["checks"]:
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RunbookError as e:
-        print(f"runbook: {e}", file=sys.stderr)
+        print(f"runbook: {redact(str(e), known_secrets())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("runbook: interrupted; `runbook check` shows the state, `runbook resume` continues", file=sys.stderr)

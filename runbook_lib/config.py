@@ -249,6 +249,8 @@ class Params:
             password = os.environ[c.password_env]
         elif c.password_file:
             password = read_secret_file(self.resolve(c.password_file), str(self.path), "cluster.password_file")
+        if password:
+            _SECRETS.add(password)
         tls = c.tls
         files = {k: str(self.resolve(getattr(tls, k))) if getattr(tls, k) else "" for k in ("ca_file", "cert_file", "key_file")}
         if tls.enabled:
@@ -259,6 +261,14 @@ class Params:
                 raise ParamsError(str(self.path), "cluster.tls.key_file", f"private key {files['key_file']} is "
                                                                           f"readable by others; run chmod 600 on it")
         return Credentials(username=c.username, password=password, tls=tls.enabled, **files)
+
+
+_SECRETS: set[str] = set()
+
+
+def known_secrets() -> list[str]:
+    """Every password this process has read, so that messages and artifacts can be scrubbed of them."""
+    return sorted(_SECRETS)
 
 
 def read_secret_file(path: Path, params_path: str, key: str) -> str:

@@ -181,7 +181,7 @@ class Mover:
             src_id, tgt_id = self.current_master(moves[0].source), self.current_master(moves[0].target)
         except TopologyChanged:
             src_id = tgt_id = ""
-        if not src_id or len(moves) == 1:
+        if not src_id or src_id == tgt_id or len(moves) == 1:
             return sum(self._careful(m, assigned) for m in moves)
         slots = [m.slot for m in moves]
         n = self.settings.keys_per_migrate
@@ -259,6 +259,8 @@ class Mover:
         while True:
             try:
                 src_id, tgt_id = self.current_master(source), self.current_master(target)
+                if src_id == tgt_id:
+                    return self._already_there(slot, source, tgt_id)
                 first = self._call(src_id, "CLUSTER", "GETKEYSINSLOT", slot, self.settings.keys_per_migrate)
                 self._guard_big_keys(slot, src_id, first)
                 self._open(slot, src_id, tgt_id)
@@ -278,6 +280,18 @@ class Mover:
                     self.refresh()
                 except BadInput:
                     continue
+
+    def _already_there(self, slot: int, source: str, target: str) -> int:
+        """The source now replicates the target: a master that gave away its last slot does that on its own
+        (cluster-allow-replica-migration). Then the target must own the slot; anything else needs a human."""
+        owner = self.topo.owners()[slot]
+        if owner != target:
+            raise MigrationError(slot, f"{self.address.get(source, source[:8])} now replicates "
+                                       f"{self.address[target]}, but slot {slot} is owned by "
+                                       f"{self.address.get(owner or '', 'nobody')}; check it with `runbook check`")
+        self.journal.record("slot_assigned", slot=slot, source=source, target=target, keys=0,
+                            note="already owned by the target")
+        return 0
 
     def _call(self, node_id: str, *args):
         """One command; errors that mean the topology changed become TopologyChanged."""

@@ -88,7 +88,7 @@ def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migra
     if not states:
         return StepReport(actions=[], notes=["no open slot"])
     mover = Mover(topo, creds, settings, journal, bigkeys)
-    owners = topo.reference.owners()
+    owners = topo.owners()
     actions, manual = [], []
     for slot, state in sorted(states.items()):
         for node in set(state.migrating) | set(state.importing):

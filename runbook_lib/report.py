@@ -15,7 +15,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
 from . import audit, exceptions
-from .config import load_params
+from .config import known_secrets, load_params
 from .exceptions import BadInput, RunLocked
 from .inputs import check_targets
 from .lock import LOCK_KEY, RunLock, new_run_id
@@ -105,6 +105,13 @@ def new_run_dir(report_dir: Path) -> Path:
     return run_dir
 
 
+def _redacting(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """`echo` with every known password replaced, so that no line the runner prints can carry one."""
+    def say(line: str) -> None:
+        echo(audit.redact(line, known_secrets()))
+    return say
+
+
 def run(params_file: str | Path, out: str | Path | None = None, only: str | None = None, start: str | None = None,
         notebooks_dir: Path = NOTEBOOKS_DIR, echo: Callable[[str], None] = print,
         take_over_lock: bool = False) -> RunResult:
@@ -118,6 +125,7 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
     params = load_params(params_file)
     sections = select(available(notebooks_dir), only, start)
     creds = params.credentials()
+    say = _redacting(echo)
     check_targets(params, creds)
     run_id = new_run_id()
     existed = out is not None and Path(out).resolve().exists()
@@ -132,21 +140,22 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
             run_dir.rmdir()
         raise
     result = RunResult(run_dir=run_dir)
-    echo(f"run folder: {run_dir}")
+    say(f"run folder: {run_dir}")
     if lock is not None and lock.taken_over is not None:
-        echo(f"took over the stale run lock of {lock.taken_over.describe()}")
+        say(f"took over the stale run lock of {lock.taken_over.describe()}")
     try:
         for i, name in enumerate(sections, start=1):
             if lock is not None and lock.lost is not None:
                 result.stopped = f"the run lock was taken over by {lock.lost.describe()}"
-                echo(f"stopped before {name}: {result.stopped}")
+                say(f"stopped before {name}: {result.stopped}")
                 break
-            echo(f"[{i}/{len(sections)}] {name} ...")
+            say(f"[{i}/{len(sections)}] {name} ...")
             section = execute(name, params.path, run_dir, notebooks_dir)
+            section.summary = audit.redact(section.summary, known_secrets())
             result.sections.append(section)
-            echo(f"[{i}/{len(sections)}] {name}: {section.status} ({section.seconds:.1f} s) {section.summary}")
+            say(f"[{i}/{len(sections)}] {name}: {section.status} ({section.seconds:.1f} s) {section.summary}")
             if section.status == "fail":
-                echo(f"stopped at {name}; later sections were not run")
+                say(f"stopped at {name}; later sections were not run")
                 break
     except BaseException as e:
         result.stopped = f"interrupted: {type(e).__name__}"
@@ -154,7 +163,7 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
     finally:
         released = lock.release() if lock is not None else False
         if lock is not None and not released:
-            echo(f"warning: the run lock {LOCK_KEY!r} was not ours any more or could not be deleted; it expires by "
+            say(f"warning: the run lock {LOCK_KEY!r} was not ours any more or could not be deleted; it expires by "
                  "itself within a minute")
         record = audit.invocation(
             "runbook run", run_id, params, started, time.time(), exit_code=result.exit_code, stopped=result.stopped,
@@ -164,16 +173,16 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
                   "taken_over_from": lock.taken_over.describe() if lock and lock.taken_over else ""})
         stopped = stop_all(run_dir)
         if stopped:
-            echo(f"stopped the run's {' and '.join(stopped)}")
-        audit.record(run_dir, params, record, [creds.password])
+            say(f"stopped the run's {' and '.join(stopped)}")
+        audit.record(run_dir, params, record, known_secrets())
         write_index(result, available(notebooks_dir))
-        sealed = audit.finish(run_dir, run_id, [creds.password])
+        sealed = audit.finish(run_dir, run_id, known_secrets())
         result.manifest_sha256 = sealed["manifest_sha256"]
         if sealed["scrubbed"] or sealed["binary"]:
-            echo(f"warning: the password appeared in {sealed['scrubbed'] + sealed['binary']} and was redacted where "
+            say(f"warning: the password appeared in {sealed['scrubbed'] + sealed['binary']} and was redacted where "
                  "possible; this is a bug, please report it")
-        echo(f"report: {run_dir / 'index.html'}")
-        echo(f"manifest: {sealed['manifest']} (sha256 {sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
+        say(f"report: {run_dir / 'index.html'}")
+        say(f"manifest: {sealed['manifest']} (sha256 {sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
     return result
 
 

@@ -25,7 +25,7 @@ def original_owners(snapshot: dict) -> dict[str, set[int]]:
 
 def rollback_plan(snapshot: dict, topo: Topology, slots_per_batch: int) -> Plan:
     """Moves that return every slot whose owner changed to its recorded owner, in batches."""
-    owners = topo.reference.owners()
+    owners = topo.owners()
     current = {m.id: 0 for m in topo.masters()}
     for o in owners:
         if o is not None:

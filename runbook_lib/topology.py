@@ -144,16 +144,33 @@ class Topology:
         return sorted((e for e in self.nodes.values() if e.master_id == master_id and not e.is_master),
                       key=lambda e: _addr_key(e.address))
 
+    def owners(self) -> list[str | None]:
+        """Owner of every slot as the masters claim it themselves (highest config epoch wins), else the seed's view.
+
+        Right after a handover the source and target already agree while a third node may not have heard yet; the
+        claims are what the next change must start from.
+        """
+        owner = list(self.reference.owners())
+        epoch = [-1] * SLOTS
+        for view in self.views.values():
+            me = view.myself
+            if not me.is_master:
+                continue
+            for s in me.slots:
+                if me.config_epoch > epoch[s]:
+                    owner[s], epoch[s] = me.id, me.config_epoch
+        return owner
+
     def slots_by_master(self) -> dict[str, set[int]]:
-        """Slots each master (by id) owns, in the reference view."""
+        """Slots each master (by id) owns, as the masters claim them."""
         out: dict[str, set[int]] = {m.id: set() for m in self.masters()}
-        for s, owner in enumerate(self.reference.owners()):
+        for s, owner in enumerate(self.owners()):
             if owner is not None:
                 out.setdefault(owner, set()).add(s)
         return out
 
     def uncovered(self) -> list[int]:
-        return [s for s, o in enumerate(self.reference.owners()) if o is None]
+        return [s for s, o in enumerate(self.owners()) if o is None]
 
     def open_slots(self) -> list[dict]:
         """Every IMPORTING/MIGRATING marker any node reports about itself."""

@@ -81,7 +81,7 @@ def keys_unchanged(topo: Topology, creds: Credentials, expected: int) -> Check:
 def round_trip(topo: Topology, creds: Credentials, count: int = 16) -> Check:
     """Write test keys through a cluster client, read them back, and check CLUSTER KEYSLOT against their owner."""
     client = cluster_client([m.address for m in topo.masters()], creds)
-    owners = topo.reference.owners()
+    owners = topo.owners()
     address = {e.id: e.address for e in topo.nodes.values()}
     stamp = f"{time.time():.6f}"
     problems, served_by = [], set()

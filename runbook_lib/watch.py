@@ -151,3 +151,12 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
                             params.model.migration, journal, bigkeys=params.model.bigkeys, progress=progress,
                             throttle=throttle)
     return plan, batches, throttle.decisions, base
+
+
+def discard_probe(params: Params, run_dir: Path) -> int:
+    """Stop the run's probe and delete every key it wrote (rollback returns the keyspace to what it was)."""
+    if not (run_dir / PROBE_DIR / PROBE_STATE).exists():
+        return 0
+    probe = TrafficProbe.attach(run_dir, params.credentials())
+    probe.stop()
+    return probe.cleanup()

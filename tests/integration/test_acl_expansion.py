@@ -21,7 +21,7 @@ from runbook_lib.validate import key_count
 from tests.conftest import LOOSE_GATES, files_holding, loosen
 
 pytestmark = pytest.mark.integration
-PORT = 7500
+PORT = 7510
 KEYS = 10_000
 ENV = "RUNBOOK_ACL_TEST_PASSWORD"
 

@@ -101,3 +101,15 @@ def test_seal_writes_provenance_params_copy_and_manifest_last(folder, tmp_path):
     prov = json.loads((folder / "provenance.json").read_text())
     assert prov["run_id"] == "run-2" and [e["run_id"] for e in prov["earlier"]] == ["run-1"]
     assert audit.verify(folder).ok and first["manifest_sha256"] != audit.sha256_file(folder / "manifest.json")
+
+
+def test_a_password_read_by_this_process_never_reaches_an_error_line(tmp_path, capsys):
+    secret = "pw-" + "x7Qz" * 5
+    (tmp_path / "pw").write_text(secret + "\n")
+    (tmp_path / "pw").chmod(0o600)
+    (tmp_path / "p.yaml").write_text('cluster:\n  seed: "127.0.0.1:7000"\n  password_file: "pw"\n'
+                                     'new_masters:\n  - address: "127.0.0.1:7006"\n')
+    assert load_params(tmp_path / "p.yaml").credentials().password == secret
+    assert main(["verify-report", str(tmp_path / f"run-{secret}")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "[redacted]" in err and secret not in err
