@@ -85,6 +85,17 @@ def _start_bgsave(client: redis.Redis, address: str, deadline: float, timeout_s:
         _wait_idle(client, address, deadline, timeout_s)
 
 
+def _wait_caught_up(master: redis.Redis, replica: redis.Redis, address: str, timeout_s: float) -> None:
+    """Wait until the replica has applied everything its master had written when we asked, so the backup is current."""
+    target = int(master.info("replication").get("master_repl_offset", 0))
+    deadline = time.time() + timeout_s
+    while int(replica.info("replication").get("slave_repl_offset", 0)) < target:
+        if time.time() > deadline:
+            raise CheckFailed(f"{address}: the replica did not catch up with its master within {timeout_s:.0f}s; "
+                              "a backup from it would be stale")
+        time.sleep(0.05)
+
+
 def _save(client: redis.Redis, address: str, timeout_s: float) -> tuple[int, int, int]:
     """BGSAVE and wait until it finished and LASTSAVE moved; returns (lastsave before, after, keys saved)."""
     deadline = time.monotonic() + timeout_s
@@ -143,6 +154,8 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
         client = node_client(node.address, creds, timeout=30.0)
         client.set_response_callback("LASTSAVE", int)
         try:
+            if role == "replica":
+                _wait_caught_up(node_client(master.address, creds, timeout=10.0), client, node.address, timeout_s)
             before, after, keys = _save(client, node.address, timeout_s)
             rdb_path, config_problem = _rdb_path(client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:

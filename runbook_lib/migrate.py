@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .throttle import Throttle
 
 TOPOLOGY_ERRORS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters", "I don't know about node",
-                   "LOADING", "MASTERDOWN", "already the owner")
+                   "LOADING", "MASTERDOWN", "already the owner", "not a master")
 
 
 BIG_KEYS_SCRIPT = """local out = {}
