@@ -44,12 +44,13 @@ unit: $(STAMP)
 demo: setup
 	@$(BIN)/runbook sandbox down --dir $(SANDBOX_DIR) >/dev/null
 	$(BIN)/runbook sandbox up --dir $(SANDBOX_DIR)
-	$(BIN)/runbook run --params $(PARAMS)
-	@echo
-	@echo "Look at the report:  open the index.html printed above (or: cd reports && python3 -m http.server)"
-	@echo "Look at the cluster: $(BIN)/runbook check --params $(PARAMS)"
-	@echo "Step through by hand: $(BIN)/jupyter lab notebooks/"
-	@echo "Stop the sandbox:    make demo-down"
+	@status=0; $(BIN)/runbook run --params $(PARAMS) || status=$$?; \
+	echo; \
+	echo "Look at the report:  open the index.html printed above (or: cd reports && python3 -m http.server)"; \
+	echo "Look at the cluster: $(BIN)/runbook check --params $(PARAMS)"; \
+	echo "Step through by hand: $(BIN)/jupyter lab notebooks/"; \
+	echo "Stop the sandbox:    make demo-down"; \
+	exit $$status
 
 demo-down: $(STAMP)
 	$(BIN)/runbook sandbox down --dir $(SANDBOX_DIR)
