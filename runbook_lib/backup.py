@@ -3,7 +3,6 @@ hashed, and how to restore them."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import redis
 from tqdm.auto import tqdm
 
+from .audit import sha256_file
 from .config import Credentials, parse_address
 from .connection import node_client
 from .exceptions import CheckFailed
@@ -129,14 +129,6 @@ def _rdb_path(client: redis.Redis) -> tuple[str | None, str]:
     return str(Path(folder) / name), ""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 300.0,
            progress: bool = True) -> list[BackupRecord]:
     """BGSAVE every in-sync replica (the master only where a shard has none, so masters don't fork), copy local RDBs
@@ -181,7 +173,7 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
             except OSError as e:
                 record.status = f"ok (local, but copying failed: {e}; copy it yourself)"
             else:
-                record.copied_to, record.bytes, record.sha256 = str(target), target.stat().st_size, _sha256(target)
+                record.copied_to, record.bytes, record.sha256 = str(target), target.stat().st_size, sha256_file(target)
         records.append(record)
     (dest / "backups.json").write_text(json.dumps([asdict(r) for r in records], indent=2))
     return records

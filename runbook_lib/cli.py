@@ -92,19 +92,16 @@ def _under_lock(name: str, func, acts):
     return command
 
 
-def _names(topo) -> dict[str, str]:
-    return {e.id: e.address for e in topo.nodes.values()}
-
-
 def _plan(args) -> int:
     from .migrate import current_plan
     from .plan import batch_summary
+    from .topology import names as topology_names
     from .topology import observe
     params = load_params(args.params)
     creds = params.credentials()
     topo = observe(params.model.cluster.seed, creds)
     plan = current_plan(topo, creds, new_master_addresses(params), params.model.migration, allow_unjoined=True)
-    names = _names(topo)
+    names = topology_names(topo)
     if not plan.moves:
         print("the slots are already balanced over the new masters: nothing to move")
         return 0

@@ -15,6 +15,7 @@ from . import bigkeys, host
 from .config import BigKeys, Credentials, Params, new_master_addresses, parse_address, replica_pairs
 from .connection import node_client
 from .exceptions import BadInput, CheckFailed
+from .metrics import cpu_pct
 from .nodes import check_fresh
 from .topology import Topology, cluster_info, read_view
 from .validate import Check, health, key_count
@@ -293,19 +294,15 @@ def host_memory(facts: list[NodeFacts], memory_pct: float, ram_here: int | None 
     return checks
 
 
-def _cpu_seconds(info: dict) -> float:
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
 def sample_cpu(facts: list[NodeFacts], creds: Credentials, seconds: float = 2.0) -> None:
     """Fill each node's cpu_pct: (used_cpu_sys + used_cpu_user) growth per second of wall time, as % of one core,
     from two INFO cpu readings `seconds` apart (all nodes sampled over the same window)."""
     clients = {f.address: node_client(f.address, creds, timeout=5.0) for f in facts}
-    first: dict[str, tuple[float, float]] = {}
+    first: dict[str, tuple[dict, float]] = {}
     try:
         for address, client in clients.items():
             try:
-                first[address] = (_cpu_seconds(client.info("cpu")), time.monotonic())
+                first[address] = (client.info("cpu"), time.monotonic())
             except (redis.RedisError, OSError, KeyError, ValueError):
                 continue
         time.sleep(seconds)
@@ -313,11 +310,11 @@ def sample_cpu(facts: list[NodeFacts], creds: Credentials, seconds: float = 2.0)
             if f.address not in first:
                 continue
             try:
-                cpu = _cpu_seconds(clients[f.address].info("cpu"))
+                info = clients[f.address].info("cpu")
+                before, t0 = first[f.address]
+                f.cpu_pct = cpu_pct(before, info, time.monotonic() - t0)
             except (redis.RedisError, OSError, KeyError, ValueError):
                 continue
-            cpu0, t0 = first[f.address]
-            f.cpu_pct = max(0.0, (cpu - cpu0) / (time.monotonic() - t0) * 100)
     finally:
         for client in clients.values():
             client.close()

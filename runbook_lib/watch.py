@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import Gates, Params
+from .config import Gates, Params, new_master_addresses
 from .journal import Journal
 from .metrics import METRICS_DIR, STATE_FILE as SAMPLER_STATE, Sampler, write_table
 from .timeline import batch_windows, label
@@ -34,7 +34,7 @@ def start(params: Params, run_dir: Path, extra_nodes: list[str]) -> dict[str, st
         status["sampler"] = "started"
     if not params.model.probe.enabled:
         status["probe"] = "disabled in params (probe.enabled: false)"
-    elif (run_dir / PROBE_DIR / PROBE_STATE).exists() and TrafficProbe.attach(run_dir).alive():
+    elif probe_running(run_dir):
         status["probe"] = "already running"
     else:
         TrafficProbe.from_params(params, run_dir).start()
@@ -42,8 +42,13 @@ def start(params: Params, run_dir: Path, extra_nodes: list[str]) -> dict[str, st
     return status
 
 
+def _has_probe(run_dir: Path) -> bool:
+    """Whether a traffic probe was ever started in this run folder."""
+    return (run_dir / PROBE_DIR / PROBE_STATE).exists()
+
+
 def probe_running(run_dir: Path) -> bool:
-    return (run_dir / PROBE_DIR / PROBE_STATE).exists() and bool(TrafficProbe.attach(run_dir).alive())
+    return _has_probe(run_dir) and bool(TrafficProbe.attach(run_dir).alive())
 
 
 def baseline(run_dir: Path, gates: Gates) -> dict:
@@ -64,7 +69,7 @@ def baseline(run_dir: Path, gates: Gates) -> dict:
 
 def batch_table(run_dir: Path) -> pd.DataFrame:
     """Per batch: probe latency, throughput and errors against the baseline (empty without a probe)."""
-    if not (run_dir / PROBE_DIR / PROBE_STATE).exists():
+    if not _has_probe(run_dir):
         return pd.DataFrame()
     windows = batch_windows(Journal(run_dir / "journal.jsonl").entries())
     return per_batch(TrafficProbe.attach(run_dir).records(), windows)
@@ -72,7 +77,7 @@ def batch_table(run_dir: Path) -> pd.DataFrame:
 
 def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
     """Stop the probe, read back every acknowledged write, delete the probe's keys; None when no probe ran."""
-    if not (run_dir / PROBE_DIR / PROBE_STATE).exists():
+    if not _has_probe(run_dir):
         return None
     probe = TrafficProbe.attach(run_dir, params.credentials())
     probe.stop()
@@ -84,7 +89,7 @@ def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
 def stop_all(run_dir: Path) -> list[str]:
     """Stop whatever still runs for this run folder (the runner calls this when a run ends or fails)."""
     stopped = []
-    if (run_dir / PROBE_DIR / PROBE_STATE).exists() and TrafficProbe.attach(run_dir).alive():
+    if probe_running(run_dir):
         TrafficProbe.attach(run_dir).stop()
         stopped.append("probe")
     if (run_dir / METRICS_DIR / SAMPLER_STATE).exists() and Sampler.attach(run_dir).alive():
@@ -147,7 +152,7 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
     base = baseline(run_dir, gates)
     throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
                         pause_after_s=gates.pause_after_s)
-    plan, batches = migrate(topo, params.credentials(), [n.address for n in params.model.new_masters],
+    plan, batches = migrate(topo, params.credentials(), new_master_addresses(params),
                             params.model.migration, journal, bigkeys=params.model.bigkeys, progress=progress,
                             throttle=throttle)
     return plan, batches, throttle.decisions, base
@@ -155,7 +160,7 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
 
 def discard_probe(params: Params, run_dir: Path) -> int:
     """Stop the run's probe and delete every key it wrote (rollback returns the keyspace to what it was)."""
-    if not (run_dir / PROBE_DIR / PROBE_STATE).exists():
+    if not _has_probe(run_dir):
         return 0
     probe = TrafficProbe.attach(run_dir, params.credentials())
     probe.stop()
