@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -27,6 +29,35 @@ def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redi
     host, port = parse_address(address)
     return redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
                        decode_responses=False, retry=Retry(NoBackoff(), 0), **_auth_kwargs(creds), **_tls_kwargs(creds))
+
+
+class NodeClients:
+    """One cached node client per address, safe to share between threads.
+
+    Creation is locked: a client created twice for one address would be dropped, and redis-py closes a dropped
+    client's pool, breaking a connection another thread is still using ("I/O operation on closed file").
+    """
+
+    def __init__(self, creds: Credentials, timeout: float = 10.0) -> None:
+        self.creds = creds
+        self.timeout = timeout
+        self._clients: dict[str, redis.Redis] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: str) -> redis.Redis:
+        """The client for `address`, created on first use."""
+        with self._lock:
+            client = self._clients.get(address)
+            if client is None:
+                client = self._clients[address] = node_client(address, self.creds, timeout=self.timeout)
+            return client
+
+    def close(self) -> None:
+        """Close every cached client's connections."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 def cluster_client(seeds: list[str], creds: Credentials, timeout: float = 5.0,

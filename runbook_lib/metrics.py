@@ -22,7 +22,7 @@ import redis
 
 from . import detached, timeline
 from .config import Credentials, Gates
-from .connection import node_client
+from .connection import NodeClients
 from .exceptions import BadInput, RunbookError
 from .topology import read_view
 from .traffic import PROBE_DIR, TrafficProbe, latency_stats, per_window
@@ -83,14 +83,12 @@ class NodePoller:
         self.timeout = timeout
         self.groups: list[list[str]] = []
         self._discovered = 0.0
-        self._clients: dict[str, redis.Redis] = {}
+        self._clients = NodeClients(creds, timeout=timeout)
         self._previous: dict[str, tuple[float, dict]] = {}
         self._history: dict[str, list[tuple[float, int]]] = {}
 
     def _client(self, address: str) -> redis.Redis:
-        if address not in self._clients:
-            self._clients[address] = node_client(address, self.creds, timeout=self.timeout)
-        return self._clients[address]
+        return self._clients.get(address)
 
     def discover(self) -> list[str]:
         """Every node the cluster knows, failed ones included (each master, then its replicas), plus `extra`."""
@@ -194,8 +192,7 @@ class NodePoller:
         return max(waited, (t_master - (reached if reached is not None else history[0][0])) * 1000)
 
     def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
+        self._clients.close()
 
 
 def _row(ts: float, node: str, role: str, metric: str, value: float) -> dict:

@@ -18,7 +18,7 @@ import redis
 from tqdm.auto import tqdm
 
 from .config import BigKeys, Credentials, Migration, parse_address
-from .connection import migrate_auth_args, node_client
+from .connection import NodeClients, migrate_auth_args
 from .exceptions import BadInput, MigrationError
 from .journal import Journal, failpoint
 from .plan import Move, Plan, plan_expansion
@@ -66,7 +66,7 @@ class Mover:
         self.journal = journal
         self.threshold = bigkeys.threshold_bytes if bigkeys else None
         self.allowed = dict(bigkeys.allow) if bigkeys else {}
-        self._clients: dict[str, redis.Redis] = {}
+        self._clients = NodeClients(creds, timeout=settings.migrate_timeout_ms / 1000 + 5)
         self._broadcaster: ThreadPoolExecutor | None = None
         self._auth = migrate_auth_args(creds)
         self._refresh_lock = threading.Lock()
@@ -100,11 +100,8 @@ class Mover:
         raise TopologyChanged(f"{self.address[node_id]} is not a healthy master and no replica has taken over yet")
 
     def client(self, node_id: str) -> redis.Redis:
-        """A cached client for a node id (thread-safe: redis-py pools connections)."""
-        address = self.address[node_id]
-        if address not in self._clients:
-            self._clients[address] = node_client(address, self.creds, timeout=self.settings.migrate_timeout_ms / 1000 + 5)
-        return self._clients[address]
+        """A cached client for a node id, shared by the worker threads (redis-py pools connections)."""
+        return self._clients.get(self.address[node_id])
 
     def run(self, plan: Plan, progress: bool = True, throttle: "Throttle | None" = None) -> list[BatchResult]:
         """Move the plan batch by batch; a throttle may shrink batches, change the pace, or pause the run."""
