@@ -102,6 +102,7 @@ class Migration(_Section):
     slots_per_batch: int = Field(256, ge=1, le=16384)
     keys_per_migrate: int = Field(1000, ge=1, le=100000)
     slots_in_flight: int = Field(32, ge=1, le=1024)
+    migrates_per_round_trip: int = Field(4, ge=1, le=1024)
     migrate_timeout_ms: int = Field(10000, ge=100)
     pause_between_batches_s: float = Field(0.0, ge=0)
     warmup_slot: bool = True

@@ -193,12 +193,11 @@ class Mover:
             self.journal.record("group_fallback", slots=slots, error=str(e))
             return sum(self._careful(m, assigned, opened=True) for m in moves)
         host, port = parse_address(self.address[tgt_id])
-        commands = [("MIGRATE", host, port, "", 0, self.settings.migrate_timeout_ms, *self._auth, "KEYS", *keys)
+        migrates = [("MIGRATE", host, port, "", 0, self.settings.migrate_timeout_ms, *self._auth, "KEYS", *keys)
                     for keys in first if keys]
-        commands += [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots]
-        replies = self._pipeline(src_id, commands, raise_on_error=False)
-        counts = replies[len(commands) - len(slots):]
-        migrate_ok = iter(not isinstance(r, Exception) for r in replies[: len(commands) - len(slots)])
+        replies = self._migrate_rounds(src_id, migrates, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots])
+        counts = replies[len(migrates):]
+        migrate_ok = iter(not isinstance(r, Exception) for r in replies[: len(migrates)])
         done, moved, keys_moved = [], {}, 0
         for m, keys, left in zip(moves, first, counts):
             ok = next(migrate_ok) if keys else True
@@ -220,6 +219,14 @@ class Mover:
             assigned.extend(Move(m.slot, src_id, tgt_id) for m in done)
         rest = [m for m in moves if m not in done]
         return keys_moved + sum(self._careful(m, assigned, opened=True) for m in rest)
+
+    def _migrate_rounds(self, src_id: str, migrates: list[tuple], then: list[tuple]) -> list:
+        """MIGRATEs at most `migrates_per_round_trip` per round trip, then `then` with the last: a source serves its
+        clients between rounds, so a pipeline of MIGRATEs never blocks it for long."""
+        depth = self.settings.migrates_per_round_trip
+        rounds = [migrates[i: i + depth] for i in range(0, len(migrates), depth)] or [[]]
+        rounds[-1] = rounds[-1] + then
+        return [r for commands in rounds for r in self._pipeline(src_id, commands, raise_on_error=False)]
 
     def _careful(self, move: Move, assigned: list[Move], opened: bool = False) -> int:
         """The per-slot path; `opened` when the group already journaled the slot as open."""

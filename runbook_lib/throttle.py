@@ -40,9 +40,11 @@ class Decision:
 
 
 def slower(s: Migration) -> Migration:
-    """One step down: half the batch, slots in flight and keys per MIGRATE, twice the pause (at least 0.5 s)."""
+    """One step down: half the batch, slots in flight, MIGRATEs per round trip and keys per MIGRATE, twice the pause
+    (at least 0.5 s)."""
     return s.model_copy(update={
         "slots_per_batch": max(1, s.slots_per_batch // 2), "slots_in_flight": max(1, s.slots_in_flight // 2),
+        "migrates_per_round_trip": max(1, s.migrates_per_round_trip // 2),
         "keys_per_migrate": max(10, s.keys_per_migrate // 2),
         "pause_between_batches_s": min(10.0, max(0.5, s.pause_between_batches_s * 2))})
 
@@ -52,6 +54,7 @@ def faster(s: Migration, limit: Migration) -> Migration:
     return s.model_copy(update={
         "slots_per_batch": min(limit.slots_per_batch, s.slots_per_batch * 2),
         "slots_in_flight": min(limit.slots_in_flight, s.slots_in_flight * 2),
+        "migrates_per_round_trip": min(limit.migrates_per_round_trip, s.migrates_per_round_trip * 2),
         "keys_per_migrate": min(limit.keys_per_migrate, s.keys_per_migrate * 2),
         "pause_between_batches_s": max(limit.pause_between_batches_s, s.pause_between_batches_s / 2)
         if s.pause_between_batches_s > limit.pause_between_batches_s else limit.pause_between_batches_s})

@@ -62,7 +62,8 @@ def test_pace_recovers_one_step_per_passing_batch(tmp_path):
 
 
 def test_steps_stay_within_bounds():
-    tiny = Migration(slots_per_batch=1, slots_in_flight=1, keys_per_migrate=10, pause_between_batches_s=10)
+    tiny = Migration(slots_per_batch=1, slots_in_flight=1, migrates_per_round_trip=1, keys_per_migrate=10,
+                     pause_between_batches_s=10)
     assert slower(tiny) == tiny
     base = Migration()
     assert faster(slower(slower(base)), base) == slower(base)
