@@ -1,10 +1,12 @@
 """Benchmark: our mover against `redis-cli --cluster rebalance --cluster-use-empty-masters` on the same sandbox.
 
 Each round starts the same 3+3 sandbox with the same deterministic keys, joins the new master the same way, runs
-the traffic probe (baseline first), and times only the slot moves of one tool; rounds alternate tools so drift on
-the machine hits both. Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's,
-failed requests and lost writes, and the ratios between the tools.
-Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle]
+the traffic probe, and times only the slot moves of one tool; rounds alternate tools so drift on the machine hits
+both. The baseline is the probe's latency at rest, pooled from a window before the move and one after it (the first
+second of the probe, its connection set-up, left out), so that drift during a round does not favour either tool.
+Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's, failed requests and lost
+writes, and the ratios between the tools.
+Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle] [--baseline-s 10]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from runbook_lib.validate import balance, health, key_count
 
 
 def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,
-              baseline_s: float = 5.0) -> dict:
+              baseline_s: float = 10.0) -> dict:
     """Start the sandbox, join the new master, time one tool's rebalance, check the end state, stop the sandbox."""
     sb = Sandbox(workdir / f"{tool}-{port}")
     layout = SandboxLayout(port=port)
@@ -42,7 +44,8 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         before = key_count(observe(seed, creds), creds)
         probe = TrafficProbe([seed], creds, sb.root / "run", rate=probe_rate)
         probe.start()
-        time.sleep(baseline_s)
+        probe_started = time.time()
+        time.sleep(baseline_s + 1)
         window_start = time.time()
         started = time.perf_counter()
         if tool == "redis-cli":
@@ -55,11 +58,13 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
             migrate(observe(seed, creds), creds, [new], settings, journal, bigkeys=BigKeys(), progress=False)
         seconds = time.perf_counter() - started
         window_end = time.time()
-        time.sleep(1)
+        time.sleep(baseline_s + 1)
         probe.stop()
         summary = probe.verify()
         records = probe.records()
-        base = latency_stats(records[records["ts"] < window_start])
+        ts = records["ts"]
+        at_rest = ((ts >= probe_started + 1) & (ts < window_start)) | (ts >= window_end + 1)
+        base = latency_stats(records[at_rest])
         during = latency_stats(records[(records["ts"] >= window_start) & (records["ts"] < window_end)])
         probe.cleanup()
         topo = observe(seed, creds)
@@ -83,6 +88,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=7900, help="first sandbox port (default 7900)")
     parser.add_argument("--preset", default="fast", help="our mover's params preset: fast (default) or gentle")
     parser.add_argument("--probe-rate", type=float, default=200.0, help="probe requests per second (default 200)")
+    parser.add_argument("--baseline-s", type=float, default=10.0,
+                        help="seconds of probe at rest before and again after the move (default 10)")
     args = parser.parse_args()
     settings = Migration.model_validate({"preset": args.preset})
     results: dict[str, list[dict]] = {"redis-cli": [], "runbook": []}
@@ -90,7 +97,8 @@ def main() -> None:
         for r in range(args.rounds):
             order = ("redis-cli", "runbook") if r % 2 == 0 else ("runbook", "redis-cli")
             for tool in order:
-                res = one_round(tool, args.port, args.keys, settings, Path(tmp), probe_rate=args.probe_rate)
+                res = one_round(tool, args.port, args.keys, settings, Path(tmp), probe_rate=args.probe_rate,
+                                baseline_s=args.baseline_s)
                 results[tool].append(res)
                 print(f"round {r + 1} {tool:9}: {res['keys']} keys in {res['seconds']:.2f} s = "
                       f"{res['keys_per_s']:,.0f} keys/s; p50 x{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f} "
@@ -101,7 +109,8 @@ def main() -> None:
     failed = {t: sum(x["failed"] for x in rs) for t, rs in results.items()}
     lost = {t: sum(x["lost"] for x in rs) for t, rs in results.items()}
     print(f"\n{args.keys} keys, 3+3 -> 4+4, runbook preset {args.preset} ({settings.slots_per_batch} slots per batch, "
-          f"{settings.slots_in_flight} in flight, {settings.keys_per_migrate} keys per MIGRATE); medians of "
+          f"{settings.slots_in_flight} in flight, {settings.migrates_per_round_trip} MIGRATEs per round trip, "
+          f"{settings.keys_per_migrate} keys per MIGRATE, {settings.pause_between_batches_s} s pause); medians of "
           f"{args.rounds} rounds")
     print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'failed':>7} {'lost':>5}")
     for t in ("redis-cli", "runbook"):

@@ -35,6 +35,7 @@ class Decision:
     failing: list[str]
     slots_per_batch: int
     slots_in_flight: int
+    migrates_per_round_trip: int
     keys_per_migrate: int
     pause_s: float
 
@@ -81,7 +82,8 @@ class Throttle:
         s = self.settings
         d = Decision(ts=time.time(), batch=batch, action=action, failing=[f"{c.name}: {c.detail}" for c in failing],
                      slots_per_batch=s.slots_per_batch, slots_in_flight=s.slots_in_flight,
-                     keys_per_migrate=s.keys_per_migrate, pause_s=s.pause_between_batches_s)
+                     migrates_per_round_trip=s.migrates_per_round_trip, keys_per_migrate=s.keys_per_migrate,
+                     pause_s=s.pause_between_batches_s)
         self.decisions.append(d)
         self.journal.record("gate", **asdict(d))
 
