@@ -91,8 +91,8 @@ class NewMaster(_Section):
 
 PRESETS = {
     "fast": {},
-    "gentle": {"slots_per_batch": 16, "slots_in_flight": 16, "migrates_per_round_trip": 1, "keys_per_migrate": 100,
-               "pause_between_batches_s": 0.25},
+    "gentle": {"slots_per_batch": 64, "slots_in_flight": 1, "migrates_per_round_trip": 1, "keys_per_migrate": 100,
+               "pause_between_batches_s": 0.2},
 }
 
 
