@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -34,6 +36,18 @@ def spawn(module: str, args: list[str], payload: dict, log_path: Path) -> subpro
 def read_payload() -> dict:
     """In a worker: the JSON payload its starter wrote to stdin."""
     return json.loads(sys.stdin.read() or "{}")
+
+
+def run_main(name: str, work: Callable[[dict], str]) -> int:
+    """A worker's entry point: run `work` on the payload, print why it stopped (or its traceback); the exit code."""
+    try:
+        reason = work(read_payload())
+    except Exception as e:
+        traceback.print_exc()
+        print(f"{name} failed: {type(e).__name__}: {e}", flush=True)
+        return 1
+    print(f"{name} stopped: {reason}", flush=True)
+    return 0
 
 
 def is_running(pid: int, marker: str) -> bool:

@@ -12,7 +12,6 @@ import json
 import math
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -479,15 +478,8 @@ def _threshold(name: str, value: float | None, limit: float, unit: str, where: s
 def _sampler_main(argv: list[str]) -> int:
     """Entry point of the detached sampler: `python -m runbook_lib.metrics --dir <metrics dir>`."""
     metrics_dir = Path(dict(zip(argv[::2], argv[1::2]))["--dir"])
-    payload = detached.read_payload()
-    try:
-        reason = _run_sampler(metrics_dir, payload["state"], Credentials(**payload["credentials"]))
-    except Exception as e:
-        traceback.print_exc()
-        print(f"sampler failed: {type(e).__name__}: {e}", flush=True)
-        return 1
-    print(f"sampler stopped: {reason}", flush=True)
-    return 0
+    return detached.run_main("sampler", lambda payload: _run_sampler(metrics_dir, payload["state"],
+                                                                     Credentials(**payload["credentials"])))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -567,15 +566,8 @@ def _worker_main(argv: list[str]) -> int:
     """Entry point of a detached worker: `python -m runbook_lib.traffic --dir <probe dir> --worker <n>`."""
     args = dict(zip(argv[::2], argv[1::2]))
     probe_dir, index = Path(args["--dir"]), int(args["--worker"])
-    payload = detached.read_payload()
-    try:
-        reason = _run_worker(probe_dir, index, payload["state"], Credentials(**payload["credentials"]))
-    except Exception as e:
-        traceback.print_exc()
-        print(f"worker {index} failed: {type(e).__name__}: {e}", flush=True)
-        return 1
-    print(f"worker {index} stopped: {reason}", flush=True)
-    return 0
+    return detached.run_main(f"worker {index}", lambda payload: _run_worker(probe_dir, index, payload["state"],
+                                                                            Credentials(**payload["credentials"])))
 
 
 if __name__ == "__main__":
