@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -29,6 +28,34 @@ def sandbox(tmp_path_factory):
     sb.down()
 
 
+class FailOverBeforeBatch:
+    """Throttle-shaped hook: before batch `at`, fail the source over and wait until its replica is master, so the
+    failover lands mid-migration every time instead of racing it."""
+
+    def __init__(self, settings: Migration, creds, source: str, replica: str, at: int = 3) -> None:
+        self.settings, self.creds, self.source, self.replica, self.at = settings, creds, source, replica, at
+        self.done_before: int | None = None
+
+    def before_batch(self, batch: int) -> Migration:
+        if batch == self.at:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                node_client(self.replica, self.creds).execute_command("CLUSTER", "FAILOVER")
+                settle = time.time() + 10
+                while time.time() < settle and not self._switched():
+                    time.sleep(0.1)
+                if self._switched():
+                    self.done_before = batch
+                    break
+            assert self.done_before, f"{self.replica} did not take over from {self.source} within 60 s"
+        return self.settings
+
+    def _switched(self) -> bool:
+        replica_role = node_client(self.replica, self.creds).execute_command("ROLE")[0]
+        source_role = node_client(self.source, self.creds).execute_command("ROLE")[0]
+        return replica_role in (b"master", "master") and source_role in (b"slave", "slave")
+
+
 def test_source_failover_mid_migration_loses_nothing(sandbox, tmp_path):
     creds = sandbox.credentials()
     journal = Journal(tmp_path / "journal.jsonl")
@@ -38,21 +65,14 @@ def test_source_failover_mid_migration_loses_nothing(sandbox, tmp_path):
     source = topo.by_address(SEED)
     replica = topo.replicas_of(source.id)[0]
 
-    def fail_over_when_migrating() -> None:
-        deadline = time.time() + 30
-        while time.time() < deadline and sum(e["event"] == "batch_end" for e in journal.entries()) < 3:
-            time.sleep(0.05)
-        node_client(replica.address, creds).execute_command("CLUSTER", "FAILOVER")
-
-    trigger = threading.Thread(target=fail_over_when_migrating)
-    trigger.start()
     settings = Migration(slots_per_batch=128, pause_between_batches_s=0.3, convergence_timeout_s=60)
-    plan, batches = migrate(topo, creds, [NEW], settings, journal, progress=False)
-    trigger.join()
+    hook = FailOverBeforeBatch(settings, creds, SEED, replica.address)
+    plan, batches = migrate(topo, creds, [NEW], settings, journal, progress=False, throttle=hook)
 
+    assert hook.done_before == 3
     assert sum(b.slots for b in batches) == 4096
     events = [e["event"] for e in journal.entries()]
-    assert "topology_changed" in events, "the failover happened after the migration; the test proved nothing"
+    assert "topology_changed" in events, "the mover never met the failover; the test proved nothing"
     after = observe(SEED, creds)
     assert not after.by_address(SEED).is_master, "the old source should now be a replica"
     assert after.by_address(replica.address).is_master
