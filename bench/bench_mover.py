@@ -7,6 +7,7 @@ second of the probe, its connection set-up, left out), so that drift during a ro
 Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's, failed requests and lost
 writes, and the ratios between the tools.
 Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle] [--baseline-s 10]
+     [--max-slots-per-s N]
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ def main() -> None:
     parser.add_argument("--probe-rate", type=float, default=200.0, help="probe requests per second (default 200)")
     parser.add_argument("--baseline-s", type=float, default=10.0,
                         help="seconds of probe at rest before and again after the move (default 10)")
+    parser.add_argument("--max-slots-per-s", type=float, default=None,
+                        help="override the preset's migration.max_slots_per_s (0: no limit)")
     args = parser.parse_args()
-    settings = Migration.model_validate({"preset": args.preset})
+    overrides = {} if args.max_slots_per_s is None else {"max_slots_per_s": args.max_slots_per_s}
+    settings = Migration.model_validate({"preset": args.preset, **overrides})
     results: dict[str, list[dict]] = {"redis-cli": [], "runbook": []}
     with tempfile.TemporaryDirectory(prefix="bench-mover-") as tmp:
         for r in range(args.rounds):
@@ -110,7 +114,8 @@ def main() -> None:
     lost = {t: sum(x["lost"] for x in rs) for t, rs in results.items()}
     print(f"\n{args.keys} keys, 3+3 -> 4+4, runbook preset {args.preset} ({settings.slots_per_batch} slots per batch, "
           f"{settings.slots_in_flight} in flight, {settings.migrates_per_round_trip} MIGRATEs per round trip, "
-          f"{settings.keys_per_migrate} keys per MIGRATE, {settings.pause_between_batches_s} s pause); medians of "
+          f"{settings.keys_per_migrate} keys per MIGRATE, {settings.pause_between_batches_s} s pause, "
+          f"{settings.max_slots_per_s or 'no'} slots/s limit); medians of "
           f"{args.rounds} rounds")
     print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'failed':>7} {'lost':>5}")
     for t in ("redis-cli", "runbook"):

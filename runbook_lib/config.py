@@ -91,13 +91,17 @@ class NewMaster(_Section):
 
 PRESETS = {
     "fast": {},
-    "gentle": {"slots_per_batch": 64, "slots_in_flight": 1, "migrates_per_round_trip": 1, "keys_per_migrate": 100,
-               "pause_between_batches_s": 0.2},
+    "gentle": {"slots_per_batch": 32, "slots_in_flight": 1, "migrates_per_round_trip": 1, "keys_per_migrate": 100,
+               "pause_between_batches_s": 0.0, "max_slots_per_s": 10.0},
 }
 
 
 class Migration(_Section):
-    """How slots move: batch size, keys per MIGRATE, timeouts, pacing; `preset` fills the keys not given."""
+    """How slots move: batch size, keys per MIGRATE, timeouts, pacing; `preset` fills the keys not given.
+
+    `max_slots_per_s` spreads slot moves evenly in time over all sources (0: as fast as they go): clients meet one
+    short disturbance at a time instead of bursts.
+    """
 
     preset: str = "fast"
     slots_per_batch: int = Field(256, ge=1, le=16384)
@@ -106,6 +110,7 @@ class Migration(_Section):
     migrates_per_round_trip: int = Field(4, ge=1, le=1024)
     migrate_timeout_ms: int = Field(10000, ge=100)
     pause_between_batches_s: float = Field(0.0, ge=0)
+    max_slots_per_s: float = Field(0.0, ge=0)
     warmup_slot: bool = True
     convergence_timeout_s: float = Field(60.0, gt=0)
 

@@ -56,6 +56,26 @@ class BatchResult:
     errors: list[str] = field(default_factory=list)
 
 
+class Pacer:
+    """Spaces slot moves evenly in time over every thread that shares it: at most `rate` slots started per second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self, slots: int, rate: float) -> float:
+        """Sleep until it is the turn of these `slots` (no wait when rate is 0); returns the seconds slept."""
+        if rate <= 0:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + slots / rate
+        if start > now:
+            time.sleep(start - now)
+        return max(0.0, start - now)
+
+
 class Mover:
     """Moves planned slots between masters of one cluster, journaling every change."""
 
@@ -71,6 +91,7 @@ class Mover:
         self._auth = migrate_auth_args(creds)
         self._refresh_lock = threading.Lock()
         self._former_master: dict[str, str] = {}
+        self._pacer = Pacer()
         self._adopt(topology)
 
     def _adopt(self, topo: Topology) -> None:
@@ -165,7 +186,9 @@ class Mover:
         for i in range(0, len(moves), k):
             group = moves[i: i + k]
             for target in dict.fromkeys(m.target for m in group):
-                keys += self._move_group([m for m in group if m.target == target], assigned)
+                same_target = [m for m in group if m.target == target]
+                self._pacer.wait(len(same_target), self.settings.max_slots_per_s)
+                keys += self._move_group(same_target, assigned)
         return keys
 
     def _move_group(self, moves: list[Move], assigned: list[Move]) -> int:

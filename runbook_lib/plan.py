@@ -162,19 +162,24 @@ def batch_estimates(plan: Plan, slot_bytes: dict[int, int] | None = None,
 
 
 def estimate(plan: Plan, slot_bytes: dict[int, int] | None = None, rates: MoveRates = MoveRates(),
-             pause_s: float = 0.0) -> dict:
+             pause_s: float = 0.0, max_slots_per_s: float = 0.0) -> dict:
     """The plan's time estimate as a record for plan-estimate.json: total and per-batch seconds (the pauses between
-    batches included in the total), the rates used, and whether bytes per slot were known."""
+    batches included in the total, a batch no shorter than its slots at `max_slots_per_s`), the rates used, and
+    whether bytes per slot were known."""
     batches = batch_estimates(plan, slot_bytes, rates)
+    if max_slots_per_s > 0:
+        batches = [max(seconds, len(batch) / max_slots_per_s) for seconds, batch in zip(batches, plan.batches)]
     return {"seconds": sum(batches) + pause_s * max(len(batches) - 1, 0), "batches": batches, "rates": asdict(rates),
-            "pause_s": pause_s, "bytes_known": slot_bytes is not None}
+            "pause_s": pause_s, "max_slots_per_s": max_slots_per_s, "bytes_known": slot_bytes is not None}
 
 
 def describe_estimate(record: dict) -> str:
     """The estimate in one Markdown sentence, saying which rates it used and whether it knew the bytes."""
     r = record["rates"]
+    pace = record.get("max_slots_per_s", 0.0)
     text = (f"Estimated **{record['seconds']:.1f} s** for {len(record['batches'])} batches "
-            f"(pauses of {record['pause_s']:g} s between batches included), at {r['slot_s'] * 1000:g} ms per slot, "
+            f"(pauses of {record['pause_s']:g} s between batches included"
+            + (f", at most {pace:g} slots/s" if pace else "") + f"), at {r['slot_s'] * 1000:g} ms per slot, "
             f"{r['keys_per_s']:,.0f} keys/s and {r['bytes_per_s'] / 1e6:,.0f} MB/s. ")
     return text + ("Bytes per slot come from preflight's `bigkeys.json`." if record["bytes_known"] else
                    "This run folder has no `bigkeys.json` (run 00_preflight first): the estimate counts slots and keys "

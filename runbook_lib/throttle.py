@@ -1,6 +1,6 @@
 """Gates and the adaptive throttle: before each batch, fresh samples decide go, slow down, or pause the run.
 
-A failing gate halves the batch, the slots in flight and the keys per MIGRATE and doubles the pause, then measures
+A failing gate halves the batch, the slots in flight, the keys per MIGRATE and the slot rate and doubles the pause, then measures
 again; gates that keep failing for `gates.pause_after_s` pause the run between batches (no slot open), with a message
 naming the gate, and `runbook resume` goes on. Passing gates restore the configured pace one step at a time. Every
 decision is journaled.
@@ -38,16 +38,18 @@ class Decision:
     migrates_per_round_trip: int
     keys_per_migrate: int
     pause_s: float
+    max_slots_per_s: float = 0.0
 
 
 def slower(s: Migration) -> Migration:
-    """One step down: half the batch, slots in flight, MIGRATEs per round trip and keys per MIGRATE, twice the pause
-    (at least 0.5 s)."""
+    """One step down: half the batch, slots in flight, MIGRATEs per round trip, keys per MIGRATE and slot rate (when
+    one is set), twice the pause (at least 0.5 s)."""
     return s.model_copy(update={
         "slots_per_batch": max(1, s.slots_per_batch // 2), "slots_in_flight": max(1, s.slots_in_flight // 2),
         "migrates_per_round_trip": max(1, s.migrates_per_round_trip // 2),
         "keys_per_migrate": max(10, s.keys_per_migrate // 2),
-        "pause_between_batches_s": min(10.0, max(0.5, s.pause_between_batches_s * 2))})
+        "pause_between_batches_s": min(10.0, max(0.5, s.pause_between_batches_s * 2)),
+        "max_slots_per_s": max(0.5, s.max_slots_per_s / 2) if s.max_slots_per_s else 0.0})
 
 
 def faster(s: Migration, limit: Migration) -> Migration:
@@ -58,7 +60,8 @@ def faster(s: Migration, limit: Migration) -> Migration:
         "migrates_per_round_trip": min(limit.migrates_per_round_trip, s.migrates_per_round_trip * 2),
         "keys_per_migrate": min(limit.keys_per_migrate, s.keys_per_migrate * 2),
         "pause_between_batches_s": max(limit.pause_between_batches_s, s.pause_between_batches_s / 2)
-        if s.pause_between_batches_s > limit.pause_between_batches_s else limit.pause_between_batches_s})
+        if s.pause_between_batches_s > limit.pause_between_batches_s else limit.pause_between_batches_s,
+        "max_slots_per_s": min(limit.max_slots_per_s, s.max_slots_per_s * 2) if limit.max_slots_per_s else 0.0})
 
 
 @dataclass
@@ -83,7 +86,7 @@ class Throttle:
         d = Decision(ts=time.time(), batch=batch, action=action, failing=[f"{c.name}: {c.detail}" for c in failing],
                      slots_per_batch=s.slots_per_batch, slots_in_flight=s.slots_in_flight,
                      migrates_per_round_trip=s.migrates_per_round_trip, keys_per_migrate=s.keys_per_migrate,
-                     pause_s=s.pause_between_batches_s)
+                     pause_s=s.pause_between_batches_s, max_slots_per_s=s.max_slots_per_s)
         self.decisions.append(d)
         self.journal.record("gate", **asdict(d))
 

@@ -137,8 +137,6 @@ def verdict(run_dir: Path, summary: ProbeSummary | None, gates: Gates) -> list[C
     return checks
 
 
-
-
 def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True):
     """The migration under watch: observers started, baseline measured, every batch gated by the throttle.
 

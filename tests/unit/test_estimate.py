@@ -65,3 +65,11 @@ def test_batch_summary_shows_estimates_and_bytes_when_known():
     assert [r["seconds (est.)"] for r in rows] == [round(s, 2) for s in batch_estimates(plan, rates=RATES)]
     rows = batch_summary(plan, slot_bytes={m.slot: 1048576 for m in plan.moves}, rates=RATES)
     assert [r["MB (est.)"] for r in rows] == [len(b) for b in plan.batches]
+
+
+def test_a_slot_rate_makes_each_batch_last_its_slots_over_the_rate():
+    plan = plan_expansion(three_masters(), ["d"], slots_per_batch=32)
+    record = estimate(plan, None, RATES, max_slots_per_s=10.0)
+    assert record["batches"] == [pytest.approx(len(b) / 10.0) for b in plan.batches]
+    assert record["seconds"] == pytest.approx(len(plan.moves) / 10.0)
+    assert "at most 10 slots/s" in describe_estimate(record)
