@@ -92,7 +92,7 @@ class NewMaster(_Section):
 PRESETS = {
     "fast": {},
     "gentle": {"slots_per_batch": 32, "slots_in_flight": 1, "migrates_per_round_trip": 1, "keys_per_migrate": 100,
-               "pause_between_batches_s": 0.0, "max_slots_per_s": 10.0},
+               "pause_between_batches_s": 0.0, "max_slots_per_s": 5.0},
 }
 
 

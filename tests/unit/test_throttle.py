@@ -71,8 +71,8 @@ def test_steps_stay_within_bounds():
 
 def test_slot_rate_halves_and_recovers_when_one_is_set():
     gentle = Migration(preset="gentle")
-    assert gentle.max_slots_per_s == 10.0
-    assert slower(gentle).max_slots_per_s == 5.0
-    assert faster(slower(gentle), gentle).max_slots_per_s == 10.0
+    assert gentle.max_slots_per_s == 5.0
+    assert slower(gentle).max_slots_per_s == 2.5
+    assert faster(slower(gentle), gentle).max_slots_per_s == 5.0
     assert slower(Migration(max_slots_per_s=0.6)).max_slots_per_s == 0.5
     assert slower(Migration()).max_slots_per_s == 0.0, "an unpaced run stays unpaced; the other steps slow it"
