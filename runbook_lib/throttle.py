@@ -1,9 +1,9 @@
 """Gates and the adaptive throttle: before each batch, fresh samples decide go, slow down, or pause the run.
 
-A failing gate halves the batch, the slots in flight, the keys per MIGRATE and the slot rate and doubles the pause, then measures
-again; gates that keep failing for `gates.pause_after_s` pause the run between batches (no slot open), with a message
-naming the gate, and `runbook resume` goes on. Passing gates restore the configured pace one step at a time. Every
-decision is journaled.
+A failing gate halves the batch, the slots in flight, the keys per MIGRATE and the slot rate and doubles the pause,
+then measures again; gates that keep failing for `gates.pause_after_s` pause the run between batches (no slot open),
+with a message naming the gate, and `runbook resume` goes on. Passing gates restore the configured pace one step at a
+time. Every decision is journaled.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def slower(s: Migration) -> Migration:
         "migrates_per_round_trip": max(1, s.migrates_per_round_trip // 2),
         "keys_per_migrate": max(10, s.keys_per_migrate // 2),
         "pause_between_batches_s": min(10.0, max(0.5, s.pause_between_batches_s * 2)),
-        "max_slots_per_s": max(0.5, s.max_slots_per_s / 2) if s.max_slots_per_s else 0.0})
+        "max_slots_per_s": min(s.max_slots_per_s, max(0.5, s.max_slots_per_s / 2)) if s.max_slots_per_s else 0.0})
 
 
 def faster(s: Migration, limit: Migration) -> Migration:

@@ -75,4 +75,5 @@ def test_slot_rate_halves_and_recovers_when_one_is_set():
     assert slower(gentle).max_slots_per_s == 2.5
     assert faster(slower(gentle), gentle).max_slots_per_s == 5.0
     assert slower(Migration(max_slots_per_s=0.6)).max_slots_per_s == 0.5
+    assert slower(Migration(max_slots_per_s=0.2)).max_slots_per_s == 0.2, "a step down never speeds up"
     assert slower(Migration()).max_slots_per_s == 0.0, "an unpaced run stays unpaced; the other steps slow it"
