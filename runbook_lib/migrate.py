@@ -71,9 +71,10 @@ class Pacer:
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + slots / rate
-        if start > now:
-            time.sleep(start - now)
-        return max(0.0, start - now)
+        wait = start - now
+        if wait > 0:
+            time.sleep(wait)
+        return wait
 
 
 class Mover:

@@ -38,7 +38,7 @@ class Decision:
     migrates_per_round_trip: int
     keys_per_migrate: int
     pause_s: float
-    max_slots_per_s: float = 0.0
+    max_slots_per_s: float
 
 
 def slower(s: Migration) -> Migration:
