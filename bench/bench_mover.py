@@ -20,15 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from runbook_lib import nodes
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.migrate import migrate
+from runbook_lib.cluster.topology import observe
 from runbook_lib.config import BigKeys, Migration
-from runbook_lib.connection import node_client
-from runbook_lib.journal import Journal
-from runbook_lib.migrate import migrate
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
-from runbook_lib.topology import observe
-from runbook_lib.traffic import TrafficProbe, latency_stats
-from runbook_lib.validate import balance, health, key_count
+from runbook_lib.sections import nodes
+from runbook_lib.sections.validate import balance, health, key_count
+from runbook_lib.watch.traffic import TrafficProbe, latency_stats
 
 
 def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,

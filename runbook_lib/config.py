@@ -8,9 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .exceptions import BadInput, ParamsError
+from runbook_lib.exceptions import BadInput, ParamsError
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -333,3 +340,6 @@ def replica_pairs(params: Params) -> list[tuple[str, str]]:
     return [(n.replica, n.address) for n in params.model.new_masters if n.replica]
 
 
+def new_node_addresses(params: Params) -> list[str]:
+    """Every node the expansion adds: new masters and their replicas."""
+    return new_master_addresses(params) + [r for r, _ in replica_pairs(params)]

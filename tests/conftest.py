@@ -13,6 +13,8 @@ import yaml
 from runbook_lib.sandbox import Sandbox, SandboxLayout
 
 ROOT = Path(__file__).resolve().parents[1]
+PORT_OFFSET = int(os.environ.get("RUNBOOK_TEST_PORT_OFFSET", "0"))
+"""Added to every test cluster's ports, so that two checkouts can run integration tests side by side."""
 
 
 def start_sandbox(root: Path, port: int, keys: int, **layout) -> Sandbox:
@@ -65,8 +67,8 @@ def files_holding(secret: str, roots: list[Path]) -> list[str]:
 
 def cluster_layout(ports: list[int], creds) -> dict[int, dict]:
     """Every node's own CLUSTER NODES, reduced to what a change would alter: ids, roles, masters, epochs, slots."""
-    from runbook_lib.connection import node_client
-    from runbook_lib.topology import read_view
+    from runbook_lib.cluster.connection import node_client
+    from runbook_lib.cluster.topology import read_view
     layout = {}
     for port in ports:
         view = read_view(node_client(f"127.0.0.1:{port}", creds), str(port))

@@ -10,10 +10,10 @@ from pathlib import Path
 import yaml
 from redis.crc import key_slot
 
-from runbook_lib.connection import node_client
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import observe, parse_ranges
 from runbook_lib.sandbox import Sandbox
-from runbook_lib.topology import observe, parse_ranges
-from runbook_lib.validate import key_count
+from runbook_lib.sections.validate import key_count
 
 RUNBOOK = str(Path(sys.executable).parent / "runbook")
 

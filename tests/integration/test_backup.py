@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from runbook_lib.backup import backup, is_local, restore_instructions
-from runbook_lib.connection import node_client
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
-from runbook_lib.topology import observe
+from runbook_lib.sections.backup import backup, is_local, restore_instructions
+from tests.conftest import PORT_OFFSET
 
 pytestmark = pytest.mark.integration
 
-PORT = 7450
+PORT = 7450 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
-RESTORE_PORT = 7470
+RESTORE_PORT = 7470 + PORT_OFFSET
 
 
 @pytest.fixture(scope="module")

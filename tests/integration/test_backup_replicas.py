@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from runbook_lib.backup import backup, checks, restore_instructions, targets
-from runbook_lib.topology import observe
-from tests.conftest import start_sandbox
+from runbook_lib.cluster.topology import observe
+from runbook_lib.sections.backup import backup, checks, restore_instructions, targets
+from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7620
+PORT = 7620 + PORT_OFFSET
 KEYS = 3000
 
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook_lib.connection import cluster_client, node_client
-from runbook_lib.lock import RunLock, read_lock
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.lock import RunLock, read_lock
+from runbook_lib.cluster.topology import observe
 from runbook_lib.sandbox import SandboxLayout, redis_binary
-from runbook_lib.topology import observe
-from runbook_lib.validate import key_count
-from tests.conftest import cluster_layout, start_sandbox
+from runbook_lib.sections.validate import key_count
+from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7540
+PORT = 7540 + PORT_OFFSET
 LAYOUT = SandboxLayout(port=PORT)
-STANDALONE = 7560
-NOWHERE = 7598
+STANDALONE = 7560 + PORT_OFFSET
+NOWHERE = 7598 + PORT_OFFSET
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_stale_lock_is_recognised_and_taken_over_deliberately(sandbox, runbook_b
     params = sandbox.root / "params.yaml"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from runbook_lib.lock import RunLock\n"
+        "from runbook_lib.cluster.lock import RunLock\n"
         "from runbook_lib.sandbox import Sandbox\n"
         f"sb = Sandbox({str(sandbox.root)!r})\n"
         f"RunLock('127.0.0.1:{PORT}', sb.credentials(), 'killed-run', 'runbook run').acquire()\n"

@@ -7,14 +7,22 @@ import time
 import pytest
 from redis.crc import key_slot
 
-from runbook_lib.bigkeys import _measure, _Pacer, big_keys_in_slots, keys_per_slot, scan, slot_table
-from runbook_lib.connection import cluster_client, node_client
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.topology import observe
 from runbook_lib.sandbox import Sandbox, SandboxLayout
-from runbook_lib.topology import observe
+from runbook_lib.sections.bigkeys import (
+    _measure,
+    _Pacer,
+    big_keys_in_slots,
+    keys_per_slot,
+    scan,
+    slot_table,
+)
+from tests.conftest import PORT_OFFSET
 
 pytestmark = pytest.mark.integration
 
-PORT = 7400
+PORT = 7400 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 MB = 1024 * 1024
 BIG_STRING = "big:{x}"

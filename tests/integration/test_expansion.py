@@ -7,12 +7,12 @@ import subprocess
 
 import pytest
 
-from runbook_lib.topology import observe
-from runbook_lib.validate import key_count
-from tests.conftest import start_sandbox
+from runbook_lib.cluster.topology import observe
+from runbook_lib.sections.validate import key_count
+from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7100
+PORT = 7100 + PORT_OFFSET
 KEYS = 20_000
 
 

@@ -6,17 +6,17 @@ import time
 
 import pytest
 
-from runbook_lib import nodes
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.migrate import migrate
+from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Migration
-from runbook_lib.connection import node_client
-from runbook_lib.journal import Journal
-from runbook_lib.migrate import migrate
-from runbook_lib.topology import observe
-from runbook_lib.validate import key_count
-from tests.conftest import start_sandbox
+from runbook_lib.sections import nodes
+from runbook_lib.sections.validate import key_count
+from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7250
+PORT = 7250 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 NEW = f"127.0.0.1:{PORT + 6}"
 

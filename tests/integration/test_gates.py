@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from runbook_lib.topology import observe
-from runbook_lib.traffic import TrafficProbe
-from runbook_lib.validate import key_count
-from tests.conftest import start_sandbox
+from runbook_lib.cluster.topology import observe
+from runbook_lib.sections.validate import key_count
+from runbook_lib.watch.traffic import TrafficProbe
+from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import cli, params_variant
 
 pytestmark = pytest.mark.integration
-PORT = 7160
+PORT = 7160 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 
 

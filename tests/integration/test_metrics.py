@@ -10,15 +10,24 @@ import time
 import pandas as pd
 import pytest
 
+from runbook_lib.cluster.connection import cluster_client
 from runbook_lib.config import Gates
-from runbook_lib.connection import cluster_client
-from runbook_lib.metrics import (TABLE_FILE, NodePoller, Sampler, evaluate, gate_values, read_samples, tidy,
-                                 values_from, write_table)
-from runbook_lib.traffic import TrafficProbe
-from tests.conftest import start_sandbox
+from runbook_lib.watch.metrics import (
+    TABLE_FILE,
+    NodePoller,
+    Sampler,
+    evaluate,
+    gate_values,
+    read_samples,
+    tidy,
+    values_from,
+    write_table,
+)
+from runbook_lib.watch.traffic import TrafficProbe
+from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7750
+PORT = 7750 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 NODES = [f"127.0.0.1:{PORT + i}" for i in range(6)]
 MASTERS, REPLICAS = NODES[:3], NODES[3:]

@@ -10,14 +10,14 @@ import subprocess
 import pytest
 from redis.crc import key_slot
 
-from runbook_lib import bigkeys, monitoring, preflight
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.topology import nodes_table, observe
 from runbook_lib.config import load_params
-from runbook_lib.connection import cluster_client, node_client
-from runbook_lib.topology import nodes_table, observe
-from tests.conftest import cluster_layout, start_sandbox
+from runbook_lib.sections import bigkeys, monitoring, preflight
+from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7600
+PORT = 7600 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 NEW_MASTER = f"127.0.0.1:{PORT + 6}"
 NEW_REPLICA = f"127.0.0.1:{PORT + 7}"

@@ -7,15 +7,21 @@ from collections import Counter
 
 import pytest
 
+from runbook_lib.cluster.migrate import current_plan
+from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Migration
-from runbook_lib.migrate import current_plan
-from runbook_lib.topology import observe
-from runbook_lib.validate import key_count
-from tests.conftest import start_sandbox
-from tests.integration.faults import assert_expanded, assert_original, cli, fill_slot, params_variant
+from runbook_lib.sections.validate import key_count
+from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.integration.faults import (
+    assert_expanded,
+    assert_original,
+    cli,
+    fill_slot,
+    params_variant,
+)
 
 pytestmark = pytest.mark.integration
-PORT = 7200
+PORT = 7200 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 
 

@@ -8,13 +8,13 @@ import stat
 
 import pytest
 
+from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout
-from runbook_lib.topology import observe
-from tests.conftest import start_sandbox
+from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7150
+PORT = 7150 + PORT_OFFSET
 
 
 @pytest.fixture(scope="module")

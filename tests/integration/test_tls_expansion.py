@@ -11,15 +11,15 @@ import pytest
 import redis
 import yaml
 
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Credentials
-from runbook_lib.connection import node_client
 from runbook_lib.sandbox import Sandbox, SandboxLayout
-from runbook_lib.topology import observe
-from runbook_lib.validate import key_count
-from tests.conftest import LOOSE_GATES, files_holding, loosen
+from runbook_lib.sections.validate import key_count
+from tests.conftest import LOOSE_GATES, PORT_OFFSET, files_holding, loosen
 
 pytestmark = pytest.mark.integration
-PORT = 7520
+PORT = 7520 + PORT_OFFSET
 KEYS = 10_000
 
 

@@ -10,13 +10,13 @@ import time
 import pytest
 from redis.crc import key_slot
 
-from runbook_lib.connection import cluster_client, node_client
-from runbook_lib.topology import cluster_info, read_view
-from runbook_lib.traffic import AskSafeCluster, TrafficProbe, ask_safe_client
-from tests.conftest import start_sandbox
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.topology import cluster_info, read_view
+from runbook_lib.watch.traffic import AskSafeCluster, TrafficProbe, ask_safe_client
+from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7700
+PORT = 7700 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 MASTERS = [f"127.0.0.1:{PORT + i}" for i in range(3)]
 
@@ -144,9 +144,9 @@ def test_probe_has_no_error_and_loses_nothing_while_many_slots_are_open(sandbox,
 
 
 def test_probe_outlives_its_starter_is_stopped_from_another_process_and_reports_a_deleted_key(sandbox, tmp_path):
-    start = ("import sys; from runbook_lib.sandbox import Sandbox; from runbook_lib.traffic import TrafficProbe; "
+    start = ("import sys; from runbook_lib.sandbox import Sandbox; from runbook_lib.watch.traffic import TrafficProbe; "
              "TrafficProbe([sys.argv[1]], Sandbox(sys.argv[2]).credentials(), sys.argv[3], rate=200).start()")
-    stop = "import sys; from runbook_lib.traffic import TrafficProbe; print(TrafficProbe.attach(sys.argv[1]).stop())"
+    stop = "import sys; from runbook_lib.watch.traffic import TrafficProbe; print(TrafficProbe.attach(sys.argv[1]).stop())"
     subprocess.run([sys.executable, "-c", start, SEED, str(sandbox.root), str(tmp_path)], check=True, timeout=30)
     probe = TrafficProbe.attach(tmp_path, sandbox.credentials())
     assert len(probe.alive()) == 2, "the workers should outlive the process that started them"

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbook_lib.notebook import PARAMETERS
+from runbook_lib.run.notebook import PARAMETERS
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_preflight", "10_backup", "20_add_masters", "30_plan", "40_migrate", "50_add_replicas",

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from runbook_lib import audit
-from runbook_lib.cli import main
 from runbook_lib.config import load_params
 from runbook_lib.exceptions import BadInput
+from runbook_lib.files import sha256_file
+from runbook_lib.run import audit
+from runbook_lib.run.cli import main
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_manifest_then_verify_is_intact(folder):
     audit.write_manifest(folder, "run-1")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["files"]) == {"journal.jsonl", "charts/batches.png", "index.html"}
-    assert manifest["files"]["index.html"]["sha256"] == audit.sha256_file(folder / "index.html")
+    assert manifest["files"]["index.html"]["sha256"] == sha256_file(folder / "index.html")
     result = audit.verify(folder)
     assert result.ok and result.checked == 3 and result.lines() == []
 
@@ -100,7 +101,7 @@ def test_seal_writes_provenance_params_copy_and_manifest_last(folder, tmp_path):
     audit.seal(folder, params, audit.invocation("runbook resume", "run-2", params, 200.0, 210.0), [])
     prov = json.loads((folder / "provenance.json").read_text())
     assert prov["run_id"] == "run-2" and [e["run_id"] for e in prov["earlier"]] == ["run-1"]
-    assert audit.verify(folder).ok and first["manifest_sha256"] != audit.sha256_file(folder / "manifest.json")
+    assert audit.verify(folder).ok and first["manifest_sha256"] != sha256_file(folder / "manifest.json")
 
 
 def test_a_password_read_by_this_process_never_reaches_an_error_line(tmp_path, capsys):

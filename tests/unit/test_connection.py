@@ -2,8 +2,8 @@
 
 import threading
 
+from runbook_lib.cluster.connection import NodeClients, migrate_auth_args
 from runbook_lib.config import Credentials
-from runbook_lib.connection import NodeClients, migrate_auth_args
 
 
 def test_threads_racing_for_one_address_share_one_client():

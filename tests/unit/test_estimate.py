@@ -2,10 +2,17 @@
 
 import pytest
 
+from runbook_lib.cluster.plan import (
+    MoveRates,
+    batch_estimates,
+    batch_summary,
+    describe_estimate,
+    estimate,
+    estimate_seconds,
+    plan_expansion,
+)
+from runbook_lib.cluster.topology import SLOTS
 from runbook_lib.exceptions import BadInput
-from runbook_lib.plan import (MoveRates, batch_estimates, batch_summary, describe_estimate, estimate, estimate_seconds,
-                              plan_expansion)
-from runbook_lib.topology import SLOTS
 
 RATES = MoveRates(slot_s=0.001, keys_per_s=1000.0, bytes_per_s=1e6)
 

@@ -2,7 +2,7 @@
 
 import json
 
-from runbook_lib.journal import Journal, failpoint
+from runbook_lib.cluster.journal import Journal, failpoint
 
 
 def test_records_are_appended_and_read_back(tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook_lib import monitoring
 from runbook_lib.exceptions import BadInput
+from runbook_lib.sections import monitoring
 
 NODES = [
     {"address": "10.0.0.1:7000", "role": "master", "new": False},

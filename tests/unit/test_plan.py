@@ -2,9 +2,15 @@
 
 import pytest
 
+from runbook_lib.cluster.plan import (
+    Move,
+    Plan,
+    even_targets,
+    plan_expansion,
+    verify_plan,
+)
+from runbook_lib.cluster.topology import SLOTS
 from runbook_lib.exceptions import BadInput
-from runbook_lib.plan import Move, Plan, even_targets, plan_expansion, verify_plan
-from runbook_lib.topology import SLOTS
 
 
 def cluster(n: int) -> dict[str, set[int]]:

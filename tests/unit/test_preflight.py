@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from runbook_lib import bigkeys, host, preflight
+from runbook_lib.cluster.topology import parse_cluster_nodes
 from runbook_lib.config import BigKeys
-from runbook_lib.preflight import NodeFacts
-from runbook_lib.topology import parse_cluster_nodes
+from runbook_lib.sections import bigkeys, host, preflight
+from runbook_lib.sections.preflight import NodeFacts
 
 MB = 1024 * 1024
 GB = 1024 * MB

@@ -1,6 +1,6 @@
 """The open-slot repair decision (pure): finish whenever anything moved or the target owns the slot, else close."""
 
-from runbook_lib.repair import SlotState, decide
+from runbook_lib.cluster.repair import SlotState, decide
 
 
 def test_both_sides_open_finishes():

@@ -6,8 +6,14 @@ import os
 import subprocess
 import sys
 
-from runbook_lib.lock import HEARTBEAT_S, STALE_AFTER_S, Holder, LockState, new_run_id
-from runbook_lib.report import RunResult, SectionResult
+from runbook_lib.cluster.lock import (
+    HEARTBEAT_S,
+    STALE_AFTER_S,
+    Holder,
+    LockState,
+    new_run_id,
+)
+from runbook_lib.run.report import RunResult, SectionResult
 
 
 def test_holder_round_trips_and_describes_itself():

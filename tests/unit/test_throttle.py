@@ -2,10 +2,10 @@
 
 import pytest
 
+from runbook_lib.checks import Check
+from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Migration
-from runbook_lib.journal import Journal
-from runbook_lib.throttle import GatePaused, Throttle, faster, slower
-from runbook_lib.validate import Check
+from runbook_lib.watch.throttle import GatePaused, Throttle, faster, slower
 
 PASS = [Check("CPU", "pass", "10 %")]
 FAIL = [Check("p99 within 10 % of baseline", "fail", "p99 9 ms, baseline 1 ms")]

@@ -1,6 +1,12 @@
 """CLUSTER NODES parsing: slot ranges, open-slot markers, roles; and slot range formatting."""
 
-from runbook_lib.topology import NodeView, Topology, format_ranges, parse_cluster_nodes, parse_ranges
+from runbook_lib.cluster.topology import (
+    NodeView,
+    Topology,
+    format_ranges,
+    parse_cluster_nodes,
+    parse_ranges,
+)
 
 NODES = """\
 aaa 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5461-<-bbb]

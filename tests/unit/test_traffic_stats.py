@@ -8,14 +8,31 @@ import math
 import pandas as pd
 import pytest
 import redis
-from redis.exceptions import AskError, ClusterDownError, ClusterError, MovedError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from runbook_lib.config import Credentials, load_params
-from runbook_lib.detached import read_appended_csv
 from runbook_lib.exceptions import BadInput, ParamsError
-from runbook_lib.timeline import batch_windows, label
-from runbook_lib.traffic import (COLUMNS, TrafficProbe, classify, error_kinds, latency_stats, longest_gap, per_batch,
-                                 per_window, read_records, summarize)
+from runbook_lib.watch.detached import read_appended_csv
+from runbook_lib.watch.timeline import batch_windows, label
+from runbook_lib.watch.traffic import (
+    COLUMNS,
+    TrafficProbe,
+    classify,
+    error_kinds,
+    latency_stats,
+    longest_gap,
+    per_batch,
+    per_window,
+    read_records,
+    summarize,
+)
 
 
 def records(rows: list[tuple]) -> pd.DataFrame:

@@ -14,13 +14,14 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
-from . import audit, exceptions
-from .config import known_secrets, load_params
-from .exceptions import BadInput, RunLocked
-from .inputs import check_targets
-from .lock import LOCK_KEY, RunLock, new_run_id
-from .notebook import RESULTS_DIR
-from .watch import stop_all
+from runbook_lib import exceptions
+from runbook_lib.cluster.lock import LOCK_KEY, RunLock, new_run_id
+from runbook_lib.config import known_secrets, load_params
+from runbook_lib.exceptions import BadInput, RunLocked
+from runbook_lib.run import audit
+from runbook_lib.run.inputs import check_targets
+from runbook_lib.run.notebook import RESULTS_DIR
+from runbook_lib.watch.lifecycle import stop_all
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 ROLLBACK = "90_rollback"

@@ -5,36 +5,23 @@ from __future__ import annotations
 import getpass
 import json
 import platform
-import subprocess
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from . import __version__
-from .config import Credentials, Params, load_params
-from .exceptions import BadInput, CheckFailed
-from .journal import Journal
-from .nodes import StepReport
-from .topology import Topology, observe
-from .validate import Check
+from runbook_lib import __version__
+from runbook_lib.checks import Check, StepReport
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.topology import Topology, observe
+from runbook_lib.config import Credentials, Params, load_params
+from runbook_lib.exceptions import BadInput, CheckFailed
+from runbook_lib.run.audit import git_commit
 
 __all__ = ["BadInput", "Check", "Section", "checks_frame", "open_section", "step_markdown", "step_summary"]
 
 PARAMETERS = {"params_file": str, "run_dir": str}
 RESULTS_DIR = "results"
 CHARTS_DIR = "charts"
-
-
-def git_commit() -> str:
-    """The git commit of the checkout the package runs from, or "unknown" when not in one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else "unknown"
 
 
 def check_parameters(namespace: dict, hidden: set[str]) -> dict:

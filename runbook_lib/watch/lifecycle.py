@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import Gates, Params, new_master_addresses
-from .journal import Journal
-from .metrics import METRICS_DIR, STATE_FILE as SAMPLER_STATE, Sampler, write_table
-from .timeline import batch_windows, label
-from .traffic import PROBE_DIR, STATE_FILE as PROBE_STATE, ProbeSummary, TrafficProbe, latency_stats, per_batch
-from .validate import Check
+from runbook_lib.checks import Check
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.config import Gates, Params, new_master_addresses
+from runbook_lib.watch.metrics import METRICS_DIR, Sampler, write_table
+from runbook_lib.watch.metrics import STATE_FILE as SAMPLER_STATE
+from runbook_lib.watch.timeline import batch_windows, label
+from runbook_lib.watch.traffic import (
+    PROBE_DIR,
+    ProbeSummary,
+    TrafficProbe,
+    latency_stats,
+    per_batch,
+)
+from runbook_lib.watch.traffic import STATE_FILE as PROBE_STATE
 
 BASELINE_FILE = "latency_baseline.json"
 DOWNTIME_LIMIT_S = 1.0
@@ -142,9 +150,9 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
 
     Returns (plan, batches, throttle decisions, baseline).
     """
-    from .migrate import migrate
-    from .preflight import new_node_addresses
-    from .throttle import Throttle, run_gate
+    from runbook_lib.cluster.migrate import migrate
+    from runbook_lib.config import new_node_addresses
+    from runbook_lib.watch.throttle import Throttle, run_gate
     gates = params.model.gates
     start(params, run_dir, new_node_addresses(params))
     base = baseline(run_dir, gates)

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .exceptions import SandboxError
+from runbook_lib.exceptions import SandboxError
 
 HOSTS = "IP:127.0.0.1,IP:::1,DNS:localhost"
 

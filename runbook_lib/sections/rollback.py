@@ -6,16 +6,15 @@ import time
 
 import redis
 
-from .config import BigKeys, Credentials, Migration
-from .connection import node_client
-from .exceptions import BadInput, CheckFailed
-from .journal import Journal
-from .migrate import Mover
-from .nodes import StepReport
-from .repair import settle_own_open_slots
-from .plan import Move, Plan
-from .topology import SLOTS, Topology, observe, parse_ranges
-from .validate import Check
+from runbook_lib.checks import Check, StepReport
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.migrate import Mover
+from runbook_lib.cluster.plan import Move, Plan
+from runbook_lib.cluster.repair import settle_own_open_slots
+from runbook_lib.cluster.topology import SLOTS, Topology, observe, parse_ranges
+from runbook_lib.config import BigKeys, Credentials, Migration
+from runbook_lib.exceptions import BadInput, CheckFailed
 
 
 def original_owners(snapshot: dict) -> dict[str, set[int]]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import BigKeys, Credentials, Migration
-from .exceptions import CheckFailed
-from .journal import Journal
-from .migrate import Mover
-from .nodes import StepReport
-from .topology import Topology, observe
+from runbook_lib.checks import StepReport
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.migrate import Mover
+from runbook_lib.cluster.topology import Topology, observe
+from runbook_lib.config import BigKeys, Credentials, Migration
+from runbook_lib.exceptions import CheckFailed
 
 
 @dataclass
@@ -136,8 +136,8 @@ def settle_own_open_slots(topo: Topology, creds: Credentials, journal: Journal, 
 def resume(seed: str, creds: Credentials, journal: Journal, settings: Migration, new_addresses: list[str],
            bigkeys: BigKeys | None = None, snapshot: dict | None = None, progress: bool = True) -> dict:
     """Repair every open slot, then go on with whatever the journal was doing: the expansion or a rollback."""
-    from .migrate import migrate
-    from .rollback import rollback
+    from runbook_lib.cluster.migrate import migrate
+    from runbook_lib.sections.rollback import rollback
     topo = observe(seed, creds)
     fixed = repair(topo, creds, journal, settings, apply=True, bigkeys=bigkeys)
     topo = observe(seed, creds)

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import redis
 
-from . import detached, timeline
-from .config import Credentials, Gates
-from .connection import NodeClients
-from .exceptions import BadInput, RunbookError
-from .topology import read_view
-from .traffic import PROBE_DIR, TrafficProbe, latency_stats, per_window
-from .validate import Check
+from runbook_lib.checks import Check
+from runbook_lib.cluster.connection import NodeClients
+from runbook_lib.cluster.topology import read_view
+from runbook_lib.config import Credentials, Gates
+from runbook_lib.exceptions import BadInput, RunbookError
+from runbook_lib.watch import detached, timeline
+from runbook_lib.watch.traffic import PROBE_DIR, TrafficProbe, latency_stats, per_window
 
 METRICS_DIR = "metrics"
 SAMPLES_FILE = "samples.csv"
@@ -232,7 +232,7 @@ class Sampler:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _marker(self) -> str:
-        return f"runbook_lib.metrics --dir {self.dir} "
+        return f"runbook_lib.watch.metrics --dir {self.dir} "
 
     def alive(self) -> list[int]:
         """The sampler's pid while it runs, else an empty list."""
@@ -252,7 +252,7 @@ class Sampler:
         (self.dir / "ready").unlink(missing_ok=True)
         state = {"seed": self.seed, "extra": self.extra, "interval_s": self.interval_s,
                  "max_runtime_s": self.max_runtime_s, "started": time.time(), "stopped": None}
-        self._proc = detached.spawn("runbook_lib.metrics", ["--dir", str(self.dir)],
+        self._proc = detached.spawn("runbook_lib.watch.metrics", ["--dir", str(self.dir)],
                                     {"state": state, "credentials": asdict(self.creds)}, self.dir / "sampler.log")
         state["pid"] = self._proc.pid
         (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -476,7 +476,7 @@ def _threshold(name: str, value: float | None, limit: float, unit: str, where: s
 
 
 def _sampler_main(argv: list[str]) -> int:
-    """Entry point of the detached sampler: `python -m runbook_lib.metrics --dir <metrics dir>`."""
+    """Entry point of the detached sampler: `python -m runbook_lib.watch.metrics --dir <metrics dir>`."""
     metrics_dir = Path(dict(zip(argv[::2], argv[1::2]))["--dir"])
     return detached.run_main("sampler", lambda payload: _run_sampler(metrics_dir, payload["state"],
                                                                      Credentials(**payload["credentials"])))

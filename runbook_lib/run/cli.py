@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from .audit import redact
-from .config import known_secrets, load_params, new_master_addresses
-from .exceptions import BadInput, RunbookError
-from .journal import Journal
-from .notebook import git_commit
+from runbook_lib import __version__
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.config import known_secrets, load_params, new_master_addresses
+from runbook_lib.exceptions import BadInput, RunbookError
+from runbook_lib.run.audit import git_commit, redact
 
 EPILOG = """exit codes: 0 done, 1 a check or gate failed (cluster left consistent), 2 bad input (nothing changed).
 Passwords never go on the command line or in params: params name an environment variable (password_env) or a
@@ -23,7 +22,7 @@ Passwords never go on the command line or in params: params name an environment 
 
 
 def _sandbox_up(args) -> int:
-    from .sandbox import Sandbox, SandboxLayout
+    from runbook_lib.sandbox import Sandbox, SandboxLayout
     layout = SandboxLayout(port=args.port, masters=args.masters, replicas=args.replicas, new_masters=args.new_masters)
     sb = Sandbox(args.dir)
     sb.up(layout, keys=args.keys, persistence=args.persistence, progress=not args.quiet, acl=args.acl, tls=args.tls)
@@ -39,20 +38,20 @@ def _sandbox_up(args) -> int:
 
 
 def _sandbox_down(args) -> int:
-    from .sandbox import Sandbox
+    from runbook_lib.sandbox import Sandbox
     stopped = Sandbox(args.dir).down()
     print(f"stopped {len(stopped)} redis-server processes" + (f" on ports {stopped}" if stopped else ""))
     return 0
 
 
 def _run(args) -> int:
-    from .report import run
+    from runbook_lib.run.report import run
     result = run(args.params, out=args.out, only=args.only, start=args.start, take_over_lock=args.take_over_lock)
     return result.exit_code
 
 
 def _verify_report(args) -> int:
-    from .audit import verify
+    from runbook_lib.run.audit import verify
     result = verify(args.dir)
     for line in result.lines():
         print(line)
@@ -62,7 +61,7 @@ def _verify_report(args) -> int:
 
 
 def _acl(args) -> int:
-    from .acl import setuser_command
+    from runbook_lib.sections.acl import setuser_command
     print(setuser_command(args.user, args.section or None))
     return 0
 
@@ -70,8 +69,8 @@ def _acl(args) -> int:
 def _under_lock(name: str, func, acts):
     """Wrap a command that may change the cluster: hold the run lock meanwhile, then re-seal the run folder used."""
     def command(args) -> int:
-        from .audit import invocation, seal
-        from .lock import holding
+        from runbook_lib.cluster.lock import holding
+        from runbook_lib.run.audit import invocation, seal
         params = load_params(args.params)
         if not acts(args, params):
             return func(args)
@@ -93,10 +92,10 @@ def _under_lock(name: str, func, acts):
 
 
 def _plan(args) -> int:
-    from .migrate import current_plan
-    from .plan import batch_summary
-    from .topology import names as topology_names
-    from .topology import observe
+    from runbook_lib.cluster.migrate import current_plan
+    from runbook_lib.cluster.plan import batch_summary
+    from runbook_lib.cluster.topology import names as topology_names
+    from runbook_lib.cluster.topology import observe
     params = load_params(args.params)
     creds = params.credentials()
     topo = observe(params.model.cluster.seed, creds)
@@ -114,8 +113,8 @@ def _plan(args) -> int:
 
 
 def _check(args) -> int:
-    from .topology import observe
-    from .validate import balance, health
+    from runbook_lib.cluster.topology import observe
+    from runbook_lib.sections.validate import balance, health
     params = load_params(args.params)
     topo = observe(params.model.cluster.seed, params.credentials())
     checks = health(topo, pending_replicas=set(new_master_addresses(params))) + [balance(topo)]
@@ -143,8 +142,8 @@ def _run_dir(params, given: str | None) -> Path:
 
 
 def _resume(args) -> int:
-    from .preflight import new_node_addresses
-    from .repair import resume
+    from runbook_lib.cluster.repair import resume
+    from runbook_lib.config import new_node_addresses
     params = load_params(args.params)
     run_dir = _run_dir(params, args.run_dir)
     journal = Journal(run_dir / "journal.jsonl")
@@ -168,9 +167,9 @@ def _phase_is_rollback(journal: Journal) -> bool:
 
 
 def _rollback(args) -> int:
-    from .preflight import new_node_addresses
-    from .rollback import rollback
-    from .topology import observe
+    from runbook_lib.cluster.topology import observe
+    from runbook_lib.config import new_node_addresses
+    from runbook_lib.sections.rollback import rollback
     params = load_params(args.params)
     creds = params.credentials()
     run_dir = _run_dir(params, args.run_dir)
@@ -181,7 +180,7 @@ def _rollback(args) -> int:
                    Journal(run_dir / "journal.jsonl"), apply=apply, bigkeys=params.model.bigkeys)
     print(f"{'moved' if apply else 'would move'} {len(out['plan'].moves)} slots back to their owners ({run_dir.name})")
     if apply:
-        from .watch import discard_probe
+        from runbook_lib.watch.lifecycle import discard_probe
         print(f"deleted {discard_probe(params, run_dir)} keys the run's traffic probe had written")
     for line in out["removal"].actions + out["removal"].notes:
         print(("" if apply else "would: ") + line)

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import Gates, Migration
-from .exceptions import CheckFailed
-from .journal import Journal
-from .validate import Check
+from runbook_lib.checks import Check
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.config import Gates, Migration
+from runbook_lib.exceptions import CheckFailed
 
 Gate = Callable[[float | None], list[Check]]
 
@@ -125,7 +125,7 @@ class Throttle:
 
 def run_gate(run_dir: str | Path, gates: Gates, baseline_p99_ms: float | None, window_s: float = 5.0) -> Gate:
     """The gate of a run folder: the sampler's node metrics and the probe's latencies over the last `window_s`."""
-    from .metrics import evaluate, gate_values
+    from runbook_lib.watch.metrics import evaluate, gate_values
 
     def gate(since: float | None = None) -> list[Check]:
         window = window_s if since is None else min(window_s, max(0.5, time.time() - since))

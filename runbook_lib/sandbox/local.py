@@ -19,12 +19,12 @@ import yaml
 from redis.crc import key_slot
 from tqdm.auto import tqdm
 
-from . import acl as acl_rules
-from .certs import make_certificates
-from .config import Credentials
-from .connection import node_client
-from .exceptions import SandboxError
-from .topology import SLOTS, cluster_info, read_view
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import SLOTS, cluster_info, read_view
+from runbook_lib.config import Credentials
+from runbook_lib.exceptions import SandboxError
+from runbook_lib.sandbox.certs import make_certificates
+from runbook_lib.sections import acl as acl_rules
 
 STATE_FILE = "sandbox.json"
 PASSWORD_FILE = "password"

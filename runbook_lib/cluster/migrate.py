@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 import redis
 from tqdm.auto import tqdm
 
-from .config import BigKeys, Credentials, Migration, parse_address
-from .connection import NodeClients, migrate_auth_args
-from .exceptions import BadInput, MigrationError
-from .journal import Journal, failpoint
-from .plan import Move, Plan, plan_expansion
-from .topology import Topology, key_counts, observe_any
+from runbook_lib.cluster.connection import NodeClients, migrate_auth_args
+from runbook_lib.cluster.journal import Journal, failpoint
+from runbook_lib.cluster.plan import Move, Plan, plan_expansion
+from runbook_lib.cluster.topology import Topology, key_counts, observe_any
+from runbook_lib.config import BigKeys, Credentials, Migration, parse_address
+from runbook_lib.exceptions import BadInput, MigrationError
 
 if TYPE_CHECKING:
-    from .throttle import Throttle
+    from runbook_lib.watch.throttle import Throttle
 
 TOPOLOGY_ERRORS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters", "I don't know about node",
                    "LOADING", "MASTERDOWN", "already the owner", "not a master")
@@ -540,7 +540,7 @@ def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: 
 
     Open slots this run did not open (another tool, an operator) are refused: `runbook resume` repairs those.
     """
-    from .repair import settle_own_open_slots
+    from runbook_lib.cluster.repair import settle_own_open_slots
     topo = settle_own_open_slots(topo, creds, journal, settings, bigkeys)
     plan = current_plan(topo, creds, addresses, settings)
     if not plan.moves:

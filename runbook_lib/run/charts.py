@@ -5,7 +5,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .topology import SLOTS
+from runbook_lib.cluster.topology import SLOTS
 
 
 def slot_distribution(before: dict[str, int], after: dict[str, int], title: str = "Slots per master") -> Figure:

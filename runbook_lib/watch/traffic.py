@@ -24,15 +24,21 @@ import pandas as pd
 import redis
 from pydantic import ValidationError
 from redis.cluster import PRIMARY, ClusterNode, RedisCluster
-from redis.exceptions import (AskError, ClusterDownError, ClusterError, RedisClusterException, SlotNotCoveredError,
-                              TryAgainError)
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
-from . import detached
-from .config import Credentials, Params, Probe
-from .connection import cluster_client
-from .exceptions import BadInput, RunbookError
-from .timeline import BatchWindow
-from .validate import Check
+from runbook_lib.checks import Check
+from runbook_lib.cluster.connection import cluster_client
+from runbook_lib.config import Credentials, Params, Probe
+from runbook_lib.exceptions import BadInput, RunbookError
+from runbook_lib.watch import detached
+from runbook_lib.watch.timeline import BatchWindow
 
 PROBE_DIR = "probe"
 STATE_FILE = "probe.json"
@@ -245,7 +251,7 @@ class TrafficProbe:
         tmp.replace(self.state_path)
 
     def _marker(self) -> str:
-        return f"runbook_lib.traffic --dir {self.dir} "
+        return f"runbook_lib.watch.traffic --dir {self.dir} "
 
     def alive(self) -> list[int]:
         """Pids of this probe's workers that are still running."""
@@ -268,7 +274,7 @@ class TrafficProbe:
                  "timeout_s": self.timeout_s, "max_runtime_s": self.max_runtime_s, "started": started,
                  "stopped": None, "pids": []}
         payload = {"state": state, "credentials": asdict(self.creds)}
-        self._procs = [detached.spawn("runbook_lib.traffic", ["--dir", str(self.dir), "--worker", str(i)], payload,
+        self._procs = [detached.spawn("runbook_lib.watch.traffic", ["--dir", str(self.dir), "--worker", str(i)], payload,
                                       self.dir / f"worker-{i}.log") for i in range(self.settings.processes)]
         state["pids"] = [p.pid for p in self._procs]
         self._write_state(state)
@@ -563,7 +569,7 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
 
 
 def _worker_main(argv: list[str]) -> int:
-    """Entry point of a detached worker: `python -m runbook_lib.traffic --dir <probe dir> --worker <n>`."""
+    """Entry point of a detached worker: `python -m runbook_lib.watch.traffic --dir <probe dir> --worker <n>`."""
     args = dict(zip(argv[::2], argv[1::2]))
     probe_dir, index = Path(args["--dir"]), int(args["--worker"])
     return detached.run_main(f"worker {index}", lambda payload: _run_worker(probe_dir, index, payload["state"],

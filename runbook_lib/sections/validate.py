@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-
-from .config import Credentials
-from .connection import cluster_client, node_client
-from .lock import lock_keys
-from .topology import SLOTS, Topology
-
-
-@dataclass
-class Check:
-    """One verdict: status is "pass", "warn" or "fail", with the reason in plain words."""
-
-    name: str
-    status: str
-    detail: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "fail"
+from runbook_lib.checks import Check
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.lock import lock_keys
+from runbook_lib.cluster.topology import SLOTS, Topology
+from runbook_lib.config import Credentials
 
 
 def _check(name: str, ok: bool, detail: str) -> Check:

@@ -9,8 +9,8 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from .config import Credentials, parse_address
-from .exceptions import BadInput
+from runbook_lib.config import Credentials, parse_address
+from runbook_lib.exceptions import BadInput
 
 
 def _tls_kwargs(creds: Credentials) -> dict:

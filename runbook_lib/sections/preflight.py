@@ -11,14 +11,23 @@ from pathlib import Path
 
 import redis
 
-from . import bigkeys, host
-from .config import BigKeys, Credentials, Params, new_master_addresses, parse_address, replica_pairs
-from .connection import node_client
-from .exceptions import BadInput, CheckFailed
-from .metrics import cpu_pct
-from .nodes import check_fresh
-from .topology import Topology, cluster_info, read_view
-from .validate import Check, health, key_count
+from runbook_lib.checks import Check
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import Topology, cluster_info, read_view
+from runbook_lib.config import (
+    BigKeys,
+    Credentials,
+    Params,
+    new_master_addresses,
+    new_node_addresses,
+    parse_address,
+    replica_pairs,
+)
+from runbook_lib.exceptions import BadInput, CheckFailed
+from runbook_lib.sections import bigkeys, host
+from runbook_lib.sections.nodes import check_fresh
+from runbook_lib.sections.validate import health, key_count
+from runbook_lib.watch.metrics import cpu_pct
 
 PARITY_SETTINGS = ("cluster-node-timeout", "maxmemory", "maxmemory-policy", "appendonly", "save",
                    "cluster-require-full-coverage", "cluster-allow-replica-migration", "repl-backlog-size",
@@ -56,11 +65,6 @@ class Findings:
     facts: list[NodeFacts]
     ports: list[dict]
     checks: list[Check]
-
-
-def new_node_addresses(params: Params) -> list[str]:
-    """Every node the expansion adds: new masters and their replicas."""
-    return new_master_addresses(params) + [r for r, _ in replica_pairs(params)]
 
 
 def atomic_slot_migration(engine: str, version: str) -> bool:

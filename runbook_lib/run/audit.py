@@ -8,10 +8,10 @@ in the change record: that pins the manifest itself.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
-from .config import Params
-from .exceptions import BadInput
-from .notebook import git_commit
+from runbook_lib import __version__
+from runbook_lib.config import Params
+from runbook_lib.exceptions import BadInput
+from runbook_lib.files import sha256_file
 
 PROVENANCE = "provenance.json"
 PARAMS_COPY = "params.redacted.yaml"
@@ -38,15 +38,6 @@ TEXT_SUFFIXES = {".ipynb", ".html", ".json", ".jsonl", ".csv", ".txt", ".yaml", 
 
 def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def redact(data, secrets: list[str] = ()):
@@ -211,3 +202,15 @@ def seal(run_dir: Path, params: Params, invocation_record: dict, secrets: list[s
     """Seal a run folder after an invocation wrote into it: params copy, provenance, then the manifest last."""
     record(run_dir, params, invocation_record, secrets)
     return finish(run_dir, invocation_record.get("run_id", ""), secrets)
+
+
+def git_commit() -> str:
+    """The git commit of the checkout the package runs from, or "unknown" when not in one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (out.stdout.strip() + ("+dirty" if dirty else "")) if out.returncode == 0 else "unknown"

@@ -10,11 +10,11 @@ import redis
 from redis.crc import key_slot
 from tqdm.auto import tqdm
 
-from .config import BigKeys, Credentials
-from .connection import node_client
-from .exceptions import CheckFailed
-from .topology import Topology
-from .validate import Check
+from runbook_lib.checks import Check
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import Topology
+from runbook_lib.config import BigKeys, Credentials
+from runbook_lib.exceptions import CheckFailed
 
 CHECK_ROWS = 20
 MB = 1024 * 1024

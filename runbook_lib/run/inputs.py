@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import redis
 
-from .config import Credentials, Params
-from .connection import node_client
-from .exceptions import BadInput, ParamsError
-from .nodes import check_fresh
-from .topology import Topology, observe, read_view
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import Topology, observe, read_view
+from runbook_lib.config import Credentials, Params
+from runbook_lib.exceptions import BadInput, ParamsError
+from runbook_lib.sections.nodes import check_fresh
 
 
 def secret_key(params: Params) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .exceptions import BadInput
-from .topology import SLOTS
+from runbook_lib.cluster.topology import SLOTS
+from runbook_lib.exceptions import BadInput
 
 
 @dataclass(frozen=True)

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
 
 import redis
 
-from .config import Credentials, parse_address
-from .connection import node_client, ping
-from .exceptions import BadInput, CheckFailed
-from .journal import Journal
-from .topology import Topology, cluster_info, observe, read_view
-from .validate import Check
-
-
-@dataclass
-class StepReport:
-    """What a reconciling step found and did; `actions` is empty when there was nothing to do."""
-
-    actions: list[str]
-    notes: list[str]
-
-    @property
-    def nothing_to_do(self) -> bool:
-        return not self.actions
+from runbook_lib.checks import Check, StepReport
+from runbook_lib.cluster.connection import node_client, ping
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.topology import Topology, cluster_info, observe, read_view
+from runbook_lib.config import Credentials, parse_address
+from runbook_lib.exceptions import BadInput, CheckFailed
 
 
 def check_fresh(address: str, creds: Credentials) -> str:

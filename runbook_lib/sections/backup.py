@@ -12,13 +12,13 @@ from pathlib import Path
 import redis
 from tqdm.auto import tqdm
 
-from .audit import sha256_file
-from .config import Credentials, parse_address
-from .connection import node_client
-from .exceptions import CheckFailed
-from .host import is_local
-from .validate import Check
-from .topology import NodeEntry, Topology
+from runbook_lib.checks import Check
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.topology import NodeEntry, Topology
+from runbook_lib.config import Credentials, parse_address
+from runbook_lib.exceptions import CheckFailed
+from runbook_lib.run.audit import sha256_file
+from runbook_lib.sections.host import is_local
 
 POLL_S = 0.2
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import redis
 
-from .config import Credentials
-from .connection import node_client
-from .exceptions import BadInput
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.config import Credentials
+from runbook_lib.exceptions import BadInput
 
 SLOTS = 16384
 

@@ -24,10 +24,10 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from .config import Credentials
-from .connection import cluster_client, node_client
-from .exceptions import BadInput, RunLocked
-from .topology import Topology
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.topology import Topology
+from runbook_lib.config import Credentials
+from runbook_lib.exceptions import BadInput, RunLocked
 
 LOCK_KEY = "runbook:lock"
 TTL_S = 60.0

@@ -1,0 +1,1 @@
+"""Running and recording: the papermill runner and index.html, notebook helpers, audit, input checks, CLI, charts."""

@@ -1,0 +1,11 @@
+"""The local sandbox cluster for rehearsals and tests, and its throwaway TLS CA."""
+
+from runbook_lib.sandbox.local import (
+    Sandbox,
+    SandboxLayout,
+    load_data,
+    redis_binary,
+    sample_keys,
+)
+
+__all__ = ["Sandbox", "SandboxLayout", "load_data", "redis_binary", "sample_keys"]
