@@ -80,13 +80,21 @@ def decide(state: SlotState, owner: str | None) -> Decision:
 
 
 def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migration, apply: bool,
-           bigkeys: BigKeys | None = None, slots: set[int] | None = None) -> StepReport:
-    """Finish or close every open slot (or only `slots`); a dry run says what it would do."""
+           bigkeys: BigKeys | None = None, slots: set[int] | None = None, foreign: bool = False) -> StepReport:
+    """Finish or close this journal's open slots, plus `slots` and, with `foreign`, every other open slot.
+
+    Another tool's open slot that was not asked for is left alone and described in the notes; a dry run says what it
+    would do."""
     states = open_slot_states(topo)
-    if slots is not None:
-        states = {s: st for s, st in states.items() if s in slots}
+    ours = set(journal.open_slots())
+    asked = set(slots or ())
+    left = sorted(s for s in states if s not in ours and s not in asked and not foreign)
+    states = {s: st for s, st in states.items() if s not in left}
+    notes = [f"slot {s} is open ({_markers(states_all)}) but this run did not open it; left alone (repair it with "
+             f"`runbook resume --slot {s}` or `--foreign`)" for s, states_all in
+             ((s, open_slot_states(topo)[s]) for s in left)]
     if not states:
-        return StepReport(actions=[], notes=["no open slot"])
+        return StepReport(actions=[], notes=notes or ["no open slot"])
     mover = Mover(topo, creds, settings, journal, bigkeys)
     owners = topo.owners()
     actions, manual = [], []
@@ -112,7 +120,13 @@ def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migra
                     mover.close_slot(slot, node, decision.reason)
     if manual:
         raise CheckFailed("; ".join(manual))
-    return StepReport(actions=actions, notes=[])
+    return StepReport(actions=actions, notes=notes)
+
+
+def _markers(state: SlotState) -> str:
+    marks = [f"{n[:8]} migrating to {p[:8]}" for n, p in state.migrating.items()]
+    marks += [f"{n[:8]} importing from {p[:8]}" for n, p in state.importing.items()]
+    return ", ".join(marks)
 
 
 def settle_own_open_slots(topo: Topology, creds: Credentials, journal: Journal, settings: Migration,
@@ -131,21 +145,3 @@ def settle_own_open_slots(topo: Topology, creds: Credentials, journal: Journal, 
         return topo
     repair(topo, creds, journal, settings, apply=True, bigkeys=bigkeys, slots=ours)
     return observe(topo.seed, creds)
-
-
-def resume(seed: str, creds: Credentials, journal: Journal, settings: Migration, new_addresses: list[str],
-           bigkeys: BigKeys | None = None, snapshot: dict | None = None, progress: bool = True) -> dict:
-    """Repair every open slot, then go on with whatever the journal was doing: the expansion or a rollback."""
-    from runbook_lib.cluster.migrate import migrate
-    from runbook_lib.sections.rollback import rollback
-    topo = observe(seed, creds)
-    fixed = repair(topo, creds, journal, settings, apply=True, bigkeys=bigkeys)
-    topo = observe(seed, creds)
-    phase = journal.last("migration_start", "rollback_start")
-    if phase and phase["event"] == "rollback_start":
-        if snapshot is None:
-            raise CheckFailed("the journal shows an interrupted rollback but the run has no baseline.json")
-        out = rollback(topo, creds, snapshot, new_addresses, settings, journal, apply=True, progress=progress)
-        return {"phase": "rollback", "repaired": fixed, "plan": out["plan"], "batches": out["batches"]}
-    plan, batches = migrate(topo, creds, new_addresses, settings, journal, bigkeys=bigkeys, progress=progress)
-    return {"phase": "expansion", "repaired": fixed, "plan": plan, "batches": batches}

@@ -142,8 +142,8 @@ def _run_dir(params, given: str | None) -> Path:
 
 
 def _resume(args) -> int:
-    from runbook_lib.cluster.repair import resume
     from runbook_lib.config import new_node_addresses
+    from runbook_lib.sections.resume import resume
     params = load_params(args.params)
     run_dir = _run_dir(params, args.run_dir)
     journal = Journal(run_dir / "journal.jsonl")
@@ -152,7 +152,8 @@ def _resume(args) -> int:
                                                f"({last['utc']})" if last else ""))
     out = resume(params.model.cluster.seed, params.credentials(), journal, params.model.migration,
                  new_node_addresses(params) if _phase_is_rollback(journal) else new_master_addresses(params),
-                 bigkeys=params.model.bigkeys, snapshot=json.loads((run_dir / "baseline.json").read_text()))
+                 apply=True, bigkeys=params.model.bigkeys,
+                 snapshot=json.loads((run_dir / "baseline.json").read_text()))
     for line in out["repaired"].actions:
         print("repaired " + line)
     moved = sum(b.slots for b in out["batches"])
