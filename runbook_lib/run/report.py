@@ -23,7 +23,7 @@ from runbook_lib.run.inputs import check_targets
 from runbook_lib.run.notebook import RESULTS_DIR
 from runbook_lib.watch.lifecycle import stop_all
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 ROLLBACK = "90_rollback"
 
 

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from runbook_lib.run.notebook import PARAMETERS
+from runbook_lib.run.report import available
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_preflight", "10_backup", "20_add_masters", "30_plan", "40_migrate", "50_add_replicas",
@@ -17,6 +18,10 @@ EXPECTED = ["00_preflight", "10_backup", "20_add_masters", "30_plan", "40_migrat
 
 def test_every_section_has_a_notebook():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+def test_the_runner_finds_them_in_run_order():
+    assert available() == EXPECTED
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
