@@ -83,7 +83,7 @@ class ClusterParams(_Section):
 
 
 class NewMaster(_Section):
-    """A fresh, empty cluster-mode node to become a master, with the replica that will follow it."""
+    """A fresh, empty cluster-mode node to become a master, with its replica (attached before the master gets a slot)."""
 
     address: str
     replica: str = ""
@@ -107,7 +107,9 @@ class Migration(_Section):
     """How slots move: batch size, keys per MIGRATE, timeouts, pacing; `preset` fills the keys not given.
 
     `max_slots_per_s` spreads slot moves evenly in time over all sources (0: as fast as they go): clients meet one
-    short disturbance at a time instead of bursts.
+    short disturbance at a time instead of bursts. `allow_master_without_replica` lets slots move to a new master
+    whose replica is not in sync (attached by 25_add_replicas before the first slot moves): its keys then live in
+    one copy until a replica syncs.
     """
 
     preset: str = "fast"
@@ -120,6 +122,7 @@ class Migration(_Section):
     max_slots_per_s: float = Field(0.0, ge=0)
     warmup_slot: bool = True
     convergence_timeout_s: float = Field(60.0, gt=0)
+    allow_master_without_replica: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -338,6 +341,12 @@ def new_master_addresses(params: Params) -> list[str]:
 def replica_pairs(params: Params) -> list[tuple[str, str]]:
     """(replica, master) address pairs from params, for masters that have one."""
     return [(n.replica, n.address) for n in params.model.new_masters if n.replica]
+
+
+def replicas_pending(params: Params) -> set[str]:
+    """New masters that may own slots without a replica: all of them with migration.allow_master_without_replica,
+    else none (each new master's replica is attached before its first slot: 25_add_replicas)."""
+    return set(new_master_addresses(params)) if params.model.migration.allow_master_without_replica else set()
 
 
 def new_node_addresses(params: Params) -> list[str]:
