@@ -72,7 +72,7 @@ class Journal:
                 opened[e["slot"]] = e
             elif e["event"] == "slots_open":
                 opened.update({s: e for s in e["slots"]})
-            elif e["event"] in ("slot_assigned", "slot_closed"):
+            elif e["event"] in ("slot_assigned", "slot_closed", "slot_done"):
                 opened.pop(e["slot"], None)
             elif e["event"] == "slots_assigned":
                 for s in e["slots"]:

@@ -1,147 +1,142 @@
-"""Open-slot repair and resume: finish or close slots left IMPORTING/MIGRATING by an interrupted move, ours or not.
+"""Repair: finish or close slots an interrupted move left open, ours or another tool's, and rescue stranded keys.
 
-A slot is finished (its keys moved on and the slot handed to the importing side) whenever the importing side already
-holds keys of it or already owns it; it is closed (SETSLOT STABLE) only when nothing was moved under the marker. So a
-repair never drops a copy of a key, and the plan then goes on from the live slot map.
+Each slot's state is read from the live cluster (markers on every master, its key count on every master) and the
+journal; the slot state machine decides: a move is finished whenever anything moved under its markers (the target,
+or the master now serving the target's shard after a failover, holds keys of it or owns it), closed only when
+nothing did; keys on a master that does not own their slot and has no marker (stranded) go to the owner. A repair
+never drops a copy of a key, and the plan then goes on from the live slot map.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runbook_lib.checks import StepReport
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.migrate import Mover
-from runbook_lib.cluster.topology import Topology, observe
+from runbook_lib.cluster.mover import Mover, TopologyChanged
+from runbook_lib.cluster.slots import CLOSE, DONE, MANUAL, RESCUE, SlotState, intent_from_markers, repair_step
+from runbook_lib.cluster.topology import SLOTS, Topology, observe
 from runbook_lib.config import BigKeys, Credentials, Migration
 from runbook_lib.exceptions import CheckFailed
 
-
-@dataclass
-class SlotState:
-    """Who marks one slot as migrating or importing, who claims it, and who holds keys of it."""
-
-    slot: int
-    migrating: dict[str, str] = field(default_factory=dict)
-    importing: dict[str, str] = field(default_factory=dict)
-    claims: set[str] = field(default_factory=set)
-    keys: dict[str, int] = field(default_factory=dict)
+SCAN_CHUNK = 4096
 
 
 @dataclass(frozen=True)
-class Decision:
-    """What to do with one open slot: finish (source → target), close (clear markers on nodes), or leave to a human."""
+class Finding:
+    """One slot that needs a repair: its state, the move it belongs to (shard ids), and whether this run opened it."""
 
-    action: str
-    source: str = ""
-    target: str = ""
-    nodes: tuple[str, ...] = ()
-    reason: str = ""
-
-
-def open_slot_states(topo: Topology) -> dict[int, SlotState]:
-    """Every open slot with its markers and claimants, from each node's view of itself."""
-    states: dict[int, SlotState] = {}
-    for view in topo.views.values():
-        me = view.myself
-        for slot, peer in me.migrating.items():
-            states.setdefault(slot, SlotState(slot)).migrating[me.id] = peer
-        for slot, peer in me.importing.items():
-            states.setdefault(slot, SlotState(slot)).importing[me.id] = peer
-    for state in states.values():
-        state.claims = {v.myself.id for v in topo.views.values() if state.slot in v.myself.slots}
-    return states
+    state: SlotState
+    source: str
+    target: str
+    ours: bool
 
 
-def decide(state: SlotState, owner: str | None) -> Decision:
-    """The repair for one open slot (pure): finish when anything moved or the target owns it, else close."""
-    if len(state.migrating) > 1 or len(state.importing) > 1:
-        return Decision("manual", reason=f"slot {state.slot} is migrating on {len(state.migrating)} nodes and importing "
-                                         f"on {len(state.importing)}; repair it by hand")
-    if state.migrating and state.importing:
-        (source, target), (importer, _) = next(iter(state.migrating.items())), next(iter(state.importing.items()))
-        if target != importer:
-            return Decision("manual", reason=f"slot {state.slot} migrates towards {target[:8]} but {importer[:8]} "
-                                             "imports it; repair it by hand")
-        return Decision("finish", source=source, target=target, reason="both sides open: finish the move")
-    if state.migrating:
-        source, target = next(iter(state.migrating.items()))
-        if target in state.claims or state.keys.get(target, 0):
-            return Decision("finish", source=source, target=target,
-                            reason="the target already owns the slot or holds keys of it: finish the move")
-        return Decision("close", nodes=(source,), reason="nothing moved to the target: clear the MIGRATING marker")
-    target, source = next(iter(state.importing.items()))
-    if target in state.claims:
-        return Decision("close", nodes=(target,), reason="the importing node already owns the slot: clear the marker")
-    if state.keys.get(target, 0) and owner:
-        return Decision("finish", source=owner, target=target,
-                        reason="the importing node holds keys of the slot: move the rest to it")
-    return Decision("close", nodes=(target,), reason="nothing was moved: clear the IMPORTING marker")
+def open_slots(topo: Topology) -> set[int]:
+    """Slots any master marks IMPORTING or MIGRATING (replicas carry no markers)."""
+    return {s for v in topo.views.values() if v.myself.is_master for s in (*v.myself.migrating, *v.myself.importing)}
+
+
+def stranded_slots(mover: Mover) -> set[int]:
+    """Slots some master holds keys of without owning them: COUNTKEYSINSLOT of every slot it does not own."""
+    owners = mover.topo.owners()
+    found = set()
+    for master in mover.masters:
+        others = [s for s in range(SLOTS) if owners[s] != master]
+        for i in range(0, len(others), SCAN_CHUNK):
+            chunk = others[i: i + SCAN_CHUNK]
+            counts = mover._pipeline(master, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in chunk])
+            found.update(s for s, n in zip(chunk, counts) if n)
+    return found
+
+
+def findings(mover: Mover, journal: Journal, slots: set[int]) -> list[Finding]:
+    """What each slot needs, with the move it belongs to: from this journal when it opened the slot, else from the
+    markers (mapped through failovers), else (stranded keys, no marker) a rescue to the owner."""
+    ours = journal.open_slots()
+    states = mover.observe_slots(sorted(slots))
+    out = []
+    for slot in sorted(slots):
+        state = states[slot]
+        if slot in ours:
+            source, target = ours[slot]["source"], ours[slot]["target"]
+        else:
+            intent = intent_from_markers(state, _shard_of(mover))
+            if intent is None and state.is_open:
+                raise CheckFailed(f"slot {slot} is open with markers that disagree ({_markers(state, mover)}); "
+                                  "repair it by hand")
+            source, target = intent or (state.owner or "", state.owner or "")
+        out.append(Finding(state, source, target, slot in ours))
+    return out
+
+
+def _shard_of(mover: Mover):
+    def shard_of(node: str) -> str | None:
+        try:
+            return mover.current_master(node)
+        except TopologyChanged:
+            return None
+    return shard_of
 
 
 def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migration, apply: bool,
            bigkeys: BigKeys | None = None, slots: set[int] | None = None, foreign: bool = False) -> StepReport:
-    """Finish or close this journal's open slots, plus `slots` and, with `foreign`, every other open slot.
-
-    Another tool's open slot that was not asked for is left alone and described in the notes; a dry run says what it
-    would do."""
-    states = open_slot_states(topo)
+    """Finish or close this journal's open slots, plus `slots` and, with `foreign`, every other open slot; rescue
+    stranded keys. Another tool's open slot that was not asked for is left alone and described in the notes; a dry
+    run says what it would do."""
+    mover = Mover(topo, creds, settings, journal, bigkeys)
+    live = open_slots(topo)
     ours = set(journal.open_slots())
     asked = set(slots or ())
-    left = sorted(s for s in states if s not in ours and s not in asked and not foreign)
-    states = {s: st for s, st in states.items() if s not in left}
-    notes = [f"slot {s} is open ({_markers(states_all)}) but this run did not open it; left alone (repair it with "
-             f"`runbook resume --slot {s}` or `--foreign`)" for s, states_all in
-             ((s, open_slot_states(topo)[s]) for s in left)]
-    if not states:
-        return StepReport(actions=[], notes=notes or ["no open slot"])
-    mover = Mover(topo, creds, settings, journal, bigkeys)
-    owners = topo.owners()
+    left_alone = sorted(s for s in live if s not in ours and s not in asked and not foreign)
+    todo = (live - set(left_alone)) | stranded_slots(mover)
+    if slots is not None and not foreign:
+        todo &= ours | asked
+    found = findings(mover, journal, todo | (asked & live))
+    seen = mover.observe_slots(left_alone) if left_alone else {}
+    notes = [f"slot {s} is open ({_markers(seen[s], mover)}) but this run did not open it; left alone (repair it "
+             f"with `runbook resume --slot {s}` or `--foreign`)" for s in left_alone]
     actions, manual = [], []
-    for slot, state in sorted(states.items()):
-        for node in set(state.migrating) | set(state.importing):
-            state.keys[node] = int(mover.client(node).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
-        decision = decide(state, owners[slot])
-        if decision.action == "manual":
-            manual.append(decision.reason)
+    for f in found:
+        source, target = _shard_of(mover)(f.source) or f.source, _shard_of(mover)(f.target) or f.target
+        step = repair_step(f.state, source, target)
+        if step.kind == MANUAL:
+            manual.append(step.reason)
             continue
-        if decision.action == "finish":
-            actions.append(f"slot {slot}: finish {mover.address[decision.source]} -> {mover.address[decision.target]} "
-                           f"({decision.reason})")
-            if apply:
-                journal.record("slot_repair", slot=slot, action="finish", source=decision.source,
-                               target=decision.target, reason=decision.reason)
-                mover.finish_slot(slot, decision.source, decision.target)
-        else:
-            actions.append(f"slot {slot}: SETSLOT STABLE on {', '.join(mover.address[n] for n in decision.nodes)} "
-                           f"({decision.reason})")
-            if apply:
-                for node in decision.nodes:
-                    mover.close_slot(slot, node, decision.reason)
+        if step.kind == DONE:
+            continue
+        actions.append(f"slot {f.state.slot}: {_describe(step, mover)} ({step.reason})")
+        if apply:
+            journal.record("slot_repair", slot=f.state.slot, action=step.kind, source=source, target=target,
+                           reason=step.reason, ours=f.ours)
+            mover.drive([f.state.slot], f.source, f.target, step=repair_step)
     if manual:
         raise CheckFailed("; ".join(manual))
-    return StepReport(actions=actions, notes=notes)
+    return StepReport(actions=actions, notes=notes or ([] if actions else ["no open slot, no stranded key"]))
 
 
-def _markers(state: SlotState) -> str:
-    marks = [f"{n[:8]} migrating to {p[:8]}" for n, p in state.migrating.items()]
-    marks += [f"{n[:8]} importing from {p[:8]}" for n, p in state.importing.items()]
-    return ", ".join(marks)
+def _describe(step, mover: Mover) -> str:
+    if step.kind == CLOSE:
+        return "SETSLOT STABLE on " + ", ".join(mover.name(n) for n in step.nodes)
+    if step.kind == RESCUE:
+        return f"rescue stranded keys {mover.name(step.source)} -> {mover.name(step.target)}"
+    return f"finish {mover.name(step.source)} -> {mover.name(step.target)}"
+
+
+def _markers(state: SlotState, mover: Mover) -> str:
+    marks = [f"{mover.name(n)} migrating to {mover.name(p)}" for n, p in state.migrating.items()]
+    marks += [f"{mover.name(n)} importing from {mover.name(p)}" for n, p in state.importing.items()]
+    return ", ".join(marks) or "no marker"
 
 
 def settle_own_open_slots(topo: Topology, creds: Credentials, journal: Journal, settings: Migration,
                           bigkeys: BigKeys | None = None) -> Topology:
-    """Finish the slots this journal opened and left open; refuse open slots that someone else left.
-
-    Returns a fresh topology when anything was repaired.
-    """
-    live = {o["slot"] for o in topo.open_slots()}
-    ours = live & set(journal.open_slots())
-    foreign = sorted(live - ours)
+    """Finish the slots this journal opened and left open and rescue stranded keys; refuse open slots that someone
+    else left. Returns a fresh topology when anything was repaired."""
+    live = open_slots(topo)
+    foreign = sorted(live - set(journal.open_slots()))
     if foreign:
         raise CheckFailed(f"{len(foreign)} open slots that this run did not open (first: {foreign[0]}); "
-                          "`runbook check` shows them and `runbook resume` repairs them")
-    if not ours:
-        return topo
-    repair(topo, creds, journal, settings, apply=True, bigkeys=bigkeys, slots=ours)
-    return observe(topo.seed, creds)
+                          "`runbook check` shows them and `runbook resume --slot N` repairs them")
+    report = repair(topo, creds, journal, settings, apply=True, bigkeys=bigkeys)
+    return observe(topo.seed, creds) if report.actions else topo

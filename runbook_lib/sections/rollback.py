@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import redis
 
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.migrate import Mover
+from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.plan import Move, Plan
 from runbook_lib.cluster.repair import settle_own_open_slots
 from runbook_lib.cluster.topology import SLOTS, Topology, observe, parse_ranges
 from runbook_lib.config import BigKeys, Credentials, Migration
 from runbook_lib.exceptions import BadInput, CheckFailed
+
+if TYPE_CHECKING:
+    from runbook_lib.watch.throttle import Throttle
 
 
 def original_owners(snapshot: dict) -> dict[str, set[int]]:
@@ -108,8 +112,11 @@ def compare_with_snapshot(snapshot: dict, topo: Topology) -> list[Check]:
 
 
 def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: list[str], settings: Migration,
-             journal: Journal, apply: bool, bigkeys: BigKeys | None = None, progress: bool = True) -> dict:
-    """Return the slots to their recorded owners, remove the new nodes, and compare with the snapshot."""
+             journal: Journal, apply: bool, bigkeys: BigKeys | None = None, progress: bool = True,
+             throttle: "Throttle | None" = None) -> dict:
+    """Return the slots to their recorded owners, remove the new nodes, and compare with the snapshot.
+
+    A `throttle` (from `watch.lifecycle.watch`) gates every batch of the slots moved back, as in the migration."""
     if apply:
         topo = settle_own_open_slots(topo, creds, journal, settings, bigkeys)
     elif topo.open_slots():
@@ -119,7 +126,7 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
     if apply:
         journal.record("rollback_start", moves=len(plan.moves))
     if apply and plan.moves:
-        results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress)
+        results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle)
     removal = remove_nodes(topo.seed, creds, new_addresses, journal, apply=apply) if apply or not plan.moves else \
         StepReport(actions=[f"remove {a}" for a in new_addresses], notes=["after the slots are back"])
     checks = compare_with_snapshot(snapshot, observe(topo.seed, creds)) if apply else []

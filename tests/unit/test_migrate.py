@@ -3,7 +3,7 @@
 import threading
 import time
 
-from runbook_lib.cluster.migrate import Pacer
+from runbook_lib.cluster.mover import Pacer
 
 
 def test_no_rate_never_waits():

@@ -1,0 +1,592 @@
+"""The slot mover: drives slots through the state machine of `slots`, pipelining one transition over many slots.
+
+One worker per source master; each moves its slots in groups of `slots_in_flight` that share a target. For a group
+the mover reads the slots' state from the live cluster, asks `slots.next_step` what each needs, and sends one kind
+of transition for all slots that need it in one pipeline per node: open, drain, hand over (target first, then the
+source), rescue or close. A single slot is a group of one: there is no second implementation. Every transition is
+journaled before it is sent; errors are classified by `errors.classify`; a failover of the source or the target is
+followed to the master now serving its shard, the slots' state is read again and the same decisions go on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import redis
+from tqdm.auto import tqdm
+
+from runbook_lib.cluster import errors
+from runbook_lib.cluster.connection import NodeClients, migrate_auth_args
+from runbook_lib.cluster.journal import Journal, failpoint
+from runbook_lib.cluster.plan import Move, Plan
+from runbook_lib.cluster.slots import (
+    CLOSE,
+    DONE,
+    DRAIN,
+    HANDOVER,
+    MANUAL,
+    OPEN,
+    ORDER,
+    RESCUE,
+    Shards,
+    SlotState,
+    Transition,
+    next_step,
+)
+from runbook_lib.cluster.topology import Topology, observe_any
+from runbook_lib.config import BigKeys, Credentials, Migration, parse_address
+from runbook_lib.exceptions import BadInput, MigrationError
+
+if TYPE_CHECKING:
+    from runbook_lib.watch.throttle import Throttle
+
+BIG_KEYS_SCRIPT = """local out = {}
+for _, key in ipairs(KEYS) do
+  local bytes = redis.call('MEMORY', 'USAGE', key)
+  if bytes and bytes >= tonumber(ARGV[1]) then out[#out + 1] = key; out[#out + 1] = bytes end
+end
+return out"""
+"""Sizes a slot's keys in one call; used while the slot is not migrating (then a missing key is no error)."""
+
+
+class TopologyChanged(Exception):
+    """A node stopped being what the mover thought (failover, not a master, unreachable): read again and retry."""
+
+
+@dataclass
+class BatchResult:
+    """What one batch did: slots and keys moved, wall time, and the timestamps for charts."""
+
+    batch: int
+    slots: int
+    keys: int
+    seconds: float
+    started: float
+    ended: float
+    errors: list[str] = field(default_factory=list)
+
+
+class Pacer:
+    """Spaces slot moves evenly in time over every thread that shares it: at most `rate` slots started per second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self, slots: int, rate: float) -> float:
+        """Sleep until it is the turn of these `slots` (no wait when rate is 0); returns the seconds slept."""
+        if rate <= 0:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + slots / rate
+        wait = start - now
+        if wait > 0:
+            time.sleep(wait)
+        return wait
+
+
+def journal_pairs(journal: Journal) -> list[tuple[str, str]]:
+    """Every (replica, master) pair the journal recorded, so a failover before a resume is still followed."""
+    return [tuple(p) for e in journal.entries() if e["event"] == "replication" for p in e.get("pairs", [])]
+
+
+class Mover:
+    """Moves slots between masters of one cluster through the slot state machine, journaling every change."""
+
+    def __init__(self, topology: Topology, creds: Credentials, settings: Migration, journal: Journal,
+                 bigkeys: BigKeys | None = None) -> None:
+        self.creds = creds
+        self.settings = settings
+        self.journal = journal
+        self.threshold = bigkeys.threshold_bytes if bigkeys else None
+        self.allowed = dict(bigkeys.allow) if bigkeys else {}
+        longest = max([settings.migrate_timeout_ms, *self.allowed.values()])
+        self._clients = NodeClients(creds, timeout=longest / 1000 + 5)
+        self._broadcaster: ThreadPoolExecutor | None = None
+        self._auth = migrate_auth_args(creds)
+        self._refresh_lock = threading.Lock()
+        self._pacer = Pacer()
+        self.address: dict[str, str] = {}
+        self.shards = Shards(journal_pairs(journal))
+        self._adopt(topology)
+
+    def _adopt(self, topo: Topology) -> None:
+        self.topo = topo
+        self.address.update({e.id: e.address for e in topo.nodes.values()})
+        self.masters = [m.id for m in topo.masters()]
+        self._master_of = {e.id: e.master_id for e in topo.nodes.values() if not e.is_master and e.master_id}
+        learned = self.shards.learn({r: m for r, m in self._master_of.items() if m})
+        if learned:
+            self.journal.record("replication", pairs=[list(p) for p in learned])
+
+    def refresh(self) -> None:
+        """Re-read the cluster (from any reachable master) after an error that may mean a failover."""
+        with self._refresh_lock:
+            self._adopt(observe_any([self.topo.seed] + [self.address[m] for m in self.masters], self.creds))
+
+    def current_master(self, node_id: str) -> str:
+        """The master now serving the shard `node_id` served: itself, or the replica that took over from it."""
+        found = self.shards.current(node_id, set(self.masters), self._master_of)
+        if found is None:
+            raise TopologyChanged(f"{self.name(node_id)} is not a healthy master and no replica has taken over yet")
+        return found
+
+    def name(self, node_id: str) -> str:
+        return self.address.get(node_id, node_id[:8])
+
+    def client(self, node_id: str) -> redis.Redis:
+        """A cached client for a node id, shared by the worker threads (redis-py pools connections)."""
+        return self._clients.get(self.address[node_id])
+
+    # -- the plan, batch by batch -------------------------------------------------------------------------------
+
+    def run(self, plan: Plan, progress: bool = True, throttle: "Throttle | None" = None) -> list[BatchResult]:
+        """Move the plan batch by batch; a throttle may shrink batches, change the pace, or pause the run."""
+        results: list[BatchResult] = []
+        queue = [list(b) for b in plan.batches]
+        bar = tqdm(total=len(plan.moves), unit="slot", desc="migrating", disable=not progress)
+        self._broadcaster = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broadcast")
+        try:
+            while queue:
+                number = len(results) + 1
+                if throttle is not None:
+                    self.settings = throttle.before_batch(number)
+                batch = queue.pop(0)
+                if len(batch) > self.settings.slots_per_batch:
+                    queue.insert(0, batch[self.settings.slots_per_batch:])
+                    batch = batch[: self.settings.slots_per_batch]
+                result = self.move_batch(number, batch)
+                results.append(result)
+                bar.update(result.slots)
+                bar.set_postfix(batch=number, keys=sum(r.keys for r in results))
+                if self.settings.pause_between_batches_s and queue:
+                    time.sleep(self.settings.pause_between_batches_s)
+        finally:
+            self._broadcaster.shutdown(wait=True)
+            self._broadcaster = None
+            bar.close()
+        return results
+
+    def move_batch(self, number: int, batch: list[Move]) -> BatchResult:
+        """Move one batch: a worker per source master, then tell the other masters the new owners.
+
+        Whatever a worker meets, the batch ends with a `batch_end` entry naming every worker's error.
+        """
+        started = time.time()
+        self.journal.record("batch_start", batch=number, slots=[m.slot for m in batch])
+        by_source: dict[str, list[Move]] = defaultdict(list)
+        for m in batch:
+            by_source[m.source].append(m)
+        keys = 0
+        assigned: list[Move] = []
+        failures: list[Exception] = []
+        with ThreadPoolExecutor(max_workers=len(by_source)) as pool:
+            for worker in [pool.submit(self._move_all, moves, assigned) for moves in by_source.values()]:
+                try:
+                    keys += worker.result()
+                except Exception as e:  # every worker's error is journaled, the first is raised
+                    failures.append(e)
+        if self._broadcaster is not None:
+            self._broadcaster.submit(self._broadcast_owners, list(assigned))
+        else:
+            self._broadcast_owners(assigned)
+        ended = time.time()
+        self.journal.record("batch_end", batch=number, keys=keys, slots=len(assigned),
+                            seconds=round(ended - started, 3), errors=[str(e) for e in failures])
+        if failures:
+            first = next((e for e in failures if isinstance(e, MigrationError)), failures[0])
+            if not isinstance(first, MigrationError):
+                raise MigrationError(batch[0].slot, f"batch {number} stopped: {first}; `runbook check` shows the "
+                                                    "state, `runbook resume` finishes it") from first
+            raise first
+        return BatchResult(batch=number, slots=len(assigned), keys=keys, seconds=ended - started, started=started,
+                           ended=ended)
+
+    def _move_all(self, moves: list[Move], assigned: list[Move]) -> int:
+        """One source's worker: its slots in groups of `slots_in_flight` sharing a target, stopping at the first error."""
+        keys = 0
+        k = self.settings.slots_in_flight
+        for i in range(0, len(moves), k):
+            group = moves[i: i + k]
+            for target in dict.fromkeys(m.target for m in group):
+                same_target = [m.slot for m in group if m.target == target]
+                self._pacer.wait(len(same_target), self.settings.max_slots_per_s)
+                keys += self.drive(same_target, group[0].source, target, assigned=assigned)
+        return keys
+
+    # -- the state machine's driver --------------------------------------------------------------------------
+
+    def drive(self, slots: list[int], source: str, target: str,
+              step: Callable[[SlotState, str, str], Transition] = next_step, assigned: list[Move] | None = None) -> int:
+        """Take slots from the shard of `source` to the shard of `target` until `step` says done; returns keys moved.
+
+        `step` is `slots.next_step` for a move and `slots.repair_step` for a repair. On a topology change the
+        cluster is read again, `source`/`target` are mapped to the masters now serving their shards, and the slots'
+        state is observed afresh; after `convergence_timeout_s` without progress the slots are left as they are.
+        """
+        deadline = time.time() + self.settings.convergence_timeout_s
+        pending = list(dict.fromkeys(slots))
+        states: dict[int, SlotState] | None = None
+        handed: set[int] = set()
+        moved = 0
+        while pending:
+            try:
+                if states is None:
+                    states = self.observe_slots(pending)
+                s, t = self.current_master(source), self.current_master(target)
+                steps = {slot: step(states[slot], s, t) for slot in pending}
+                stop = next((x for x in steps.values() if x.kind == MANUAL), None)
+                if stop is not None:
+                    self.journal.record("slot_stop", slot=stop.slot, reason=stop.reason)
+                    raise MigrationError(stop.slot, stop.reason + "; the slot is left as it is: `runbook check` "
+                                                                  "shows it")
+                settled = [x for x in steps.values() if x.kind == DONE and x.slot not in handed]
+                if settled:
+                    self._settled(settled)
+                pending = [p for p in pending if steps[p].kind != DONE]
+                if not pending:
+                    break
+                kind = next(k for k in ORDER if any(x.kind == k for x in steps.values()))
+                group = [x for x in steps.values() if x.kind == kind]
+                moved += self._transition(kind, group, states, assigned)
+                if kind == HANDOVER:
+                    handed.update(x.slot for x in group)
+            except TopologyChanged as e:
+                self.journal.record("topology_changed", slots=pending, error=str(e))
+                if time.time() > deadline:
+                    raise MigrationError(pending[0], f"the cluster did not settle within "
+                                                     f"{self.settings.convergence_timeout_s:.0f}s ({e}); the slots "
+                                                     f"{pending[:8]} are left as they are: run `runbook check`, then "
+                                                     "`runbook resume`") from None
+                time.sleep(0.5)
+                states = None
+                try:
+                    self.refresh()
+                except BadInput:
+                    continue
+        return moved
+
+    def observe_slots(self, slots: list[int]) -> dict[int, SlotState]:
+        """Each slot's owner and markers (from every node's view of itself) and its key count on every master."""
+        owners = self.topo.owners()
+        migrating: dict[int, dict[str, str]] = defaultdict(dict)
+        importing: dict[int, dict[str, str]] = defaultdict(dict)
+        for view in self.topo.views.values():
+            me = view.myself
+            if not me.is_master:
+                continue
+            for s, peer in me.migrating.items():
+                migrating[s][me.id] = peer
+            for s, peer in me.importing.items():
+                importing[s][me.id] = peer
+        keys: dict[int, dict[str, int]] = defaultdict(dict)
+        for master in self.masters:
+            counts = self._pipeline(master, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots])
+            for s, n in zip(slots, counts):
+                keys[s][master] = int(n)
+        return {s: SlotState(s, owners[s], dict(migrating[s]), dict(importing[s]), dict(keys[s])) for s in slots}
+
+    def _transition(self, kind: str, group: list[Transition], states: dict[int, SlotState],
+                    assigned: list[Move] | None) -> int:
+        if kind == OPEN:
+            self._open(group, states)
+        elif kind == DRAIN:
+            return self._drain(group, states)
+        elif kind == HANDOVER:
+            self._handover(group, states, assigned)
+        elif kind == CLOSE:
+            for x in group:
+                self._close(x, states)
+        elif kind == RESCUE:
+            return sum(self._rescue(x, states) for x in group)
+        return 0
+
+    def _settled(self, steps: list[Transition]) -> None:
+        """Slots found finished without a handover of this call (an earlier run, a repair) that the journal still
+        has open: say so, so that the journal's open slots stay true."""
+        still_open = self.journal.open_slots()
+        for x in steps:
+            if x.slot in still_open:
+                self.journal.record("slot_done", slot=x.slot, owner=x.target, reason=x.reason)
+
+    # -- the transitions, each for many slots in one pipeline per node ----------------------------------------
+
+    def _open(self, group: list[Transition], states: dict[int, SlotState]) -> None:
+        """Target IMPORTING, then source MIGRATING, each only where missing; big keys stop it before anything opens."""
+        s, t = group[0].source, group[0].target
+        fresh = [x.slot for x in group if not states[x.slot].is_open and states[x.slot].owner == s]
+        if fresh and self.threshold:
+            first = self._pipeline(s, [("CLUSTER", "GETKEYSINSLOT", slot, self.settings.keys_per_migrate)
+                                       for slot in fresh])
+            self._guard(s, dict(zip(fresh, first)), is_open=False)
+        slots = [x.slot for x in group]
+        self.journal.record("slots_open", slots=slots, source=s, target=t)
+        importing = [slot for slot in slots if states[slot].owner != t and states[slot].importing.get(t) != s]
+        self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "IMPORTING", s) for slot in importing],
+                                      raise_on_error=False), ok=(errors.ALREADY_OWNER,))
+        failpoint("after_importing")
+        migrating = [slot for slot in slots if states[slot].owner == s and states[slot].migrating.get(s) != t]
+        self._check(s, self._pipeline(s, [("CLUSTER", "SETSLOT", slot, "MIGRATING", t) for slot in migrating],
+                                      raise_on_error=False))
+        for slot in slots:
+            states[slot] = states[slot].opened(s, t)
+
+    def _drain(self, group: list[Transition], states: dict[int, SlotState]) -> int:
+        """One round of MIGRATE per slot (up to `keys_per_migrate` keys each), then each slot's count on the source."""
+        s, t = group[0].source, group[0].target
+        slots = [x.slot for x in group]
+        listed = self._pipeline(s, [("CLUSTER", "GETKEYSINSLOT", slot, self.settings.keys_per_migrate)
+                                    for slot in slots])
+        slot_keys = dict(zip(slots, listed))
+        self._guard(s, slot_keys, is_open=True)
+        host, port = parse_address(self.address[t])
+        migrates = [(slot, keys, ("MIGRATE", host, port, "", 0, timeout, *self._auth, "KEYS", *keys))
+                    for slot in slots for keys, timeout in self._groups(slot_keys[slot])]
+        self.journal.record("keys_migrating", slots={slot: len(k) for slot, k in slot_keys.items()}, source=s,
+                            target=t)
+        replies = self._migrate_rounds(s, [m[2] for m in migrates], [("CLUSTER", "COUNTKEYSINSLOT", x) for x in slots])
+        counts = replies[len(migrates):]
+        moved: dict[int, int] = defaultdict(int)
+        failed: list[tuple[int, list[bytes], Exception]] = []
+        for (slot, keys, _), reply in zip(migrates, replies):
+            if isinstance(reply, Exception):
+                failed.append((slot, keys, reply))
+            else:
+                moved[slot] += len(keys)
+        self.journal.record("keys_migrated", slots=dict(moved), source=s, target=t)
+        failpoint("after_migrate")
+        for slot, left in zip(slots, counts):
+            n = int(left) if isinstance(left, int) else states[slot].keys.get(s, 0)
+            states[slot] = states[slot].drained(s, t, n, moved.get(slot, 0))
+        topology = None
+        for slot, keys, error in failed:
+            kind = errors.classify(error, during_migrate=True)
+            if kind == errors.BUSYKEY:
+                self._resolve_busy(slot, s, t, keys, target_asking=True)
+                states[slot] = states[slot].drained(s, t, states[slot].keys.get(s, 0) or 1, 0)
+            elif kind == errors.TOPOLOGY:
+                topology = TopologyChanged(f"{self.name(s)}: {error}")
+            else:
+                self._migrate_failed(slot, s, t, keys, error)
+        if topology is not None:
+            raise topology
+        return sum(moved.values())
+
+    def _handover(self, group: list[Transition], states: dict[int, SlotState], assigned: list[Move] | None) -> None:
+        """SETSLOT NODE on the target first, then the source (redis#10381).
+
+        Only reached when no master but the target holds keys of the slot and the source is MIGRATING it (so it
+        creates no new keys of it): the source cannot lose keys when it learns the new owner (redis#2969).
+        """
+        s, t = group[0].source, group[0].target
+        slots = [x.slot for x in group]
+        for slot in slots:
+            if states[slot].holders() - {t}:
+                raise MigrationError(slot, "refusing to hand over a slot whose keys are not all on the target")
+        self.journal.record("slots_handover", slots=slots, source=s, target=t)
+        failpoint("before_setslot_node")
+        self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "NODE", t) for slot in slots],
+                                      raise_on_error=False))
+        self._check(s, self._pipeline(s, [("CLUSTER", "SETSLOT", slot, "NODE", t) for slot in slots],
+                                      raise_on_error=False))
+        self.journal.record("slots_assigned", slots=slots, source=s, target=t)
+        for slot in slots:
+            states[slot] = states[slot].handed_over(t)
+            if assigned is not None:
+                assigned.append(Move(slot, s, t))
+
+    def _close(self, step: Transition, states: dict[int, SlotState]) -> None:
+        """SETSLOT STABLE where nothing was moved under a marker."""
+        self.journal.record("slot_closed", slot=step.slot, nodes=list(step.nodes), reason=step.reason)
+        for node in step.nodes:
+            self._check(node, self._pipeline(node, [("CLUSTER", "SETSLOT", step.slot, "STABLE")], raise_on_error=False))
+        states[step.slot] = states[step.slot].closed(step.nodes)
+
+    def _rescue(self, step: Transition, states: dict[int, SlotState]) -> int:
+        """Keys on a master that does not own their slot go to the owner: IMPORTING on the holder lets it serve an
+        ASKING MIGRATE of them; then the marker goes. Equal copies on both sides keep the owner's."""
+        slot, holder, owner = step.slot, step.source, step.target
+        self.journal.record("slot_rescue", slot=slot, holder=holder, owner=owner, keys=states[slot].keys.get(holder))
+        if states[slot].importing.get(holder) != owner:
+            self._check(holder, self._pipeline(holder, [("CLUSTER", "SETSLOT", slot, "IMPORTING", owner)],
+                                               raise_on_error=False))
+        host, port = parse_address(self.address[owner])
+        moved = 0
+        while True:
+            keys = self._pipeline(holder, [("CLUSTER", "GETKEYSINSLOT", slot, self.settings.keys_per_migrate)])[0]
+            if not keys:
+                break
+            reply = self._pipeline(holder, [("ASKING",), ("MIGRATE", host, port, "", 0, self.settings.migrate_timeout_ms,
+                                                          *self._auth, "KEYS", *keys)], raise_on_error=False)[1]
+            if isinstance(reply, Exception):
+                if errors.classify(reply, during_migrate=True) != errors.BUSYKEY:
+                    self._migrate_failed(slot, holder, owner, keys, reply)
+                self._resolve_busy(slot, holder, owner, keys, source_asking=True)
+                continue
+            moved += len(keys)
+        self._check(holder, self._pipeline(holder, [("CLUSTER", "SETSLOT", slot, "STABLE")], raise_on_error=False))
+        self.journal.record("slot_rescued", slot=slot, holder=holder, owner=owner, keys=moved)
+        states[slot] = states[slot].rescued(holder)
+        return moved
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _migrate_rounds(self, src_id: str, migrates: list[tuple], then: list[tuple]) -> list:
+        """MIGRATEs at most `migrates_per_round_trip` per round trip, then `then` with the last: a source serves its
+        clients between rounds. A client timeout counts as a failed MIGRATE for the commands of its round."""
+        depth = self.settings.migrates_per_round_trip
+        rounds = [migrates[i: i + depth] for i in range(0, len(migrates), depth)] or [[]]
+        rounds[-1] = rounds[-1] + then
+        out: list = []
+        for commands in rounds:
+            try:
+                out.extend(self._pipeline(src_id, commands, raise_on_error=False))
+            except TopologyChanged as e:
+                if not isinstance(e.__cause__, redis.TimeoutError):
+                    raise
+                out.extend([e.__cause__] * len(commands))
+        return out
+
+    def _pipeline(self, node_id: str, commands: list[tuple], raise_on_error: bool = True) -> list:
+        """Send commands to one node in one round trip; with raise_on_error, the first error reply raises."""
+        if not commands:
+            return []
+        pipe = self.client(node_id).pipeline(transaction=False)
+        for c in commands:
+            pipe.execute_command(*c)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise TopologyChanged(f"{self.name(node_id)} unreachable: {e}") from e
+        if raise_on_error:
+            self._check(node_id, replies)
+        return replies
+
+    def _check(self, node_id: str, replies: list, ok: tuple[str, ...] = ()) -> None:
+        """Raise on the first error reply that is not in `ok`: a topology change, or a stop of the run."""
+        for r in replies:
+            if not isinstance(r, Exception):
+                continue
+            kind = errors.classify(r)
+            if kind in ok:
+                continue
+            if kind in (errors.TOPOLOGY, errors.NOT_OWNER):
+                raise TopologyChanged(f"{self.name(node_id)}: {r}")
+            raise MigrationError(-1, f"{self.name(node_id)} answered {r}; the slot is left as it is: "
+                                     "`runbook check` shows it")
+
+    def _guard(self, src_id: str, slot_keys: dict[int, list[bytes]], is_open: bool) -> None:
+        """Stop at a key over the big-key threshold unless params allow it: before its slot opens, for the first keys.
+
+        While a slot is migrating a key that was just deleted or expired would make a script answer ASK/TRYAGAIN,
+        so open slots are sized key by key and such keys are skipped.
+        """
+        todo = {slot: keys for slot, keys in slot_keys.items() if keys}
+        if not todo or not self.threshold:
+            return
+        found: list[tuple[int, bytes, int]] = []
+        if is_open:
+            pairs = [(slot, k) for slot, keys in todo.items() for k in keys]
+            sizes = self._pipeline(src_id, [("MEMORY", "USAGE", k) for _, k in pairs], raise_on_error=False)
+            found = [(slot, k, n) for (slot, k), n in zip(pairs, sizes) if isinstance(n, int) and n >= self.threshold]
+        else:
+            replies = self._pipeline(src_id, [("EVAL", BIG_KEYS_SCRIPT, len(keys), *keys, self.threshold)
+                                              for keys in todo.values()])
+            for slot, reply in zip(todo, replies):
+                found += [(slot, k, n) for k, n in zip(reply[::2], reply[1::2])]
+        for slot, key, size in found:
+            name = key.decode(errors="replace")
+            if name in self.allowed:
+                continue
+            self.journal.record("bigkey_stop", slot=slot, key=name, bytes=size)
+            where = "its slot is open, with the keys moved so far on the target" if is_open else "not opening its slot"
+            raise MigrationError(slot, f"key {name!r} is {size / 1048576:.1f} MB, over the big-key threshold "
+                                       f"({self.threshold / 1048576:.1f} MB); {where}. Split or delete it, or allow it "
+                                       "in params (bigkeys.allow: {key: migrate_timeout_ms}), then `runbook resume`")
+
+    def _groups(self, keys: list[bytes]):
+        """Keys for one MIGRATE each: allowed big keys alone with their own timeout, the rest together."""
+        plain = [k for k in keys if k.decode(errors="replace") not in self.allowed]
+        if plain:
+            yield plain, self.settings.migrate_timeout_ms
+        for k in keys:
+            name = k.decode(errors="replace")
+            if name in self.allowed:
+                yield [k], self.allowed[name]
+
+    def _migrate_failed(self, slot: int, src_id: str, tgt_id: str, keys: list[bytes], error: Exception) -> None:
+        """A MIGRATE that could not finish: locate every key, journal it, and stop with the slot left open."""
+        self.journal.record("migrate_failed", slot=slot, source=src_id, target=tgt_id, keys=len(keys), error=str(error))
+        try:
+            sides = self._sides(src_id, tgt_id, keys)
+            located = (f"Keys: {sides['source_only']} only on the source, {sides['target_only']} only on the target, "
+                       f"{sides['both']} on both, {sides['neither']} on neither (deleted or expired)")
+            self.journal.record("keys_located", slot=slot, **sides)
+        except (redis.RedisError, OSError) as e:
+            located = f"Could not locate the keys ({e})"
+        raise MigrationError(slot, f"MIGRATE of {len(keys)} keys from {self.name(src_id)} to {self.name(tgt_id)} "
+                                   f"failed: {error}. {located}; no copy was removed. The slot is left open: run "
+                                   "`runbook check`, then `runbook resume`")
+
+    def _each(self, node_id: str, command: str, keys: list[bytes], asking: bool) -> list:
+        """COMMAND key on one node for each key, each after ASKING where the slot is importing there."""
+        pipe = self.client(node_id).pipeline(transaction=False)
+        for k in keys:
+            if asking:
+                pipe.execute_command("ASKING")
+            pipe.execute_command(command, k)
+        replies = pipe.execute(raise_on_error=False)
+        return replies[1::2] if asking else replies
+
+    def _sides(self, src_id: str, tgt_id: str, keys: list[bytes]) -> dict[str, int]:
+        """How many of these keys each side holds, so a failed MIGRATE is accounted for key by key."""
+        on_source = self._each(src_id, "EXISTS", keys, asking=False)
+        on_target = self._each(tgt_id, "EXISTS", keys, asking=True)
+        pairs = [(s == 1, t == 1) for s, t in zip(on_source, on_target)]
+        return {"source_only": sum(s and not t for s, t in pairs), "target_only": sum(t and not s for s, t in pairs),
+                "both": sum(s and t for s, t in pairs), "neither": sum(not s and not t for s, t in pairs)}
+
+    def _resolve_busy(self, slot: int, src_id: str, tgt_id: str, keys: list[bytes], target_asking: bool = False,
+                      source_asking: bool = False) -> None:
+        """Keys on both sides: identical DUMP payloads → drop the source copy; different → stop and report both."""
+        source = self._each(src_id, "DUMP", keys, asking=source_asking)
+        target = self._each(tgt_id, "DUMP", keys, asking=target_asking)
+        for key, mine, theirs in zip(keys, source, target):
+            if mine is None or theirs is None or isinstance(mine, Exception) or isinstance(theirs, Exception):
+                continue
+            name = key.decode(errors="replace")
+            if mine != theirs:
+                self.journal.record("busykey_conflict", slot=slot, key=name, source_bytes=len(mine),
+                                    target_bytes=len(theirs))
+                raise MigrationError(slot, f"key {name!r} exists on both {self.name(src_id)} ({len(mine)} bytes "
+                                           f"serialized) and {self.name(tgt_id)} ({len(theirs)} bytes) with different "
+                                           "values; both copies are kept and the slot is left open. Decide which copy "
+                                           "is right, delete the other, then `runbook resume`")
+            self.journal.record("busykey_same_value", slot=slot, key=name, action="deleted the source copy")
+            self._each(src_id, "DEL", [key], asking=source_asking)
+
+    def _broadcast_owners(self, assigned: list[Move]) -> None:
+        """Tell every other master the new owners of handed-over slots, one pipeline each (gossip would, later).
+
+        During a run this goes on in the background while the next batch moves: the target and source already
+        agree, and a third master that has not heard yet only redirects a client one hop further.
+        """
+        for master in list(self.masters):
+            commands = [("CLUSTER", "SETSLOT", m.slot, "NODE", m.target) for m in assigned
+                        if master not in (m.source, m.target)]
+            if not commands:
+                continue
+            try:
+                failed = [r for r in self._pipeline(master, commands, raise_on_error=False) if isinstance(r, Exception)]
+            except TopologyChanged as e:
+                failed = [e]
+            if failed:
+                self.journal.record("broadcast_incomplete", node=self.name(master), errors=len(failed),
+                                    first=str(failed[0]))
