@@ -1,9 +1,10 @@
 """Benchmark: our mover against `redis-cli --cluster rebalance --cluster-use-empty-masters` on the same sandbox.
 
-Each round starts the same 3+3 sandbox with the same deterministic keys, joins the new master the same way, runs
-the traffic probe, and times only the slot moves of one tool; rounds alternate tools so drift on the machine hits
-both. The baseline is the probe's latency at rest, pooled from a window before the move and one after it (the first
-second of the probe, its connection set-up, left out), so that drift during a round does not favour either tool.
+Each round starts the same 3+3 sandbox with the same deterministic keys, joins the new master and attaches its
+replica the same way (the replica before any slot moves, as the runbook's 25_add_replicas does), runs the traffic
+probe, and times only the slot moves of one tool; rounds alternate tools so drift on the machine hits both. The
+baseline is the probe's latency at rest, pooled from a window before the move and one after it (the first second of
+the probe, its connection set-up, left out), so that drift during a round does not favour either tool.
 Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's, failed requests and lost
 writes, and the ratios between the tools.
 Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle] [--baseline-s 10]
@@ -33,7 +34,8 @@ from runbook_lib.watch.traffic import TrafficProbe, latency_stats
 
 def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,
               baseline_s: float = 10.0) -> dict:
-    """Start the sandbox, join the new master, time one tool's rebalance, check the end state, stop the sandbox."""
+    """Start the sandbox, join the new master and its replica, time one tool's rebalance, check the end state, stop
+    the sandbox."""
     sb = Sandbox(workdir / f"{tool}-{port}")
     layout = SandboxLayout(port=port)
     sb.up(layout, keys=keys, progress=False)
@@ -42,6 +44,7 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         seed, new = f"127.0.0.1:{port}", f"127.0.0.1:{layout.new_master_ports[0]}"
         journal = Journal(sb.root / "journal.jsonl")
         nodes.add_masters(seed, creds, [new], journal, apply=True)
+        nodes.add_replicas(seed, creds, [(f"127.0.0.1:{layout.new_replica_ports[0]}", new)], journal, apply=True)
         before = key_count(observe(seed, creds), creds)
         probe = TrafficProbe([seed], creds, sb.root / "run", rate=probe_rate)
         probe.start()
@@ -69,7 +72,7 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         during = latency_stats(records[(records["ts"] >= window_start) & (records["ts"] < window_end)])
         probe.cleanup()
         topo = observe(seed, creds)
-        problems = [c.detail for c in health(topo, pending_replicas={new}) + [balance(topo)] if c.status == "fail"]
+        problems = [c.detail for c in health(topo) + [balance(topo)] if c.status == "fail"]
         moved = topo.by_address(new)
         moved_keys = node_client(new, creds).dbsize()
         if problems or key_count(topo, creds) != before or moved is None:

@@ -88,7 +88,7 @@ def seeds_ready(nodes: list[dict]) -> dict:
     waiting = [n["address"] for n in nodes if not n.get("joined", True)]
     if waiting:
         return _row(SEEDS_TXT, "every node joined", "warn", "not in the cluster yet: " + ", ".join(waiting)
-                    + "; roll the seed list out to clients only after 20_add_masters and 50_add_replicas")
+                    + "; roll the seed list out to clients only after 20_add_masters and 25_add_replicas")
     return _row(SEEDS_TXT, "every node joined", "pass", f"all {len(nodes)} nodes are members of the cluster")
 
 

@@ -22,6 +22,7 @@ from runbook_lib.config import (
     new_node_addresses,
     parse_address,
     replica_pairs,
+    replicas_pending,
 )
 from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.sections import bigkeys, host
@@ -462,5 +463,5 @@ def run_checks(topo: Topology, params: Params, creds: Credentials) -> Findings:
     checks += kernel_checks(addresses)
     checks += new_nodes_fresh(topo, params, creds)
     checks.append(cluster_state(topo, facts))
-    checks += health(topo, pending_replicas=set(new_master_addresses(params)))
+    checks += health(topo, pending_replicas=replicas_pending(params))
     return Findings(facts=facts, ports=probes, checks=checks)

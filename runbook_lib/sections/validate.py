@@ -19,7 +19,9 @@ def _check(name: str, ok: bool, detail: str) -> Check:
 def health(topo: Topology, pending_replicas: set[str] = frozenset()) -> list[Check]:
     """The cluster-wide health checks: reachability, state, coverage, agreement, open slots, replicas.
 
-    Masters in `pending_replicas` (new masters whose replica comes later in the runbook) may lack one.
+    Masters in `pending_replicas` may lack one: new masters allowed to take slots without a replica
+    (migration.allow_master_without_replica; config.replicas_pending). Otherwise every new master has had its replica
+    since 25_add_replicas, before its first slot.
     """
     checks = [_check("nodes reachable", not topo.unreachable,
                      "all %d nodes answered" % len(topo.views) if not topo.unreachable

@@ -35,7 +35,7 @@ def test_run_succeeds_in_order(run):
     proc, out = run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     order = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("[") and ": " in line]
-    assert order == ["00_preflight", "10_backup", "20_add_masters", "30_plan", "40_migrate", "50_add_replicas",
+    assert order == ["00_preflight", "10_backup", "20_add_masters", "25_add_replicas", "30_plan", "40_migrate",
                      "60_validate", "70_monitoring"]
 
 
@@ -97,7 +97,7 @@ def test_second_run_does_nothing_and_says_so(run, sandbox, runbook_bin):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "20_add_masters: pass" in proc.stdout and "nothing to do" in proc.stdout
     assert "Nothing to do" in json.loads((out / "results" / "40_migrate.json").read_text())["summary"]
-    assert "50_add_replicas: pass" in proc.stdout
+    assert "25_add_replicas: pass" in proc.stdout
     journal = out / "journal.jsonl"
     changes = [json.loads(l)["event"] for l in journal.read_text().splitlines()] if journal.exists() else []
     assert not [e for e in changes if e in ("node_meet", "slot_open", "replica_attach")]

@@ -26,15 +26,18 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cluster(tmp_path, request):
-    """A fresh 3+3 sandbox with the new master already joined, and a run folder that passed 00_preflight."""
+    """A fresh 3+3 sandbox with the new master and its replica already joined (as 20_add_masters and 25_add_replicas
+    leave them), and a run folder that passed 00_preflight."""
     port = request.param
     sb = start_sandbox(tmp_path / "sandbox", port, 2000)
     try:
         run_dir = tmp_path / "run"
         pre = cli("run", "--params", str(sb.root / "params.yaml"), "--out", str(run_dir), "--only", "00_preflight")
         assert pre.returncode == 0, pre.stdout + pre.stderr
-        nodes.add_masters(f"127.0.0.1:{port}", sb.credentials(), [f"127.0.0.1:{port + 6}"],
-                          Journal(run_dir / "journal.jsonl"), apply=True)
+        journal = Journal(run_dir / "journal.jsonl")
+        nodes.add_masters(f"127.0.0.1:{port}", sb.credentials(), [f"127.0.0.1:{port + 6}"], journal, apply=True)
+        nodes.add_replicas(f"127.0.0.1:{port}", sb.credentials(), [(f"127.0.0.1:{port + 7}", f"127.0.0.1:{port + 6}")],
+                           journal, apply=True)
         yield sb, port, run_dir
     finally:
         sb.down()
@@ -148,6 +151,6 @@ def test_open_slot_left_by_killed_redis_cli_reshard_is_repaired(cluster, redis_c
     resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "repaired slot 0: finish" in resumed.stdout
-    done = cli("run", "--params", str(sb.root / "params.yaml"), "--out", str(run_dir), "--from", "50_add_replicas")
+    done = cli("run", "--params", str(sb.root / "params.yaml"), "--out", str(run_dir), "--from", "60_validate")
     assert done.returncode == 0, done.stdout + done.stderr
     assert_expanded(sb, seed, keys)

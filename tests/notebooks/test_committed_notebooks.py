@@ -12,7 +12,7 @@ from runbook_lib.run.notebook import PARAMETERS
 from runbook_lib.run.report import available
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
-EXPECTED = ["00_preflight", "10_backup", "20_add_masters", "30_plan", "40_migrate", "50_add_replicas",
+EXPECTED = ["00_preflight", "10_backup", "20_add_masters", "25_add_replicas", "30_plan", "40_migrate",
             "60_validate", "70_monitoring", "90_rollback"]
 
 
