@@ -7,19 +7,14 @@ and no new master receives a slot before its replica is in sync unless params al
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.mover import BatchResult, Mover
+from runbook_lib.cluster.mover import BatchResult, Mover, Pace
 from runbook_lib.cluster.plan import Plan, plan_expansion
 from runbook_lib.cluster.repair import settle_own_open_slots
 from runbook_lib.cluster.replicas import require_replicas
 from runbook_lib.cluster.topology import Topology, key_counts
 from runbook_lib.config import BigKeys, Credentials, Migration
 from runbook_lib.exceptions import BadInput
-
-if TYPE_CHECKING:
-    from runbook_lib.watch.throttle import Throttle
 
 
 def new_master_ids(topo: Topology, addresses: list[str], allow_unjoined: bool = False,
@@ -69,7 +64,7 @@ def current_plan(topo: Topology, creds: Credentials, addresses: list[str], setti
 
 
 def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: Migration, journal: Journal,
-            bigkeys: BigKeys | None = None, progress: bool = True, throttle: "Throttle | None" = None,
+            bigkeys: BigKeys | None = None, progress: bool = True, throttle: "Pace | None" = None,
             partners: dict[str, str] | None = None) -> tuple[Plan, list[BatchResult]]:
     """Observe, finish the slots this journal left open, rescue stranded keys, plan what remains, move it.
 

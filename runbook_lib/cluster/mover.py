@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import redis
 from tqdm.auto import tqdm
@@ -42,9 +42,6 @@ from runbook_lib.cluster.topology import Topology, observe_any
 from runbook_lib.config import BigKeys, Credentials, Migration, parse_address
 from runbook_lib.exceptions import BadInput, MigrationError
 
-if TYPE_CHECKING:
-    from runbook_lib.watch.throttle import Throttle
-
 BIG_KEYS_SCRIPT = """local out = {}
 for _, key in ipairs(KEYS) do
   local bytes = redis.call('MEMORY', 'USAGE', key)
@@ -52,6 +49,12 @@ for _, key in ipairs(KEYS) do
 end
 return out"""
 """Sizes a slot's keys in one call; used while the slot is not migrating (then a missing key is no error)."""
+
+
+class Pace(Protocol):
+    """What sets the pace between batches (the watch layer's throttle): the settings for the next batch."""
+
+    def before_batch(self, number: int) -> Migration: ...
 
 
 class TopologyChanged(Exception):
@@ -147,7 +150,7 @@ class Mover:
 
     # -- the plan, batch by batch -------------------------------------------------------------------------------
 
-    def run(self, plan: Plan, progress: bool = True, throttle: "Throttle | None" = None) -> list[BatchResult]:
+    def run(self, plan: Plan, progress: bool = True, throttle: "Pace | None" = None) -> list[BatchResult]:
         """Move the plan batch by batch; a throttle may shrink batches, change the pace, or pause the run."""
         results: list[BatchResult] = []
         queue = [list(b) for b in plan.batches]

@@ -17,7 +17,7 @@ from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.topology import NodeEntry, Topology
 from runbook_lib.config import Credentials, parse_address
 from runbook_lib.exceptions import CheckFailed
-from runbook_lib.run.audit import sha256_file
+from runbook_lib.files import sha256_file
 from runbook_lib.sections.host import is_local
 
 POLL_S = 0.2
