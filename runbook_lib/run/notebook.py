@@ -16,6 +16,7 @@ from runbook_lib.cluster.topology import Topology, observe
 from runbook_lib.config import Credentials, Params, load_params
 from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.run.audit import git_commit
+from runbook_lib.run.confirm import confirm as confirm_cluster
 
 __all__ = ["BadInput", "Check", "Section", "checks_frame", "open_section", "step_markdown", "step_summary"]
 
@@ -75,15 +76,9 @@ class Section:
         return observe(self.seed, self.creds)
 
     def confirm(self, topo: Topology) -> bool:
-        """Whether to act: apply is set and confirm_cluster names this cluster (seed address or seed node id)."""
-        if not self.apply:
-            return False
-        expected = self.params.model.confirm_cluster
-        seed_id = topo.reference.myself.id
-        if expected == self.seed or (len(expected) >= 8 and seed_id.startswith(expected)):
-            return True
-        raise BadInput(f"{self.params.path}: confirm_cluster: {expected!r} does not name the cluster at {self.seed} "
-                       f"(its seed node id is {seed_id}); nothing was changed")
+        """Whether to act: apply is set and confirm_cluster names this cluster (seed address or seed node id);
+        the rule every entry point shares, `runbook_lib.run.confirm.confirm`."""
+        return confirm_cluster(self.params, topo)
 
     def provenance(self) -> dict:
         return {"section": self.name, "runbook_lib": __version__, "git_commit": git_commit(),
