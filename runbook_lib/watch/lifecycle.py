@@ -2,14 +2,18 @@
 
 The sampler runs from 40_migrate until the end of the run, the probe (when params enable it) from before the first
 batch until after validation; both are detached processes recorded in the run folder, so any later notebook, the
-runner or the CLI can stop them.
+runner or the CLI can stop them. `runbook resume` and `runbook rollback` move slots under the same watch (`watch`):
+they stop what an interrupted run left running in its folder (`running` finds it), start fresh watchers, and stop
+them when they end.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -27,6 +31,9 @@ from runbook_lib.watch.traffic import (
     per_batch,
 )
 from runbook_lib.watch.traffic import STATE_FILE as PROBE_STATE
+
+if TYPE_CHECKING:
+    from runbook_lib.watch.throttle import Throttle
 
 BASELINE_FILE = "latency_baseline.json"
 DOWNTIME_LIMIT_S = 1.0
@@ -94,16 +101,37 @@ def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
     return summary
 
 
+def running(run_dir: Path) -> dict[str, list[int]]:
+    """The watcher processes of this run folder that still run, by name ("probe", "sampler"): the pids recorded in
+    their state files, each confirmed by its command line naming this folder (a reused pid is not counted)."""
+    found = {}
+    if _has_probe(run_dir):
+        pids = TrafficProbe.attach(run_dir).alive()
+        if pids:
+            found["probe"] = pids
+    if (run_dir / METRICS_DIR / SAMPLER_STATE).exists():
+        pids = Sampler.attach(run_dir).alive()
+        if pids:
+            found["sampler"] = pids
+    return found
+
+
+def describe(found: dict[str, list[int]]) -> str:
+    """Watchers as `running` returns them, for a sentence: "the traffic probe (pids 1, 2) and the metrics sampler (pid
+    3)"."""
+    names = {"probe": "the traffic probe", "sampler": "the metrics sampler"}
+    return " and ".join(f"{names.get(n, n)} (pid{'s' if len(p) > 1 else ''} {', '.join(map(str, p))})"
+                        for n, p in found.items())
+
+
 def stop_all(run_dir: Path) -> list[str]:
     """Stop whatever still runs for this run folder (the runner calls this when a run ends or fails)."""
-    stopped = []
-    if probe_running(run_dir):
+    found = running(run_dir)
+    if "probe" in found:
         TrafficProbe.attach(run_dir).stop()
-        stopped.append("probe")
-    if (run_dir / METRICS_DIR / SAMPLER_STATE).exists() and Sampler.attach(run_dir).alive():
+    if "sampler" in found:
         Sampler.attach(run_dir).stop()
-        stopped.append("sampler")
-    return stopped
+    return list(found)
 
 
 def save_metrics(run_dir: Path) -> Path | None:
@@ -145,23 +173,41 @@ def verdict(run_dir: Path, summary: ProbeSummary | None, gates: Gates) -> list[C
     return checks
 
 
+@dataclass
+class Watch:
+    """One piece of cluster work under watch: what was started (or found running), the latency baseline, and the
+    throttle that gates every batch (its `decisions` are the pace decisions to chart)."""
+
+    throttle: "Throttle"
+    baseline: dict
+    started: dict[str, str]
+
+
+def watch(params: Params, run_dir: Path, journal: Journal) -> Watch:
+    """The watch 40_migrate, `runbook resume` and `runbook rollback` move slots under: the sampler and probe started
+    (kept when they already run for this folder), the latency baseline measured once per run folder, and a throttle
+    over the params' gates, to pass to the mover."""
+    from runbook_lib.config import new_node_addresses
+    from runbook_lib.watch.throttle import Throttle, run_gate
+    gates = params.model.gates
+    started = start(params, run_dir, new_node_addresses(params))
+    base = baseline(run_dir, gates)
+    throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
+                        pause_after_s=gates.pause_after_s)
+    return Watch(throttle=throttle, baseline=base, started=started)
+
+
 def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True):
     """The migration under watch: observers started, baseline measured, every batch gated by the throttle.
 
     Returns (plan, batches, throttle decisions, baseline).
     """
     from runbook_lib.cluster.migrate import migrate
-    from runbook_lib.config import new_node_addresses
-    from runbook_lib.watch.throttle import Throttle, run_gate
-    gates = params.model.gates
-    start(params, run_dir, new_node_addresses(params))
-    base = baseline(run_dir, gates)
-    throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
-                        pause_after_s=gates.pause_after_s)
+    w = watch(params, run_dir, journal)
     plan, batches = migrate(topo, params.credentials(), new_master_addresses(params),
                             params.model.migration, journal, bigkeys=params.model.bigkeys, progress=progress,
-                            throttle=throttle)
-    return plan, batches, throttle.decisions, base
+                            throttle=w.throttle)
+    return plan, batches, w.throttle.decisions, w.baseline
 
 
 def discard_probe(params: Params, run_dir: Path) -> int:
