@@ -106,6 +106,31 @@ def new_run_dir(report_dir: Path) -> Path:
     return run_dir
 
 
+def continued_run_dir(report_dir: Path, given: str | Path | None = None, option: str = "--run-dir") -> Path:
+    """The run folder to continue: the one given (it must hold a baseline.json), or the newest under `report_dir`
+    whose baseline.json was taken before the expansion, so that a continued run keeps its journal, its lock record
+    and the before-picture its verdict compares with. Raises BadInput when there is none; `option` names the
+    command-line option that gives one."""
+    if given:
+        run_dir = Path(given).resolve()
+        if not (run_dir / "baseline.json").exists():
+            raise BadInput(f"{run_dir} holds no baseline.json; give the folder of a run that passed 00_preflight")
+        return run_dir
+    runs = sorted((p for p in report_dir.glob("*") if _pre_expansion(p / "baseline.json")),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise BadInput(f"no run folder under {report_dir} has a baseline.json taken before the expansion (00_preflight "
+                       f"writes it); give the run folder to continue with {option}")
+    return runs[-1]
+
+
+def _pre_expansion(baseline: Path) -> bool:
+    try:
+        return bool(json.loads(baseline.read_text()).get("pre_expansion"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _redacting(echo: Callable[[str], None]) -> Callable[[str], None]:
     """`echo` with every known password replaced, so that no line the runner prints can carry one."""
     def say(line: str) -> None:
@@ -119,18 +144,21 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
     """Execute the selected notebooks in order with papermill, stop at the first failure, write the index.
 
     Before anything changes, the nodes the params name are checked live (bad input raises, exit code 2) and a run
-    with `apply: true` takes the cluster's run lock. Last, the folder is sealed: provenance, the params with secrets
-    redacted, and the sha256 manifest of every file.
+    with `apply: true` takes the cluster's run lock. A run `start`ing at a later section without `out` continues the
+    newest run folder whose baseline was taken before the expansion (its journal, baseline and lock record), never a
+    new one; without such a folder it raises BadInput. Last, the folder is sealed: provenance, the params with
+    secrets redacted, and the sha256 manifest of every file.
     """
     started = time.time()
     params = load_params(params_file)
     sections = select(available(notebooks_dir), only, start)
-    creds = params.credentials()
     say = _redacting(echo)
+    continued = continued_run_dir(params.report_dir, option="--out") if start and not out else None
+    creds = params.credentials()
     check_targets(params, creds)
     run_id = new_run_id()
-    existed = out is not None and Path(out).resolve().exists()
-    run_dir = Path(out).resolve() if out else new_run_dir(params.report_dir)
+    existed = continued is not None or (out is not None and Path(out).resolve().exists())
+    run_dir = continued or (Path(out).resolve() if out else new_run_dir(params.report_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(params.model.cluster.seed, creds, run_id, "runbook run", str(run_dir)) if params.model.apply else None
     try:
@@ -141,7 +169,9 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
             run_dir.rmdir()
         raise
     result = RunResult(run_dir=run_dir)
-    say(f"run folder: {run_dir}")
+    say(f"run folder: {run_dir}" + (f" (continued from {sections[0]} on: the newest run folder under "
+                                     f"{params.report_dir} whose baseline.json was taken before the expansion)"
+                                     if continued is not None else ""))
     if lock is not None and lock.taken_over is not None:
         say(f"took over the stale run lock of {lock.taken_over.describe()}")
     try:
