@@ -21,6 +21,13 @@ Passwords never go on the command line or in params: params name an environment 
 0600 file (password_file)."""
 
 
+SAFEGUARDS = ("With apply: false (or --dry-run) a dry run: it prints exactly what it would do and changes nothing. "
+              "With apply: true, confirm_cluster must name the cluster (the seed address, or at least 8 characters "
+              "of the seed node id; otherwise exit 2, nothing changed); it holds the cluster's run lock, stops the "
+              "watchers an interrupted run left running in its folder, and moves slots under the gates, throttle, "
+              "traffic probe and metrics sampler of 40_migrate.")
+
+
 def _sandbox_up(args) -> int:
     from runbook_lib.sandbox import Sandbox, SandboxLayout
     layout = SandboxLayout(port=args.port, masters=args.masters, replicas=args.replicas, new_masters=args.new_masters)
@@ -66,50 +73,68 @@ def _acl(args) -> int:
     return 0
 
 
-def _under_lock(name: str, func, acts):
-    """Wrap a command that may change the cluster: hold the run lock meanwhile, then re-seal the run folder used."""
-    def command(args) -> int:
-        from runbook_lib.cluster.lock import holding
-        from runbook_lib.run.audit import invocation, seal
-        params = load_params(args.params)
-        if not acts(args, params):
-            return func(args)
-        started, code = time.time(), 1
-        creds = params.credentials()
-        with holding(params.model.cluster.seed, creds, f"runbook {name}", args.take_over_lock) as lock:
-            try:
-                code = func(args)
-            finally:
-                try:
-                    run_dir = _run_dir(params, args.run_dir)
-                except BadInput:
-                    run_dir = None
-                if run_dir is not None and (run_dir / "manifest.json").exists():
-                    seal(run_dir, params, invocation(f"runbook {name}", lock.holder.run_id, params, started,
-                                                     time.time(), exit_code=code), known_secrets())
-        return code
-    return command
+def _holding_lock(name: str, params, run_dir: Path | None, take_over: bool, work) -> int:
+    """Run `work()` (it changes the cluster) holding the cluster's run lock, then re-seal the run folder it used."""
+    from runbook_lib.cluster.lock import holding
+    from runbook_lib.run.audit import invocation, seal
+    started, code = time.time(), 1
+    with holding(params.model.cluster.seed, params.credentials(), f"runbook {name}", take_over,
+                 run_dir=str(run_dir or "")) as lock:
+        if lock.taken_over is not None:
+            print(f"took over the stale run lock of {lock.taken_over.describe()}")
+        try:
+            code = work()
+        finally:
+            if run_dir is not None and (run_dir / "manifest.json").exists():
+                seal(run_dir, params, invocation(f"runbook {name}", lock.holder.run_id, params, started,
+                                                 time.time(), exit_code=code), known_secrets())
+    return code
+
+
+def _entry(params, given: str | None, dry_run: bool):
+    """What resume and rollback start from: the live cluster, whether to act (apply and confirm_cluster, checked
+    before anything else: a wrong cluster exits 2 with nothing changed), and the run folder to continue, or the
+    BadInput to raise for it (after the lock is taken, so that a run holding the cluster is named first)."""
+    from runbook_lib.cluster.topology import observe
+    from runbook_lib.run.confirm import confirm
+    from runbook_lib.run.report import continued_run_dir
+    topo = observe(params.model.cluster.seed, params.credentials())
+    acting = confirm(params, topo) and not dry_run
+    try:
+        return topo, acting, continued_run_dir(params.report_dir, given), None
+    except BadInput as e:
+        return topo, acting, None, e
+
+
+def _dry_run_banner(params, dry_run: bool) -> str:
+    why = "--dry-run" if dry_run else f"apply: false in {params.path.name}"
+    return (f"DRY RUN ({why}): nothing is changed; these are the steps it would take. To act, set apply: true and "
+            "confirm_cluster to the seed address (or the seed node id)")
 
 
 def _plan(args) -> int:
     from runbook_lib.cluster.migrate import current_plan
-    from runbook_lib.cluster.plan import batch_summary
     from runbook_lib.cluster.topology import names as topology_names
     from runbook_lib.cluster.topology import observe
     params = load_params(args.params)
     creds = params.credentials()
     topo = observe(params.model.cluster.seed, creds)
     plan = current_plan(topo, creds, new_master_addresses(params), params.model.migration, allow_unjoined=True)
-    names = topology_names(topo)
     if not plan.moves:
         print("the slots are already balanced over the new masters: nothing to move")
         return 0
+    _print_plan(plan, topology_names(topo))
+    return 0
+
+
+def _print_plan(plan, names: dict[str, str], prefix: str = "") -> None:
+    """Slots per master now and after, then the batches."""
+    from runbook_lib.cluster.plan import batch_summary
     print(pd.DataFrame([{"master": names.get(i, i), "slots now": plan.before[i], "slots after": plan.after[i]}
                         for i in plan.after]).to_string(index=False))
-    print(f"\n{len(plan.moves)} slots in {len(plan.batches)} batches, about "
+    print(f"\n{prefix}{len(plan.moves)} slots in {len(plan.batches)} batches, about "
           f"{sum(plan.keys_per_slot.get(m.slot, 0) for m in plan.moves)} keys")
     print(pd.DataFrame(batch_summary(plan, names)).to_string(index=False))
-    return 0
 
 
 def _check(args) -> int:
@@ -125,69 +150,209 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
-def _run_dir(params, given: str | None) -> Path:
-    """The run folder to continue: the one given, or the newest whose baseline was taken before the expansion."""
-    if given:
-        run_dir = Path(given).resolve()
-        if not (run_dir / "baseline.json").exists():
-            raise BadInput(f"{run_dir} holds no baseline.json; give the folder of a run that passed 00_preflight")
-        return run_dir
-    runs = sorted((p for p in params.report_dir.glob("*") if (p / "baseline.json").exists()
-                   and json.loads((p / "baseline.json").read_text()).get("pre_expansion")),
-                  key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise BadInput(f"no run folder under {params.report_dir} has a baseline taken before the expansion; "
-                       "give one with --run-dir")
-    return runs[-1]
-
-
 def _resume(args) -> int:
-    from runbook_lib.config import new_node_addresses
-    from runbook_lib.sections.resume import resume
     params = load_params(args.params)
-    run_dir = _run_dir(params, args.run_dir)
+    topo, acting, run_dir, problem = _entry(params, args.run_dir, args.dry_run)
+    if not acting:
+        if problem is not None:
+            raise problem
+        print(_dry_run_banner(params, args.dry_run))
+        return _resume_in(args, params, topo, run_dir, acting=False)
+
+    def work() -> int:
+        if problem is not None:
+            raise problem
+        return _resume_in(args, params, topo, run_dir, acting=True)
+    return _holding_lock("resume", params, run_dir, args.take_over_lock, work)
+
+
+def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
+    """Resume the run in `run_dir`, or say exactly what resuming would do."""
+    from runbook_lib.config import new_node_addresses
+    from runbook_lib.sections.resume import phase, resume
     journal = Journal(run_dir / "journal.jsonl")
+    doing = phase(journal)
     last = journal.last("slot_open", "slot_assigned", "migrate_failed", "bigkey_stop", "node_remove")
-    print(f"resuming the run in {run_dir}" + (f"; its journal stops at {last['event']} of slot {last.get('slot')} "
-                                               f"({last['utc']})" if last else ""))
-    out = resume(params.model.cluster.seed, params.credentials(), journal, params.model.migration,
-                 new_node_addresses(params) if _phase_is_rollback(journal) else new_master_addresses(params),
-                 apply=True, bigkeys=params.model.bigkeys,
-                 snapshot=json.loads((run_dir / "baseline.json").read_text()))
-    for line in out["repaired"].actions:
-        print("repaired " + line)
-    moved = sum(b.slots for b in out["batches"])
-    print(f"{out['phase']}: " + (f"moved {moved} slots, {sum(b.keys for b in out['batches'])} keys"
-                                 if moved else "nothing left to move"))
+    print(f"{'resuming' if acting else 'would resume'} the {doing} of the run in {run_dir}"
+          + (f"; its journal stops at {last['event']} of slot {last.get('slot')} ({last['utc']})" if last else ""))
+    asked = set(args.slot or ())
+    open_now = {o["slot"] for o in topo.open_slots()}
+    for s in sorted(asked - open_now):
+        print(f"slot {s} (--slot) is not open: nothing to repair there")
+    addresses = new_node_addresses(params) if doing == "rollback" else new_master_addresses(params)
+
+    def run(apply: bool, throttle=None) -> dict:
+        return resume(params.model.cluster.seed, params.credentials(), journal, params.model.migration, addresses,
+                      apply=apply, bigkeys=params.model.bigkeys,
+                      snapshot=json.loads((run_dir / "baseline.json").read_text()), slots=asked or None,
+                      foreign=args.foreign, throttle=throttle)
+    _leftover_watchers(run_dir, acting)
+    watch = None
+    try:
+        if acting:
+            preview = run(apply=False)
+            watch = _start_watch(params, run_dir, journal,
+                                 preview["plan"].moves and not preview["blocked"] and not preview["waiting"])
+        out = run(apply=acting, throttle=watch.throttle if watch else None)
+        for line in out["repaired"].actions:
+            print(("repaired " if acting else "would repair ") + line)
+        notes = list(out["repaired"].notes) + [n for n in out["foreign"] if n not in out["repaired"].notes]
+        for line in notes:
+            print(line)
+        if out["blocked"]:
+            one = len(out["blocked"]) == 1
+            print(f"{'stopped' if acting else 'would stop'} before moving any slot: {_slots(out['blocked'])} still open (another tool's, not asked "
+                  f"for); the {doing} cannot go on while {'it is' if one else 'they are'} open. Check what opened "
+                  f"{'it' if one else 'them'} (`runbook check`), then repair with "
+                  + " ".join(f"--slot {s}" for s in out["blocked"][:5]) + " (or --foreign)")
+            return 1 if acting else 0
+        if out["waiting"]:
+            if acting:
+                code = 1 if out["repaired"].actions else 2
+                print(f"stopped before moving any slot: {out['waiting']}", file=sys.stderr if code == 2 else sys.stdout)
+                return code
+            print(f"would stop before moving any slot: {out['waiting']}; after that it would go on with this plan")
+        if not acting:
+            return _print_would(out, doing, topo, params)
+        moved = sum(b.slots for b in out["batches"])
+        print(f"{doing}: " + (f"moved {moved} slots, {sum(b.keys for b in out['batches'])} keys in "
+                              f"{len(out['batches'])} batches" if moved else "nothing left to move"))
+        return _finish_rollback(params, run_dir, out) if doing == "rollback" else 0
+    finally:
+        if watch is not None:
+            _stop_watch(run_dir)
+
+
+def _slots(slots: list[int]) -> str:
+    return ("slot " if len(slots) == 1 else "slots ") + ", ".join(map(str, slots[:10])) + \
+        (f" and {len(slots) - 10} more" if len(slots) > 10 else "")
+
+
+def _print_would(out: dict, doing: str, topo, params) -> int:
+    """What a resume would move (a dry run)."""
+    from runbook_lib.cluster.topology import names as topology_names
+    from runbook_lib.config import new_node_addresses
+    plan = out["plan"]
+    removal = f"remove {', '.join(new_node_addresses(params))} from the cluster"
+    if not plan.moves:
+        print(f"{doing}: nothing left to move" + (f"; would {removal}" if doing == "rollback" else ""))
+        return 0
+    _print_plan(plan, topology_names(topo), prefix=f"{doing}: would move ")
+    print("each batch would be gated and throttled, watched by the metrics sampler and the traffic probe (when params "
+          "enable it)" + (f"; then it would {removal}" if doing == "rollback" else ""))
     return 0
 
 
-def _phase_is_rollback(journal: Journal) -> bool:
-    phase = journal.last("migration_start", "rollback_start")
-    return bool(phase) and phase["event"] == "rollback_start"
+def _leftover_watchers(run_dir: Path, acting: bool) -> None:
+    """Stop (or, in a dry run, name) the probe and sampler an interrupted run left running in its folder: they are
+    not ours to adopt (their process is gone, the lock is ours), and fresh ones start for the slots moved now."""
+    from runbook_lib.watch import lifecycle
+    found = lifecycle.running(run_dir)
+    if not found:
+        return
+    if acting:
+        lifecycle.stop_all(run_dir)
+    print(f"{'stopped' if acting else 'would stop'} {lifecycle.describe(found)}, still running from the interrupted "
+          "run in this run folder")
 
 
-def _rollback(args) -> int:
-    from runbook_lib.cluster.topology import observe
-    from runbook_lib.config import new_node_addresses
-    from runbook_lib.sections.rollback import rollback
-    params = load_params(args.params)
-    creds = params.credentials()
-    run_dir = _run_dir(params, args.run_dir)
-    snapshot = json.loads((run_dir / "baseline.json").read_text())
-    topo = observe(params.model.cluster.seed, creds)
-    apply = params.model.apply and not args.dry_run
-    out = rollback(topo, creds, snapshot, new_node_addresses(params), params.model.migration,
-                   Journal(run_dir / "journal.jsonl"), apply=apply, bigkeys=params.model.bigkeys)
-    print(f"{'moved' if apply else 'would move'} {len(out['plan'].moves)} slots back to their owners ({run_dir.name})")
-    if apply:
-        from runbook_lib.watch.lifecycle import discard_probe
-        print(f"deleted {discard_probe(params, run_dir)} keys the run's traffic probe had written")
+def _start_watch(params, run_dir: Path, journal: Journal, moving: bool):
+    """The watch 40_migrate runs under (sampler, probe, baseline, throttle), when any slot is to move."""
+    from runbook_lib.watch import lifecycle
+    if not moving:
+        print("no slot to move: no watchers started")
+        return None
+    watch = lifecycle.watch(params, run_dir, journal)
+    print("watching: " + ", ".join(f"{name} {state}" for name, state in watch.started.items())
+          + (f"; latency baseline p99 {watch.baseline['p99_ms']:.2f} ms" if watch.baseline.get("p99_ms") else "")
+          + "; every batch gated by the throttle")
+    return watch
+
+
+def _stop_watch(run_dir: Path) -> None:
+    from runbook_lib.watch import lifecycle
+    stopped = lifecycle.stop_all(run_dir)
+    if stopped:
+        print(f"stopped the {' and '.join(stopped)} started for this command")
+
+
+def _finish_rollback(params, run_dir: Path, out: dict) -> int:
+    """After the slots went back: delete the probe's keys (as 90_rollback does), print the removal and the checks."""
+    from runbook_lib.watch.lifecycle import discard_probe
+    print(f"deleted {discard_probe(params, run_dir)} keys the run's traffic probe had written")
     for line in out["removal"].actions + out["removal"].notes:
-        print(("" if apply else "would: ") + line)
+        print(line)
     for c in out["checks"]:
         print(f"{c.status:5} {c.name}: {c.detail}")
     return 1 if any(c.status == "fail" for c in out["checks"]) else 0
+
+
+def _rollback(args) -> int:
+    params = load_params(args.params)
+    topo, acting, run_dir, problem = _entry(params, args.run_dir, args.dry_run)
+    if not acting:
+        if problem is not None:
+            raise problem
+        print(_dry_run_banner(params, args.dry_run))
+        return _rollback_in(params, topo, run_dir, acting=False)
+
+    def work() -> int:
+        if problem is not None:
+            raise problem
+        return _rollback_in(params, topo, run_dir, acting=True)
+    return _holding_lock("rollback", params, run_dir, args.take_over_lock, work)
+
+
+def _rollback_in(params, topo, run_dir: Path, acting: bool) -> int:
+    """Roll back to the run's before-picture, or say exactly what rolling back would do."""
+    from runbook_lib.cluster.topology import names as topology_names
+    from runbook_lib.cluster.topology import observe
+    from runbook_lib.config import new_node_addresses
+    from runbook_lib.sections.rollback import rollback, rollback_plan
+    snapshot = json.loads((run_dir / "baseline.json").read_text())
+    if not snapshot.get("pre_expansion"):
+        raise BadInput(f"{run_dir / 'baseline.json'} was taken after the new nodes joined; roll back from the run "
+                       "folder whose preflight ran before the expansion")
+    journal = Journal(run_dir / "journal.jsonl")
+    print(f"{'rolling back' if acting else 'would roll back'} to the layout recorded in {run_dir / 'baseline.json'}")
+    _leftover_watchers(run_dir, acting)
+    watch = None
+    try:
+        if acting:
+            topo = observe(params.model.cluster.seed, params.credentials())
+            moving = rollback_plan(snapshot, topo, params.model.migration.slots_per_batch).moves
+            watch = _start_watch(params, run_dir, journal, bool(moving))
+            topo = observe(params.model.cluster.seed, params.credentials()) if watch else topo
+        out = rollback(topo, params.credentials(), snapshot, new_node_addresses(params), params.model.migration,
+                       journal, apply=acting, bigkeys=params.model.bigkeys,
+                       throttle=watch.throttle if watch else None)
+        if not acting:
+            plan = out["plan"]
+            if plan.moves:
+                _print_plan(plan, topology_names(topo), prefix="would move back ")
+            else:
+                print("no slot to move back")
+            for line in out["removal"].actions:
+                print("would: " + line)
+            for line in out["removal"].notes:
+                print(line)
+            return 0
+        print(f"moved {len(out['plan'].moves)} slots back to their owners ({run_dir.name}) in "
+              f"{len(out['batches'])} batches")
+        return _finish_rollback(params, run_dir, out)
+    finally:
+        if watch is not None:
+            _stop_watch(run_dir)
+
+
+def _slot(text: str) -> int:
+    try:
+        slot = int(text)
+    except ValueError:
+        slot = -1
+    if not 0 <= slot < 16384:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a slot number (0-16383)")
+    return slot
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,16 +381,21 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--dir", default=".sandbox", help="sandbox folder (default .sandbox)")
     down.set_defaults(func=_sandbox_down)
 
-    def with_params(name: str, help_text: str, func) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
+    def with_params(name: str, help_text: str, func, description: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description or help_text, epilog=EPILOG)
         p.add_argument("--params", required=True, help="params YAML file (see params/production.example.yaml)")
         p.set_defaults(func=func)
         return p
 
-    r = with_params("run", "execute the notebooks 00-70 in order with papermill into a new report folder", _run)
+    r = with_params("run", "execute the notebooks 00-70 in order with papermill into a new report folder", _run,
+                    "execute the notebooks 00-70 in order with papermill into a new report folder (with --from, into "
+                    "the folder of the run it continues)")
     r.add_argument("--out", help="run folder (default: <report.dir>/<UTC timestamp>)")
     r.add_argument("--only", metavar="NAME", help="run one section, e.g. 30_plan or 90_rollback")
-    r.add_argument("--from", dest="start", metavar="NAME", help="start at this section")
+    r.add_argument("--from", dest="start", metavar="NAME",
+                   help="start at this section, continuing an earlier run's folder (its journal and baseline): the "
+                        "one given with --out, else the newest under report.dir whose baseline was taken before the "
+                        "expansion (exit 2 when there is none)")
     vr = sub.add_parser("verify-report", help="check a run folder against its sha256 manifest; exit 1 if it changed",
                         description="check a run folder against its sha256 manifest; exit 1 if it changed",
                         epilog=EPILOG)
@@ -240,17 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
     acl.set_defaults(func=_acl)
     with_params("plan", "print the slot plan for the live cluster; change nothing", _plan)
     with_params("check", "health: coverage, agreement, open slots, balance; exit 1 if unhealthy", _check)
-    res = with_params("resume", "repair open slots (from any tool) and finish an interrupted expansion or rollback",
-                      _resume)
+    res = with_params("resume", "repair this run's open slots and finish its interrupted expansion or rollback",
+                      _resume, "repair the open slots an interrupted run left and finish its expansion or rollback. "
+                      + SAFEGUARDS + " Another tool's open slot (redis-cli, an operator) is described and left alone "
+                      "unless named with --slot or --foreign; nothing moves while one is open.")
+    res.add_argument("--slot", type=_slot, action="append", metavar="N",
+                     help="also repair slot N when another tool (redis-cli, an operator) left it open; repeatable. "
+                          "Without it such a slot is described and left alone, and nothing moves while it is open")
+    res.add_argument("--foreign", action="store_true",
+                     help="repair every open slot, whichever tool opened it (see `runbook check` first)")
     rb = with_params("rollback", "return slots to the owners recorded before the run, then remove the new nodes",
-                     _rollback)
-    rb.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
+                     _rollback, "return every slot to the owner recorded in the run's baseline.json (taken before "
+                     "the expansion), then remove the new nodes. " + SAFEGUARDS + " The traffic probe's keys are "
+                     "deleted at the end, as 90_rollback does.")
     for p in (res, rb):
         p.add_argument("--run-dir", help="the run folder whose baseline and journal to use (default: the newest run "
                                          "whose preflight ran before the expansion)")
-    res.set_defaults(func=_under_lock("resume", _resume, lambda args, params: True))
-    rb.set_defaults(func=_under_lock("rollback", _rollback,
-                                     lambda args, params: params.model.apply and not args.dry_run))
+        p.add_argument("--dry-run", action="store_true",
+                       help="show what would be done and change nothing, even with apply: true")
     for p in (r, res, rb):
         p.add_argument("--take-over-lock", action="store_true",
                        help="take over the cluster's run lock from a run that is dead (a live run is never overridden)")
