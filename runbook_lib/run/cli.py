@@ -91,25 +91,35 @@ def _holding_lock(name: str, params, run_dir: Path | None, take_over: bool, work
     return code
 
 
-def _entry(params, given: str | None, dry_run: bool):
-    """What resume and rollback start from: the live cluster, whether to act (apply and confirm_cluster, checked
-    before anything else: a wrong cluster exits 2 with nothing changed), and the run folder to continue, or the
-    BadInput to raise for it (after the lock is taken, so that a run holding the cluster is named first)."""
-    from runbook_lib.cluster.topology import observe
-    from runbook_lib.run.confirm import confirm
-    from runbook_lib.run.report import continued_run_dir
-    topo = observe(params.model.cluster.seed, params.credentials())
-    acting = confirm(params, topo) and not dry_run
-    try:
-        return topo, acting, continued_run_dir(params.report_dir, given), None
-    except BadInput as e:
-        return topo, acting, None, e
+def _guarded(name: str, act):
+    """A command that may change the cluster (resume, rollback) with the notebooks' safeguards: the params' apply and
+    confirm_cluster decide, before anything else, between a dry run and acting (a wrong cluster exits 2, nothing
+    changed); acting holds the run lock. `act(args, params, topo, run_dir, acting)` does the work. The run folder is
+    looked up first, but a missing one is reported after the lock, so that a run holding the cluster is named first."""
+    def command(args) -> int:
+        from runbook_lib.cluster.topology import observe
+        from runbook_lib.run.confirm import confirm
+        from runbook_lib.run.report import continued_run_dir
+        params = load_params(args.params)
+        topo = observe(params.model.cluster.seed, params.credentials())
+        acting = confirm(params, topo) and not args.dry_run
+        try:
+            run_dir, problem = continued_run_dir(params.report_dir, args.run_dir), None
+        except BadInput as e:
+            run_dir, problem = None, e
 
-
-def _dry_run_banner(params, dry_run: bool) -> str:
-    why = "--dry-run" if dry_run else f"apply: false in {params.path.name}"
-    return (f"DRY RUN ({why}): nothing is changed; these are the steps it would take. To act, set apply: true and "
-            "confirm_cluster to the seed address (or the seed node id)")
+        def work() -> int:
+            if problem is not None:
+                raise problem
+            return act(args, params, topo, run_dir, acting)
+        if acting:
+            return _holding_lock(name, params, run_dir, args.take_over_lock, work)
+        if problem is None:
+            why = "--dry-run" if args.dry_run else f"apply: false in {params.path.name}"
+            print(f"DRY RUN ({why}): nothing is changed; these are the steps it would take. To act, set apply: true "
+                  "and confirm_cluster to the seed address (or the seed node id)")
+        return work()
+    return command
 
 
 def _plan(args) -> int:
@@ -148,22 +158,6 @@ def _check(args) -> int:
     failed = [c for c in checks if c.status == "fail"]
     print("healthy" if not failed else f"UNHEALTHY: {len(failed)} checks failed")
     return 1 if failed else 0
-
-
-def _resume(args) -> int:
-    params = load_params(args.params)
-    topo, acting, run_dir, problem = _entry(params, args.run_dir, args.dry_run)
-    if not acting:
-        if problem is not None:
-            raise problem
-        print(_dry_run_banner(params, args.dry_run))
-        return _resume_in(args, params, topo, run_dir, acting=False)
-
-    def work() -> int:
-        if problem is not None:
-            raise problem
-        return _resume_in(args, params, topo, run_dir, acting=True)
-    return _holding_lock("resume", params, run_dir, args.take_over_lock, work)
 
 
 def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
@@ -287,23 +281,7 @@ def _finish_rollback(params, run_dir: Path, out: dict) -> int:
     return 1 if any(c.status == "fail" for c in out["checks"]) else 0
 
 
-def _rollback(args) -> int:
-    params = load_params(args.params)
-    topo, acting, run_dir, problem = _entry(params, args.run_dir, args.dry_run)
-    if not acting:
-        if problem is not None:
-            raise problem
-        print(_dry_run_banner(params, args.dry_run))
-        return _rollback_in(params, topo, run_dir, acting=False)
-
-    def work() -> int:
-        if problem is not None:
-            raise problem
-        return _rollback_in(params, topo, run_dir, acting=True)
-    return _holding_lock("rollback", params, run_dir, args.take_over_lock, work)
-
-
-def _rollback_in(params, topo, run_dir: Path, acting: bool) -> int:
+def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     """Roll back to the run's before-picture, or say exactly what rolling back would do."""
     from runbook_lib.cluster.topology import names as topology_names
     from runbook_lib.cluster.topology import observe
@@ -411,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_params("plan", "print the slot plan for the live cluster; change nothing", _plan)
     with_params("check", "health: coverage, agreement, open slots, balance; exit 1 if unhealthy", _check)
     res = with_params("resume", "repair this run's open slots and finish its interrupted expansion or rollback",
-                      _resume, "repair the open slots an interrupted run left and finish its expansion or rollback. "
+                      _guarded("resume", _resume_in), "repair the open slots an interrupted run left and finish its expansion or rollback. "
                       + SAFEGUARDS + " Another tool's open slot (redis-cli, an operator) is described and left alone "
                       "unless named with --slot or --foreign; nothing moves while one is open.")
     res.add_argument("--slot", type=_slot, action="append", metavar="N",
@@ -420,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--foreign", action="store_true",
                      help="repair every open slot, whichever tool opened it (see `runbook check` first)")
     rb = with_params("rollback", "return slots to the owners recorded before the run, then remove the new nodes",
-                     _rollback, "return every slot to the owner recorded in the run's baseline.json (taken before "
+                     _guarded("rollback", _rollback_in), "return every slot to the owner recorded in the run's baseline.json (taken before "
                      "the expansion), then remove the new nodes. " + SAFEGUARDS + " The traffic probe's keys are "
                      "deleted at the end, as 90_rollback does.")
     for p in (res, rb):
