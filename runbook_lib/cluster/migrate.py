@@ -22,16 +22,18 @@ def new_master_ids(topo: Topology, addresses: list[str], allow_unjoined: bool = 
     """Node ids of the masters now serving the new shards; a node not yet joined is named by its address when
     `allow_unjoined`.
 
-    Params name a shard's two nodes (`partners`: new master address → its replica's address), not their roles
-    forever: a new master that failed over to its own replica is still that shard, served by the replica.
+    Params name a shard's two nodes, not their roles forever: a new master that failed over to its replica is still
+    that shard, served by the master it now replicates (with `partners`, new master address → its replica's
+    address, only when that master is the replica params name).
     """
     ids = []
     for address in addresses:
         entry = topo.by_address(address)
         if entry is not None and not entry.is_master:
-            partner = topo.by_address((partners or {}).get(address, ""))
-            if partner is not None and partner.is_master and partner.healthy and entry.master_id == partner.id:
-                ids.append(partner.id)
+            serving = topo.nodes.get(entry.master_id or "")
+            named = partners is None or (serving is not None and partners.get(address) == serving.address)
+            if serving is not None and serving.is_master and serving.healthy and named:
+                ids.append(serving.id)
                 continue
             raise BadInput(f"{address} is in the cluster as a replica, not a master"
                            + (f" (of {topo.nodes[entry.master_id].address})" if entry.master_id in topo.nodes else ""))
@@ -41,15 +43,15 @@ def new_master_ids(topo: Topology, addresses: list[str], allow_unjoined: bool = 
     return ids
 
 
-def shard_notes(topo: Topology, addresses: list[str], partners: dict[str, str] | None) -> list[str]:
+def shard_notes(topo: Topology, addresses: list[str]) -> list[str]:
     """Say where a new shard is served by the replica params named, because its master failed over."""
     notes = []
     for address in addresses:
         entry = topo.by_address(address)
-        partner = (partners or {}).get(address, "")
-        if entry is not None and not entry.is_master and partner:
-            notes.append(f"{address} failed over to its replica {partner}, which now serves that shard; the run goes "
-                         f"on with {partner} as the shard's master and {address} as its replica")
+        serving = topo.nodes.get(entry.master_id or "") if entry is not None and not entry.is_master else None
+        if serving is not None:
+            notes.append(f"{address} failed over to {serving.address}, which now serves that shard; the run goes "
+                         f"on with {serving.address} as the shard's master and {address} as its replica")
     return notes
 
 
@@ -78,7 +80,7 @@ def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: 
     targets = list(dict.fromkeys(m.target for m in plan.moves))
     replicas = require_replicas(topo, creds, targets, settings.allow_master_without_replica)
     journal.record("migration_start", moves=len(plan.moves), batches=len(plan.batches),
-                   replicas=[c.__dict__ for c in replicas], notes=shard_notes(topo, addresses, partners))
+                   replicas=[c.__dict__ for c in replicas], notes=shard_notes(topo, addresses))
     results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle)
     journal.record("migration_end", keys=sum(r.keys for r in results), slots=sum(r.slots for r in results))
     return plan, results

@@ -15,11 +15,9 @@ from runbook_lib.checks import StepReport
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.mover import Mover, TopologyChanged
 from runbook_lib.cluster.slots import CLOSE, DONE, MANUAL, RESCUE, SlotState, intent_from_markers, repair_step
-from runbook_lib.cluster.topology import SLOTS, Topology, observe
+from runbook_lib.cluster.topology import Topology, misplaced_keys, observe
 from runbook_lib.config import BigKeys, Credentials, Migration
 from runbook_lib.exceptions import CheckFailed
-
-SCAN_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -38,16 +36,8 @@ def open_slots(topo: Topology) -> set[int]:
 
 
 def stranded_slots(mover: Mover) -> set[int]:
-    """Slots some master holds keys of without owning them: COUNTKEYSINSLOT of every slot it does not own."""
-    owners = mover.topo.owners()
-    found = set()
-    for master in mover.masters:
-        others = [s for s in range(SLOTS) if owners[s] != master]
-        for i in range(0, len(others), SCAN_CHUNK):
-            chunk = others[i: i + SCAN_CHUNK]
-            counts = mover._pipeline(master, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in chunk])
-            found.update(s for s, n in zip(chunk, counts) if n)
-    return found
+    """Slots some master holds keys of without owning them."""
+    return set(misplaced_keys(mover.topo, mover.creds))
 
 
 def findings(mover: Mover, journal: Journal, slots: set[int]) -> list[Finding]:

@@ -314,3 +314,22 @@ def observe_any(addresses: list[str], creds: Credentials) -> Topology:
         except BadInput as e:
             problems.append(str(e))
     raise BadInput("no node answered: " + "; ".join(problems))
+
+
+def misplaced_keys(topo: Topology, creds: Credentials, chunk: int = 4096) -> dict[int, dict[str, int]]:
+    """Keys a master holds of slots it does not own, by slot and master id: COUNTKEYSINSLOT of every slot it does
+    not own, pipelined. Clients never see such keys; a sound cluster has none (open slots mid-move aside)."""
+    owners = topo.owners()
+    found: dict[int, dict[str, int]] = {}
+    for master in topo.masters():
+        client = node_client(master.address, creds)
+        others = [s for s in range(SLOTS) if owners[s] != master.id]
+        for i in range(0, len(others), chunk):
+            part = others[i: i + chunk]
+            pipe = client.pipeline(transaction=False)
+            for s in part:
+                pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", s)
+            for s, n in zip(part, pipe.execute()):
+                if n:
+                    found.setdefault(s, {})[master.id] = int(n)
+    return found

@@ -10,7 +10,7 @@ import redis
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client, ping
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.topology import Topology, cluster_info, observe, read_view
+from runbook_lib.cluster.topology import NodeEntry, Topology, cluster_info, observe, read_view
 from runbook_lib.config import Credentials, parse_address
 from runbook_lib.exceptions import BadInput, CheckFailed
 
@@ -84,6 +84,11 @@ def add_replicas(seed: str, creds: Credentials, pairs: list[tuple[str, str]], jo
     topo = observe(seed, creds)
     actions, notes, waits = [], [], []
     for replica, master in pairs:
+        m, r = topo.by_address(master), topo.by_address(replica)
+        if _failed_over(m, r, creds):
+            notes.append(f"{master} failed over to its replica {replica}, which now serves that shard; {master} "
+                         f"becomes {replica}'s replica")
+            master, replica = replica, master
         m = topo.by_address(master)
         if m is None or not m.is_master:
             raise BadInput(f"{master} is not a master of the cluster; add it (20_add_masters) before its replica")
@@ -110,6 +115,22 @@ def add_replicas(seed: str, creds: Credentials, pairs: list[tuple[str, str]], jo
         for replica, master_id in waits:
             wait_replica_synced(seed, creds, replica, master_id, timeout)
     return StepReport(actions=actions, notes=notes)
+
+
+def _failed_over(master: NodeEntry | None, replica: NodeEntry | None, creds: Credentials) -> bool:
+    """Whether the shard params name as (master, replica) failed over: the replica is a master that was promoted
+    (it carries on an earlier replication history) and the master replicates it or came back empty."""
+    if master is None or replica is None or not replica.is_master or not replica.healthy:
+        return False
+    if master.master_id == replica.id:
+        return True
+    if not master.is_master or master.slots:
+        return False
+    try:
+        history = node_client(replica.address, creds).info("replication").get("master_replid2", "")
+    except (redis.RedisError, OSError):
+        return False
+    return bool(replica.slots) or history.strip("0") != ""
 
 
 def wait_replica_synced(seed: str, creds: Credentials, replica: str, master_id: str, timeout: float) -> None:

@@ -83,3 +83,40 @@ def assert_original(sb: Sandbox, seed: str, baseline: dict, keys: int) -> None:
     assert len(topo.views) == 6
     assert topo.open_slots() == []
     assert key_count(topo, creds) == keys
+
+
+def data_snapshot(seed: str, creds, prefix_skip: str = "runbook:") -> dict[str, tuple]:
+    """Every key's type, value and TTL presence, listed on each master and read through a cluster client."""
+    from runbook_lib.cluster.connection import cluster_client
+    topo = observe(seed, creds)
+    names = set()
+    for m in topo.masters():
+        names.update(k.decode() for k in node_client(m.address, creds).scan_iter(count=1000))
+    client = cluster_client([m.address for m in topo.masters()], creds)
+    readers = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+               "set": lambda k: sorted(client.smembers(k)), "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}
+    out = {}
+    try:
+        for key in sorted(n for n in names if not n.startswith(prefix_skip)):
+            kind = client.type(key)
+            if kind == "none":
+                continue
+            out[key] = (kind, readers[kind](key), client.ttl(key) > 0)
+    finally:
+        client.close()
+    return out
+
+
+def assert_sound(seed: str, creds, before: dict[str, tuple], masters: int = 4) -> None:
+    """The value-level end state: every pre-existing key (TTL keys may expire) has its type, value and TTL presence,
+    all slots are covered, none is open, and no master holds keys of a slot it does not own."""
+    from runbook_lib.cluster.topology import misplaced_keys
+    topo = observe(seed, creds)
+    assert topo.uncovered() == [] and topo.open_slots() == [], topo.open_slots()[:5]
+    assert misplaced_keys(topo, creds) == {}, "keys stranded on a master that does not own their slot"
+    assert len(topo.masters()) == masters
+    after = data_snapshot(seed, creds)
+    lost = [k for k, v in before.items() if not v[2] and after.get(k) != v]
+    assert not lost, f"{len(lost)} keys lost or changed, e.g. {lost[:3]}"
+    changed = [k for k, v in before.items() if v[2] and k in after and after[k][:2] != v[:2]]
+    assert not changed, f"TTL keys changed: {changed[:3]}"

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 PORT = 7250 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 NEW = f"127.0.0.1:{PORT + 6}"
+NEW_REPLICA = f"127.0.0.1:{PORT + 7}"
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_source_failover_mid_migration_loses_nothing(sandbox, tmp_path):
     creds = sandbox.credentials()
     journal = Journal(tmp_path / "journal.jsonl")
     nodes.add_masters(SEED, creds, [NEW], journal, apply=True)
+    nodes.add_replicas(SEED, creds, [(NEW_REPLICA, NEW)], journal, apply=True)
     topo = observe(SEED, creds)
     keys = key_count(topo, creds)
     source = topo.by_address(SEED)

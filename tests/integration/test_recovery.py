@@ -1,0 +1,226 @@
+"""No key stranded, whatever fails: a master killed mid-slot, stranded keys, MIGRATE timeouts, keys expiring mid-move.
+
+Each test ends with the value-level check: every key's type, value and TTL presence read through a cluster client,
+no open slot, no key on a master that does not own its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.migrate import current_plan, migrate
+from runbook_lib.cluster.repair import repair
+from runbook_lib.cluster.topology import misplaced_keys, observe
+from runbook_lib.config import Migration
+from runbook_lib.exceptions import MigrationError
+from runbook_lib.sandbox import redis_binary
+from runbook_lib.sections import nodes
+from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.integration.faults import assert_sound, cli, data_snapshot, fill_slot, params_variant, tag_for_slot
+
+pytestmark = pytest.mark.integration
+PORT = 7860 + PORT_OFFSET
+
+
+def joined(sb, port: int, journal: Journal) -> tuple[str, str, str]:
+    """The new master and its replica joined, as 20_add_masters and 25_add_replicas leave them."""
+    seed, new, replica = f"127.0.0.1:{port}", f"127.0.0.1:{port + 6}", f"127.0.0.1:{port + 7}"
+    creds = sb.credentials()
+    nodes.add_masters(seed, creds, [new], journal, apply=True)
+    nodes.add_replicas(seed, creds, [(replica, new)], journal, apply=True)
+    return seed, new, replica
+
+
+def wait_promoted(creds, replica: str, timeout: float = 60) -> None:
+    """Wait for the cluster to promote the replica; a master that owns no slot yet is never failed over by the
+    cluster (its replicas do not start an election), so after a while take over as an operator would."""
+    deadline = time.time() + timeout
+    takeover = time.time() + 12
+    while time.time() < deadline:
+        if time.time() > takeover:
+            node_client(replica, creds).execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+            takeover = deadline
+        try:
+            if node_client(replica, creds).execute_command("ROLE")[0] in (b"master", "master"):
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{replica} was not promoted within {timeout:.0f}s")
+
+
+def wait_caught_up(creds, master: str, replica: str, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        offset = node_client(master, creds).info("replication")["master_repl_offset"]
+        if node_client(replica, creds).info("replication").get("slave_repl_offset") == offset:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{replica} did not catch up with {master}")
+
+
+def kill(sb, address: str) -> None:
+    port = int(address.rsplit(":", 1)[1])
+    os.kill(sb.running_pids()[port], signal.SIGKILL)
+
+
+def restart(sb, address: str, creds, timeout: float = 30) -> None:
+    """Start a killed node again from its own config (it rejoins the cluster as a master without slots, or as a
+    replica of the master that replaced it)."""
+    port = address.rsplit(":", 1)[1]
+    subprocess.run([redis_binary(), str(sb.root / port / "redis.conf")], check=True, capture_output=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if node_client(address, creds).ping():
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{address} did not come back within {timeout:.0f}s")
+
+
+@pytest.mark.parametrize("victim", ["target", "source"])
+def test_master_killed_while_its_slot_is_open_resume_finishes_towards_the_promoted_replica(tmp_path, victim):
+    port = PORT + (0 if victim == "target" else 20)
+    sb = start_sandbox(tmp_path / "sandbox", port, 3000)
+    try:
+        creds = sb.credentials()
+        run_dir = tmp_path / "run"
+        seed, new, new_replica = f"127.0.0.1:{port}", f"127.0.0.1:{port + 6}", f"127.0.0.1:{port + 7}"
+        plan = current_plan(observe(seed, creds), creds, [new], Migration(warmup_slot=False), allow_unjoined=True)
+        slot = plan.moves[0].slot
+        fill_slot(sb, seed, slot, 40)
+        before = data_snapshot(seed, creds)
+        killer = params_variant(sb, "killer", slots_per_batch=1, keys_per_migrate=5, warmup_slot=False)
+        killed = cli("run", "--params", str(killer), "--out", str(run_dir), failpoint="after_migrate:3")
+        assert killed.returncode == 1, killed.stdout + killed.stderr
+        topo = observe(seed, creds)
+        assert {o["slot"] for o in topo.open_slots()} == {slot}, killed.stdout + killed.stderr
+        source = topo.nodes[topo.owners()[slot]].address
+        dead, heir = (new, new_replica) if victim == "target" else \
+            (source, topo.replicas_of(topo.by_address(source).id)[0].address)
+        wait_caught_up(creds, dead, heir)
+        kill(sb, dead)
+        wait_promoted(creds, heir)
+        restart(sb, dead, creds)
+        step = nodes.add_replicas(heir, creds, [(new_replica, new)], Journal(run_dir / "journal.jsonl"), apply=True)
+        assert victim == "source" or any("failed over" in n for n in step.notes), step
+
+        seed_now = seed if dead != seed else heir
+        normal = params_variant(sb, "normal", slots_per_batch=512, keys_per_migrate=5, warmup_slot=False)
+        data = __import__("yaml").safe_load(normal.read_text())
+        data["cluster"]["seed"] = seed_now
+        data["confirm_cluster"] = seed_now
+        normal.write_text(__import__("yaml").safe_dump(data, sort_keys=False))
+        resumed = cli("resume", "--params", str(normal), "--run-dir", str(run_dir))
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+        assert any(e["event"] == "slot_repair" and e["slot"] == slot for e in events), resumed.stdout
+        after = observe(seed_now, creds)
+        heir_id = after.by_address(heir).id
+        if victim == "target":
+            assert after.owners()[slot] == heir_id, "the slot must end on the promoted replica of the target"
+            assert after.by_address(new).master_id == heir_id, "the old new master returns as the shard's replica"
+        assert_sound(seed_now, creds, before)
+    finally:
+        sb.down()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    sb = start_sandbox(tmp_path_factory.mktemp("recovery") / "sandbox", PORT + 40, 3000)
+    journal = Journal(tmp_path_factory.mktemp("recovery-run") / "journal.jsonl")
+    seed, new, _ = joined(sb, PORT + 40, journal)
+    yield sb, seed, new, journal
+    sb.down()
+
+
+def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
+    sb, seed, new, journal = cluster
+    creds = sb.credentials()
+    topo = observe(seed, creds)
+    owner = topo.by_address(seed)
+    other = next(m for m in topo.masters() if m.id != owner.id)
+    slot = min(topo.slots_by_master()[owner.id])
+    tag = tag_for_slot(slot)
+    client = node_client(other.address, creds)
+    client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner.id)
+    for i in range(30):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.set(f"{{{tag}}}:stranded:{i}", f"v{i}")
+        pipe.execute()
+    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    assert misplaced_keys(observe(seed, creds), creds) == {slot: {other.id: 30}}
+
+    dry = repair(observe(seed, creds), creds, journal, Migration(), apply=False)
+    assert any("rescue stranded keys" in a for a in dry.actions), dry
+    assert misplaced_keys(observe(seed, creds), creds) == {slot: {other.id: 30}}, "a dry run changed something"
+    done = repair(observe(seed, creds), creds, journal, Migration(), apply=True)
+    assert done.actions
+    assert misplaced_keys(observe(seed, creds), creds) == {}
+    assert node_client(seed, creds).get(f"{{{tag}}}:stranded:7") == b"v7"
+
+
+class SleepTargetBefore:
+    """Throttle-shaped hook: before batch `at`, put the target to sleep longer than the MIGRATE timeout."""
+
+    def __init__(self, settings: Migration, creds, target: str, at: int = 2) -> None:
+        self.settings, self.creds, self.target, self.at = settings, creds, target, at
+
+    def before_batch(self, batch: int) -> Migration:
+        if batch == self.at:
+            sleeper = node_client(self.target, self.creds, timeout=10)
+            threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "2"), daemon=True).start()
+            time.sleep(0.2)
+        return self.settings
+
+
+def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster):
+    sb, seed, new, journal = cluster
+    creds = sb.credentials()
+    before = data_snapshot(seed, creds)
+    settings = Migration(slots_per_batch=8, slots_in_flight=8, migrate_timeout_ms=300, warmup_slot=False)
+    with pytest.raises(MigrationError) as stopped:
+        migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
+                throttle=SleepTargetBefore(settings, creds, new))
+    assert "only on the source" in str(stopped.value) and "no copy was removed" in str(stopped.value)
+    assert any(e["event"] == "keys_located" for e in journal.entries())
+    assert observe(seed, creds).open_slots(), "the failed slot must be left open"
+    time.sleep(2)
+    plan, batches = migrate(observe(seed, creds), creds, [new], Migration(), journal, progress=False)
+    assert_sound(seed, creds, before)
+
+
+def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
+    sb = start_sandbox(tmp_path / "sandbox", PORT + 60, 2000)
+    try:
+        creds = sb.credentials()
+        journal = Journal(tmp_path / "journal.jsonl")
+        seed, new, _ = joined(sb, PORT + 60, journal)
+        plan = current_plan(observe(seed, creds), creds, [new], Migration(warmup_slot=False))
+        owner = node_client(seed, creds)
+        slots = [m.slot for m in plan.moves if m.source == observe(seed, creds).by_address(seed).id][:40]
+        for slot in slots:
+            tag = tag_for_slot(slot)
+            pipe = owner.pipeline(transaction=False)
+            for i in range(60):
+                pipe.set(f"{{{tag}}}:ttl:{i}", "x", px=300 + 40 * i)
+            pipe.execute()
+        before = data_snapshot(seed, creds)
+        settings = Migration(keys_per_migrate=10, slots_in_flight=4, warmup_slot=False)
+        plan, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False)
+        assert sum(b.slots for b in batches) == 4096
+        assert_sound(seed, creds, before)
+    finally:
+        sb.down()
