@@ -101,7 +101,7 @@ def data_snapshot(seed: str, creds, prefix_skip: str = "runbook:") -> dict[str, 
             kind = client.type(key)
             if kind == "none":
                 continue
-            out[key] = (kind, readers[kind](key), client.ttl(key) > 0)
+            out[key] = (kind, readers[kind](key), client.pttl(key) != -1)
     finally:
         client.close()
     return out

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -172,33 +171,35 @@ def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
     assert node_client(seed, creds).get(f"{{{tag}}}:stranded:7") == b"v7"
 
 
-class SleepTargetBefore:
-    """Throttle-shaped hook: before batch `at`, put the target to sleep longer than the MIGRATE timeout."""
+class PauseTargetWritesBefore:
+    """Throttle-shaped hook: before batch `at`, pause the target's writes (RESTORE included) for longer than the
+    MIGRATE timeout, so the slots open and their MIGRATEs time out."""
 
     def __init__(self, settings: Migration, creds, target: str, at: int = 2) -> None:
         self.settings, self.creds, self.target, self.at = settings, creds, target, at
 
     def before_batch(self, batch: int) -> Migration:
         if batch == self.at:
-            sleeper = node_client(self.target, self.creds, timeout=10)
-            threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "2"), daemon=True).start()
-            time.sleep(0.2)
+            node_client(self.target, self.creds).execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         return self.settings
 
 
 def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster):
     sb, seed, new, journal = cluster
     creds = sb.credentials()
-    before = data_snapshot(seed, creds)
     settings = Migration(slots_per_batch=8, slots_in_flight=8, migrate_timeout_ms=300, warmup_slot=False)
+    plan = current_plan(observe(seed, creds), creds, [new], settings)
+    for move in plan.moves[:16]:
+        fill_slot(sb, seed, move.slot, 20, prefix="timeout")
+    before = data_snapshot(seed, creds)
     with pytest.raises(MigrationError) as stopped:
         migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
-                throttle=SleepTargetBefore(settings, creds, new))
+                throttle=PauseTargetWritesBefore(settings, creds, new))
     assert "only on the source" in str(stopped.value) and "no copy was removed" in str(stopped.value)
     assert any(e["event"] == "keys_located" for e in journal.entries())
     assert observe(seed, creds).open_slots(), "the failed slot must be left open"
-    time.sleep(2)
-    plan, batches = migrate(observe(seed, creds), creds, [new], Migration(), journal, progress=False)
+    time.sleep(1.5)
+    migrate(observe(seed, creds), creds, [new], Migration(), journal, progress=False)
     assert_sound(seed, creds, before)
 
 
