@@ -289,12 +289,19 @@ class Mover:
                 migrating[s][me.id] = peer
             for s, peer in me.importing.items():
                 importing[s][me.id] = peer
+        believed: dict[int, dict[str, str | None]] = defaultdict(dict)
+        for view in self.topo.views.values():
+            if view.myself.is_master and view.myself.id in self.masters:
+                seen = view.owners()
+                for s in slots:
+                    believed[s][view.myself.id] = seen[s]
         keys: dict[int, dict[str, int]] = defaultdict(dict)
         for master in self.masters:
             counts = self._pipeline(master, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots])
             for s, n in zip(slots, counts):
                 keys[s][master] = int(n)
-        return {s: SlotState(s, owners[s], dict(migrating[s]), dict(importing[s]), dict(keys[s])) for s in slots}
+        return {s: SlotState(s, owners[s], dict(migrating[s]), dict(importing[s]), dict(keys[s]), dict(believed[s]))
+                for s in slots}
 
     def _transition(self, kind: str, group: list[Transition], states: dict[int, SlotState],
                     assigned: list[Move] | None) -> int:
@@ -322,7 +329,11 @@ class Mover:
     # -- the transitions, each for many slots in one pipeline per node ----------------------------------------
 
     def _open(self, group: list[Transition], states: dict[int, SlotState]) -> None:
-        """Target IMPORTING, then source MIGRATING, each only where missing; big keys stop it before anything opens."""
+        """Target IMPORTING, then source MIGRATING, each only where missing; big keys stop it before anything opens.
+
+        A target that imported the slot from a master that failed over ignored the new master's claim (it still names
+        the dead one, or nobody, and would answer CLUSTERDOWN to every RESTORE): it is told the owner first.
+        """
         s, t = group[0].source, group[0].target
         fresh = [x.slot for x in group if not states[x.slot].is_open and states[x.slot].owner == s]
         if fresh and self.threshold:
@@ -331,6 +342,9 @@ class Mover:
             self._guard(s, dict(zip(fresh, first)), is_open=False)
         slots = [x.slot for x in group]
         self.journal.record("slots_open", slots=slots, source=s, target=t)
+        unaware = [slot for slot in slots if states[slot].believed.get(t, s) not in (s, t)]
+        self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "NODE", s) for slot in unaware],
+                                      raise_on_error=False))
         importing = [slot for slot in slots if states[slot].owner != t and states[slot].importing.get(t) != s]
         self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "IMPORTING", s) for slot in importing],
                                       raise_on_error=False), ok=(errors.ALREADY_OWNER,))

@@ -40,6 +40,9 @@ class SlotState:
     migrating: Mapping[str, str] = field(default_factory=dict)
     importing: Mapping[str, str] = field(default_factory=dict)
     keys: Mapping[str, int] = field(default_factory=dict)
+    believed: Mapping[str, str | None] = field(default_factory=dict)
+    """The owner each master believes in (its own view); a master importing a slot ignores new claims for it, so
+    after a failover of the source it may still name the dead master, or nobody."""
 
     def holders(self) -> set[str]:
         """Masters holding at least one key of the slot."""
@@ -53,7 +56,8 @@ class SlotState:
         """The state after a successful OPEN."""
         importing = {} if self.owner == target else {target: source}
         migrating = {source: target} if self.owner == source else {}
-        return replace(self, migrating=migrating, importing=importing)
+        believed = {**self.believed, target: self.owner} if target in self.believed else self.believed
+        return replace(self, migrating=migrating, importing=importing, believed=believed)
 
     def drained(self, source: str, target: str, left: int, moved: int) -> "SlotState":
         """The state after a DRAIN step: `left` keys still on the source, `moved` more on the target."""
@@ -129,7 +133,8 @@ def next_step(state: SlotState, source: str, target: str) -> Transition:
         if state.is_open:
             return Transition(HANDOVER, slot, source, target, reason="the target owns the slot; clear the markers")
         return _finished(state, target)
-    fully_open = state.importing.get(target) == source and state.migrating.get(source) == target
+    knows_owner = state.believed.get(target, source) == source
+    fully_open = state.importing.get(target) == source and state.migrating.get(source) == target and knows_owner
     if not fully_open:
         return Transition(OPEN, slot, source, target, reason="open (or re-open towards the shard's master)")
     if on_source:

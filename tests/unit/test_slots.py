@@ -100,3 +100,9 @@ def test_shards_map_a_dead_master_to_its_promoted_replica_and_back():
     assert shards.current("S", {"S", "T2"}, {}) == "S"
     assert shards.current("T", {"S"}, {}) is None
     assert shards.learn({"T": "T2", "T2": "T"}) == [("T", "T2")]
+
+
+def test_a_target_that_missed_the_new_sources_claim_is_told_the_owner_when_reopened():
+    s = SlotState(7, "S2", {"S2": "T"}, {"T": "S2"}, {"S2": 5, "T": 5}, {"S2": "S2", "T": None})
+    assert next_step(s, "S2", "T").kind == OPEN
+    assert next_step(s.opened("S2", "T"), "S2", "T").kind == DRAIN
