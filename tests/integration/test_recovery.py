@@ -19,7 +19,7 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.migrate import current_plan, migrate
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.topology import misplaced_keys, observe
-from runbook_lib.config import Migration
+from runbook_lib.config import BigKeys, Migration
 from runbook_lib.exceptions import MigrationError
 from runbook_lib.sandbox import redis_binary
 from runbook_lib.sections import nodes
@@ -204,6 +204,8 @@ def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster
 
 
 def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
+    """More keys per slot than one MIGRATE takes, expiring while the slots are open: the big-key check of the later
+    key groups and the MIGRATEs meet keys that are gone, and nothing stops or strands."""
     sb = start_sandbox(tmp_path / "sandbox", PORT + 60, 2000)
     try:
         creds = sb.credentials()
@@ -220,8 +222,34 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
             pipe.execute()
         before = data_snapshot(seed, creds)
         settings = Migration(keys_per_migrate=10, slots_in_flight=4, warmup_slot=False)
-        plan, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False)
+        plan, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
+                                bigkeys=BigKeys(threshold_bytes=1 << 20))
         assert sum(b.slots for b in batches) == 4096
+        assert_sound(seed, creds, before)
+    finally:
+        sb.down()
+
+
+@pytest.mark.parametrize("point", ["after_importing", "after_migrate:2", "before_setslot_node:2"])
+def test_whole_run_killed_on_the_batched_path_then_resumed(tmp_path, point):
+    """The default (batched) path: SIGKILL of `runbook run` at each protocol step, then resume and the rest."""
+    port = PORT + 80
+    sb = start_sandbox(tmp_path / "sandbox", port, 3000)
+    try:
+        creds = sb.credentials()
+        seed, run_dir = f"127.0.0.1:{port}", tmp_path / "run"
+        plan = current_plan(observe(seed, creds), creds, [f"127.0.0.1:{port + 6}"], Migration(), allow_unjoined=True)
+        for move in plan.moves[:64]:
+            fill_slot(sb, seed, move.slot, 12, prefix="batched")
+        before = data_snapshot(seed, creds)
+        batched = params_variant(sb, "batched", keys_per_migrate=5)
+        killed = cli("run", "--params", str(batched), "--out", str(run_dir), failpoint=point)
+        assert killed.returncode == 1, killed.stdout + killed.stderr
+        assert observe(seed, creds).open_slots(), "the kill left no open slot: " + killed.stdout + killed.stderr
+        resumed = cli("resume", "--params", str(batched), "--run-dir", str(run_dir))
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        finished = cli("run", "--params", str(batched), "--out", str(run_dir), "--from", "60_validate")
+        assert finished.returncode == 0, finished.stdout + finished.stderr
         assert_sound(seed, creds, before)
     finally:
         sb.down()
