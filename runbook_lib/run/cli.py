@@ -181,13 +181,8 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
                       snapshot=json.loads((run_dir / "baseline.json").read_text()), slots=asked or None,
                       foreign=args.foreign, throttle=throttle)
     _leftover_watchers(run_dir, acting)
-    watch = None
     try:
-        if acting:
-            preview = run(apply=False)
-            watch = _start_watch(params, run_dir, journal,
-                                 preview["plan"].moves and not preview["blocked"] and not preview["waiting"])
-        out = run(apply=acting, throttle=watch.throttle if watch else None)
+        out = run(apply=acting, throttle=_pace(params, run_dir, journal) if acting else None)
         for line in out["repaired"].actions:
             print(("repaired " if acting else "would repair ") + line)
         notes = list(out["repaired"].notes) + [n for n in out["foreign"] if n not in out["repaired"].notes]
@@ -213,7 +208,7 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
                               f"{len(out['batches'])} batches" if moved else "nothing left to move"))
         return _finish_rollback(params, run_dir, out) if doing == "rollback" else 0
     finally:
-        if watch is not None:
+        if acting:
             _stop_watch(run_dir)
 
 
@@ -250,17 +245,15 @@ def _leftover_watchers(run_dir: Path, acting: bool) -> None:
           "run in this run folder")
 
 
-def _start_watch(params, run_dir: Path, journal: Journal, moving: bool):
-    """The watch 40_migrate runs under (sampler, probe, baseline, throttle), when any slot is to move."""
+def _pace(params, run_dir: Path, journal: Journal):
+    """The watch 40_migrate moves slots under (sampler, probe, baseline, throttle), started before the first batch."""
     from runbook_lib.watch import lifecycle
-    if not moving:
-        print("no slot to move: no watchers started")
-        return None
-    watch = lifecycle.watch(params, run_dir, journal)
-    print("watching: " + ", ".join(f"{name} {state}" for name, state in watch.started.items())
-          + (f"; latency baseline p99 {watch.baseline['p99_ms']:.2f} ms" if watch.baseline.get("p99_ms") else "")
-          + "; every batch gated by the throttle")
-    return watch
+
+    def started(watch) -> None:
+        print("watching: " + ", ".join(f"{name} {state}" for name, state in watch.started.items())
+              + (f"; latency baseline p99 {watch.baseline['p99_ms']:.2f} ms" if watch.baseline.get("p99_ms") else "")
+              + "; every batch gated by the throttle", flush=True)
+    return lifecycle.WatchWhenMoving(params, run_dir, journal, on_start=started)
 
 
 def _stop_watch(run_dir: Path) -> None:
@@ -286,7 +279,7 @@ def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     from runbook_lib.cluster.topology import names as topology_names
     from runbook_lib.cluster.topology import observe
     from runbook_lib.config import new_node_addresses
-    from runbook_lib.sections.rollback import rollback, rollback_plan
+    from runbook_lib.sections.rollback import rollback
     snapshot = json.loads((run_dir / "baseline.json").read_text())
     if not snapshot.get("pre_expansion"):
         raise BadInput(f"{run_dir / 'baseline.json'} was taken after the new nodes joined; roll back from the run "
@@ -294,16 +287,12 @@ def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     journal = Journal(run_dir / "journal.jsonl")
     print(f"{'rolling back' if acting else 'would roll back'} to the layout recorded in {run_dir / 'baseline.json'}")
     _leftover_watchers(run_dir, acting)
-    watch = None
     try:
         if acting:
             topo = observe(params.model.cluster.seed, params.credentials())
-            moving = rollback_plan(snapshot, topo, params.model.migration.slots_per_batch).moves
-            watch = _start_watch(params, run_dir, journal, bool(moving))
-            topo = observe(params.model.cluster.seed, params.credentials()) if watch else topo
         out = rollback(topo, params.credentials(), snapshot, new_node_addresses(params), params.model.migration,
                        journal, apply=acting, bigkeys=params.model.bigkeys,
-                       throttle=watch.throttle if watch else None)
+                       throttle=_pace(params, run_dir, journal) if acting else None)
         if not acting:
             plan = out["plan"]
             if plan.moves:
@@ -319,7 +308,7 @@ def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
               f"{len(out['batches'])} batches")
         return _finish_rollback(params, run_dir, out)
     finally:
-        if watch is not None:
+        if acting:
             _stop_watch(run_dir)
 
 

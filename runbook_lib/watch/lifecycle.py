@@ -3,8 +3,8 @@
 The sampler runs from 40_migrate until the end of the run, the probe (when params enable it) from before the first
 batch until after validation; both are detached processes recorded in the run folder, so any later notebook, the
 runner or the CLI can stop them. `runbook resume` and `runbook rollback` move slots under the same watch (`watch`):
-they stop what an interrupted run left running in its folder (`running` finds it), start fresh watchers, and stop
-them when they end.
+they stop what an interrupted run left running in its folder (`running` finds it), start fresh watchers when the first
+batch is about to move (`WatchWhenMoving`), and stop them when they end.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
@@ -207,6 +207,24 @@ def watch(params: Params, run_dir: Path, journal: Journal) -> Watch:
     throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
                         pause_after_s=gates.pause_after_s)
     return Watch(throttle=throttle, baseline=base, started=started)
+
+
+class WatchWhenMoving:
+    """A pace for the mover (its `before_batch`) that sets up `watch` just before the first batch, so the watchers
+    start only when slots really move (a resume that only repairs, or stops at another tool's open slot, starts
+    none), then gates every batch with the watch's throttle. `on_start` is told of the watch once it runs."""
+
+    def __init__(self, params: Params, run_dir: Path, journal: Journal,
+                 on_start: Callable[[Watch], None] | None = None) -> None:
+        self.params, self.run_dir, self.journal, self.on_start = params, run_dir, journal, on_start
+        self.watch: Watch | None = None
+
+    def before_batch(self, number: int):
+        if self.watch is None:
+            self.watch = watch(self.params, self.run_dir, self.journal)
+            if self.on_start is not None:
+                self.on_start(self.watch)
+        return self.watch.throttle.before_batch(number)
 
 
 def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True):

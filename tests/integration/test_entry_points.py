@@ -141,7 +141,9 @@ def test_run_from_continues_the_earlier_run_folder(sandbox, params, first_run):
     folders = set(report_dir.iterdir())
     baseline = (first_run / "baseline.json").read_bytes()
 
-    rest = cli("run", "--params", params, "--from", "30_plan")
+    # the probe's zero-downtime verdict is proven elsewhere; here it would only add its noise on a busy machine
+    quiet = variant(sandbox, "no-probe", probe={"enabled": False})
+    rest = cli("run", "--params", quiet, "--from", "30_plan")
     assert rest.returncode == 0, rest.stdout + rest.stderr
     assert f"run folder: {first_run} (continued from 30_plan on: the newest run folder under {report_dir}" \
         in rest.stdout
@@ -187,7 +189,7 @@ def test_another_tools_open_slot_is_left_alone_unless_named(sandbox, params, fir
     assert f"--slot {slot}" in left.stdout
     assert f"stopped the metrics sampler (pid {stale_pid}), still running from the interrupted run" in left.stdout
     assert not detached.is_running(stale_pid, "runbook_lib.watch.metrics")
-    assert "no slot to move: no watchers started" in left.stdout
+    assert "watching:" not in left.stdout, "no slot moves, so no watcher starts"
     assert cluster_layout(PORTS, creds) == before, "the foreign open slot was touched"
     assert not [e for e in events(first_run) if e["event"] == "slot_repair" and e["slot"] == slot]
 
