@@ -177,14 +177,27 @@ class Probe(_Section):
     """The traffic probe (DESIGN section 6): client processes writing and reading keys under `prefix` during the run.
 
     On by default in the sandbox params; optional against production, where it writes only under `prefix`, with a TTL.
+    `processes` worker processes use the patched client (AskSafeCluster, which follows an ASK to a node it does not
+    know); `stock_processes` is how many extra worker processes use stock redis-py `RedisCluster` exactly as
+    applications configure it, whose failures (redis-py#4015 among them) count as failed requests. `rate` is the total
+    over all of them.
     """
 
     enabled: bool = False
     rate: float = Field(200.0, gt=0, le=100000)
     processes: int = Field(2, ge=1, le=32)
+    stock_processes: int = Field(1, ge=0, le=32)
     prefix: str = Field("runbook:probe:", pattern=r"^[A-Za-z0-9_.:-]+$")
     ttl_s: int = Field(3600, ge=60)
     read_ratio: float = Field(0.5, ge=0, le=1)
+
+
+class Validation(_Section):
+    """How 60_validate judges the keyspace. On a live cluster key counts change (writers, deletes, expiry), so "no
+    key lost" is proven by keys and slots, not counts; `quiet: true` says nothing but the runbook writes during the run,
+    and then an unexplained change of the key count fails too."""
+
+    quiet: bool = False
 
 
 class Report(_Section):
@@ -204,6 +217,7 @@ class ParamsModel(_Section):
     preflight: Preflight = Preflight()
     backup: Backup = Backup()
     probe: Probe = Probe()
+    validation: Validation = Validation()
     report: Report = Report()
     apply: bool = False
     confirm_cluster: str = ""

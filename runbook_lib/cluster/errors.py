@@ -10,7 +10,8 @@ from __future__ import annotations
 import redis
 
 TOPOLOGY = "topology"
-"""The node is not what the mover thought (failover, not a master, unreachable, loading): read the cluster again."""
+"""The node is not what the mover thought (failover, not a master, unreachable, loading; a source refusing a hand-over
+because it holds keys of the slot): read the cluster again, and the state machine drains what is left."""
 BUSYKEY = "busykey"
 """MIGRATE met a key that already exists on the target."""
 MIGRATE_FAILED = "migrate_failed"
@@ -21,7 +22,7 @@ NOT_OWNER = "not_owner"
 """SETSLOT MIGRATING on a node that no longer owns the slot."""
 FATAL = "fatal"
 
-_TOPOLOGY_MARKERS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters",
+_TOPOLOGY_MARKERS = ("still hold keys", "READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters",
                      "I don't know about node", "LOADING", "MASTERDOWN", "not a master", "NOREPLICAS")
 
 

@@ -407,7 +407,8 @@ class Mover:
         for slot in slots:
             if states[slot].holders() - {t}:
                 raise MigrationError(slot, "refusing to hand over a slot whose keys are not all on the target")
-        self.journal.record("slots_handover", slots=slots, source=s, target=t)
+        self.journal.record("slots_handover", slots=slots, source=s, target=t,
+                            source_keys={slot: states[slot].keys.get(s, 0) for slot in slots})
         failpoint("before_setslot_node")
         self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "NODE", t) for slot in slots],
                                       raise_on_error=False))

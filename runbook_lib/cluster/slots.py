@@ -27,6 +27,9 @@ DONE = "done"
 MANUAL = "manual"
 """Stop: the slot is in a state no automatic step may touch; `reason` says why."""
 
+UNKNOWN = -1
+"""A key count not read since the slot's markers changed: treated as "may hold keys"."""
+
 ORDER = (RESCUE, CLOSE, OPEN, DRAIN, HANDOVER)
 """Protocol order: in a group of slots, the slots furthest behind go first, so one kind is pipelined at a time."""
 
@@ -46,24 +49,26 @@ class SlotState:
 
     def holders(self) -> set[str]:
         """Masters holding at least one key of the slot."""
-        return {n for n, count in self.keys.items() if count}
+        return {n for n, count in self.keys.items() if count}  # UNKNOWN counts as holding
 
     @property
     def is_open(self) -> bool:
         return bool(self.migrating or self.importing)
 
     def opened(self, source: str, target: str) -> "SlotState":
-        """The state after a successful OPEN."""
+        """The state after a successful OPEN. The source's key count is unknown again: clients may have written keys
+        of the slot to it until MIGRATING was set, so only a count taken after that may let the slot be handed over."""
         importing = {} if self.owner == target else {target: source}
         migrating = {source: target} if self.owner == source else {}
         believed = {**self.believed, target: self.owner} if target in self.believed else self.believed
-        return replace(self, migrating=migrating, importing=importing, believed=believed)
+        keys = {**self.keys, source: UNKNOWN}
+        return replace(self, migrating=migrating, importing=importing, believed=believed, keys=keys)
 
     def drained(self, source: str, target: str, left: int, moved: int) -> "SlotState":
         """The state after a DRAIN step: `left` keys still on the source, `moved` more on the target."""
         keys = dict(self.keys)
         keys[source] = left
-        keys[target] = keys.get(target, 0) + moved
+        keys[target] = max(keys.get(target, 0), 0) + moved
         return replace(self, keys=keys)
 
     def handed_over(self, target: str) -> "SlotState":
@@ -78,7 +83,7 @@ class SlotState:
     def rescued(self, holder: str) -> "SlotState":
         keys = dict(self.keys)
         if self.owner:
-            keys[self.owner] = keys.get(self.owner, 0) + keys.get(holder, 0)
+            keys[self.owner] = max(keys.get(self.owner, 0), 0) + max(keys.get(holder, 0), 0)
         keys[holder] = 0
         return replace(self, keys=keys, importing={n: p for n, p in self.importing.items() if n != holder})
 
@@ -138,7 +143,8 @@ def next_step(state: SlotState, source: str, target: str) -> Transition:
     if not fully_open:
         return Transition(OPEN, slot, source, target, reason="open (or re-open towards the shard's master)")
     if on_source:
-        return Transition(DRAIN, slot, source, target, reason=f"{on_source} keys on the source")
+        return Transition(DRAIN, slot, source, target, reason=f"{on_source} keys on the source" if on_source > 0 else
+                          "count the source's keys again now that it is migrating the slot")
     return Transition(HANDOVER, slot, source, target, reason="the source holds no key of the slot")
 
 

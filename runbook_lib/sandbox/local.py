@@ -274,6 +274,7 @@ class Sandbox:
             "migration": {"preset": "gentle", "max_slots_per_s": 20.0},
             "probe": {"enabled": True},
             "gates": {"baseline_s": 10.0, "latency_floor_ms": 2.0},
+            "validation": {"quiet": True},
             "report": {"dir": str(self.root.parent / "reports")},
             "apply": True,
             "confirm_cluster": f"127.0.0.1:{layout.port}",

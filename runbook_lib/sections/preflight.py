@@ -27,7 +27,7 @@ from runbook_lib.config import (
 from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.sections import bigkeys, host
 from runbook_lib.sections.nodes import check_fresh
-from runbook_lib.sections.validate import health, key_count
+from runbook_lib.sections.validate import health, key_count, keyspace_stats
 from runbook_lib.watch.metrics import cpu_pct
 
 PARITY_SETTINGS = ("cluster-node-timeout", "maxmemory", "maxmemory-policy", "appendonly", "save",
@@ -442,7 +442,8 @@ def headroom_table(facts: list[NodeFacts]) -> list[dict]:
 def baseline(topo: Topology, creds: Credentials, new_addresses: list[str]) -> dict:
     """The before-picture later steps compare with: snapshot, key count, and whether no new node had joined yet."""
     joined = [a for a in new_addresses if topo.by_address(a) is not None]
-    return {**topo.snapshot(), "keys": key_count(topo, creds), "pre_expansion": not joined, "joined": joined}
+    return {**topo.snapshot(), "keys": key_count(topo, creds), "keyspace_stats": keyspace_stats(topo, creds),
+            "pre_expansion": not joined, "joined": joined}
 
 
 def run_checks(topo: Topology, params: Params, creds: Credentials) -> Findings:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from typing import Iterable
 
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.lock import lock_keys
-from runbook_lib.cluster.topology import SLOTS, Topology
+from runbook_lib.cluster.topology import SLOTS, Topology, misplaced_keys
 from runbook_lib.config import Credentials
 
 
@@ -62,9 +63,61 @@ def key_count(topo: Topology, creds: Credentials) -> int:
     return sum(node_client(m.address, creds).dbsize() for m in topo.masters()) - lock_keys(topo, creds)
 
 
-def keys_unchanged(topo: Topology, creds: Credentials, expected: int) -> Check:
-    now = key_count(topo, creds)
-    return _check("no key lost", now == expected, f"{now} keys now, {expected} before the change")
+def keyspace_stats(topo: Topology, creds: Credentials) -> dict[str, int]:
+    """Keys expired and evicted so far, summed over the masters (INFO stats): what explains a key count falling."""
+    totals = {"expired_keys": 0, "evicted_keys": 0}
+    for m in topo.masters():
+        stats = node_client(m.address, creds).info("stats")
+        for name in totals:
+            totals[name] += int(stats.get(name, 0))
+    return totals
+
+
+def keys_where_they_belong(topo: Topology, creds: Credentials) -> Check:
+    """No master holds keys of a slot it does not own: such keys are invisible to clients (stranded)."""
+    misplaced = misplaced_keys(topo, creds)
+    names = {e.id: e.address for e in topo.nodes.values()}
+    detail = "; ".join(f"slot {s}: {n} keys on {names.get(node, node[:8])}" for s, held in sorted(misplaced.items())[:5]
+                       for node, n in held.items())
+    return _check("no key stranded", not misplaced,
+                  f"every master holds keys only of its own slots ({SLOTS} slots checked on {len(topo.masters())} "
+                  "masters)" if not misplaced else f"{len(misplaced)} slots have keys on a master that does not own "
+                                                   f"them: {detail}; `runbook resume` moves them to their owner")
+
+
+def handovers_clean(entries: Iterable[dict]) -> Check:
+    """Every slot this run handed over was empty on its source at hand-over (from the journal)."""
+    handed, dirty = 0, []
+    for e in entries:
+        if e["event"] != "slots_handover":
+            continue
+        handed += len(e["slots"])
+        dirty += [(int(s), n) for s, n in e.get("source_keys", {}).items() if n]
+    if not handed:
+        return Check("hand-overs left no key behind", "pass", "this run handed no slot over")
+    return _check("hand-overs left no key behind", not dirty,
+                  f"{handed} slots handed over, each with 0 keys left on its source" if not dirty
+                  else f"{len(dirty)} slots handed over with keys on the source: {dirty[:5]}")
+
+
+def key_count_change(topo: Topology, creds: Credentials, baseline: dict, quiet: bool) -> Check:
+    """The key count against the before-picture, with what explains the change (expiry, eviction).
+
+    On a live cluster writers and deletes change it too, so it only informs; with `quiet` (nothing but the runbook
+    writes) a change that expiry and eviction do not explain fails.
+    """
+    now, before = key_count(topo, creds), baseline["keys"]
+    stats, was = keyspace_stats(topo, creds), baseline.get("keyspace_stats", {})
+    expired = stats["expired_keys"] - was.get("expired_keys", stats["expired_keys"])
+    evicted = stats["evicted_keys"] - was.get("evicted_keys", stats["evicted_keys"])
+    unexplained = now - before + expired + evicted
+    detail = (f"{now} keys now, {before} before: {now - before:+d}, of which {expired} expired and {evicted} evicted "
+              f"since the before-picture; {unexplained:+d} unexplained")
+    if not quiet:
+        return Check("key count", "pass", detail + " (a live cluster's writers and deletes; the checks above prove "
+                                                   "that no key was lost; validation.quiet: true makes this strict)")
+    return _check("key count", unexplained == 0, detail + (" (validation.quiet: true)" if unexplained == 0 else
+                                                           ": nothing but the runbook should have written"))
 
 
 def round_trip(topo: Topology, creds: Credentials, count: int = 16) -> Check:
