@@ -109,7 +109,10 @@ class Migration(_Section):
     `max_slots_per_s` spreads slot moves evenly in time over all sources (0: as fast as they go): clients meet one
     short disturbance at a time instead of bursts. `allow_master_without_replica` lets slots move to a new master
     whose replica is not in sync (attached by 25_add_replicas before the first slot moves): its keys then live in
-    one copy until a replica syncs.
+    one copy until a replica syncs. Until the applications know a new master (as many application connections on it
+    as on the least connected old master, from its CLIENT LIST) its slots move one at a time, each ASK window short:
+    stock redis-py fails a request on an ASK to a master it does not know (redis-py#4015); after
+    `client_learn_wait_s` (0: no wait) the run goes on at its pace and the journal says the clients were not seen.
     """
 
     preset: str = "fast"
@@ -123,6 +126,7 @@ class Migration(_Section):
     warmup_slot: bool = True
     convergence_timeout_s: float = Field(60.0, gt=0)
     allow_master_without_replica: bool = False
+    client_learn_wait_s: float = Field(30.0, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -24,11 +24,30 @@ def _auth_kwargs(creds: Credentials) -> dict:
     return {"username": creds.username or None, "password": creds.password or None}
 
 
+CLIENT_NAME = "runbook"
+"""The name of every connection the runbook makes to a single node, so a node's CLIENT LIST tells the applications'
+connections from ours (the traffic probe's cluster clients stay unnamed: they stand for applications)."""
+
+
 def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redis.Redis:
     """A client for one node (bytes in, bytes out), with no automatic retries so that errors surface."""
     host, port = parse_address(address)
     return redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
-                       decode_responses=False, retry=Retry(NoBackoff(), 0), **_auth_kwargs(creds), **_tls_kwargs(creds))
+                       decode_responses=False, retry=Retry(NoBackoff(), 0), client_name=CLIENT_NAME,
+                       **_auth_kwargs(creds), **_tls_kwargs(creds))
+
+
+def application_connections(client: redis.Redis) -> int:
+    """Connections on one node that are neither the runbook's own nor replication links: the applications'."""
+    raw = client.execute_command("CLIENT", "LIST")
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    count = 0
+    for line in text.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if fields.get("name") == CLIENT_NAME or set(fields.get("flags", "")) & {"S", "M"}:
+            continue
+        count += 1
+    return count
 
 
 class NodeClients:

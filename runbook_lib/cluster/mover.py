@@ -21,7 +21,7 @@ import redis
 from tqdm.auto import tqdm
 
 from runbook_lib.cluster import errors
-from runbook_lib.cluster.connection import NodeClients, migrate_auth_args
+from runbook_lib.cluster.connection import NodeClients, application_connections, migrate_auth_args
 from runbook_lib.cluster.journal import Journal, failpoint
 from runbook_lib.cluster.plan import Move, Plan
 from runbook_lib.cluster.slots import (
@@ -116,6 +116,9 @@ class Mover:
         self._auth = migrate_auth_args(creds)
         self._refresh_lock = threading.Lock()
         self._pacer = Pacer()
+        self._learn_lock = threading.Lock()
+        self._known: set[str] = set()
+        self._learning: dict[str, tuple[float, float]] = {}
         self.address: dict[str, str] = {}
         self.shards = Shards(journal_pairs(journal))
         self._adopt(topology)
@@ -213,16 +216,47 @@ class Mover:
                            ended=ended)
 
     def _move_all(self, moves: list[Move], assigned: list[Move]) -> int:
-        """One source's worker: its slots in groups of `slots_in_flight` sharing a target, stopping at the first error."""
-        keys = 0
-        k = self.settings.slots_in_flight
-        for i in range(0, len(moves), k):
+        """One source's worker: its slots in groups of `slots_in_flight` sharing a target, stopping at the first error;
+        one slot at a time towards a target the applications do not know yet."""
+        keys, i = 0, 0
+        while i < len(moves):
+            k = self.settings.slots_in_flight if self.clients_know(moves[i].target) else 1
             group = moves[i: i + k]
+            i += len(group)
             for target in dict.fromkeys(m.target for m in group):
                 same_target = [m.slot for m in group if m.target == target]
                 self._pacer.wait(len(same_target), self.settings.max_slots_per_s)
                 keys += self.drive(same_target, group[0].source, target, assigned=assigned)
         return keys
+
+    def clients_know(self, target: str) -> bool:
+        """Whether the applications know the new master `target`: it has as many application connections as the least
+        connected other master (CLIENT LIST, checked at most twice a second), or `client_learn_wait_s` has passed
+        since the first check (journaled either way). A client that does not know it fails on an ASK to it."""
+        with self._learn_lock:
+            if target in self._known or self.settings.client_learn_wait_s <= 0 or target not in self.masters:
+                return True
+            now = time.monotonic()
+            deadline, checked = self._learning.setdefault(target, (now + self.settings.client_learn_wait_s, 0.0))
+            if now - checked < 0.5:
+                return False
+            self._learning[target] = (deadline, now)
+            try:
+                counts = {m: application_connections(self.client(m)) for m in self.masters}
+            except (redis.RedisError, OSError):
+                return False
+            others = [n for m, n in counts.items() if m != target]
+            fewest = min(others) if others else 0
+            if counts[target] >= fewest:
+                self._known.add(target)
+                self.journal.record("clients_know_target", target=target, connections=counts[target], fewest=fewest)
+            elif now > deadline:
+                self._known.add(target)
+                self.journal.record("clients_not_seen", target=target, connections=counts[target], fewest=fewest,
+                                    waited_s=self.settings.client_learn_wait_s,
+                                    note="applications may still not know the new master: a stock redis-py client "
+                                         "fails a request on an ASK to it (redis-py#4015)")
+            return target in self._known
 
     # -- the state machine's driver --------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ import hashlib
 
 KEY_PREFIX = "runbook:"
 
-CONNECT: tuple[str, ...] = ("+ping", "+cluster|nodes", "+cluster|info", "+info")
-"""Every section: PING, the topology (CLUSTER NODES/INFO) and INFO. On Redis >= 7.2 redis-py also sends CLIENT SETINFO
+CONNECT: tuple[str, ...] = ("+ping", "+cluster|nodes", "+cluster|info", "+info", "+client|setname")
+"""Every section: PING, the topology (CLUSTER NODES/INFO), INFO, and CLIENT SETNAME (its connections are named
+`runbook`, so that CLIENT LIST tells them from the applications'). On Redis >= 7.2 redis-py also sends CLIENT SETINFO
 when it connects and ignores a refusal, which ACL LOG then records; add +client|setinfo there to keep the log clean
 (7.0 does not know the command, so it cannot be in the rules)."""
 
