@@ -4,6 +4,19 @@ every operation's latency and outcome, so that a run can show its latency, its e
 Workers are detached processes (see `detached`): a probe started in one notebook keeps running while other cells and
 other notebooks run, and `TrafficProbe.attach(run_dir)` stops and verifies it from anywhere. Each worker appends its
 records to `probe/worker-<n>.csv` in the run folder; the statistics below are pure functions of those records.
+
+Records (COLUMNS), one per request:
+- `ts`: the request's scheduled send time (epoch seconds), from the worker's pacing loop, not when it was sent;
+- `latency_ms`: scheduled send time to reply. No coordinated omission: when a worker stalls on one slow request, the
+  requests it should have sent meanwhile are sent late (back to back, none dropped) and each counts from its
+  scheduled time, so a stall of T ms at R requests/s shows as about T*R/1000 slow samples, not one;
+- `service_ms`: actual send to reply (what a closed-loop probe would report);
+- `client`: "patched" (AskSafeCluster) or "stock" (redis-py RedisCluster exactly as applications configure it; its
+  failures are what applications see);
+- `node`: host:port of the master the client routed the key to (its slot table, before the call), for downtime per
+  master; a redirect may have served it elsewhere;
+- `worker`, `op` (set/get), `key`, `outcome` (ok, lost, wrong or a failure kind from `classify`), `error`, `note`.
+Files written before `service_ms`, `client` and `node` existed read as patched, service_ms = latency_ms, node "".
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -44,7 +58,9 @@ PROBE_DIR = "probe"
 STATE_FILE = "probe.json"
 STOP_FILE = "stop"
 SUMMARY_FILE = "summary.json"
-COLUMNS = ["ts", "worker", "op", "key", "latency_ms", "outcome", "error", "note"]
+COLUMNS = ["ts", "worker", "op", "key", "latency_ms", "outcome", "error", "note", "service_ms", "client", "node"]
+PATCHED, STOCK = "patched", "stock"
+CLIENTS = (PATCHED, STOCK)
 SERVED = ("ok", "lost", "wrong")
 DATA_ERRORS = ("lost", "wrong")
 ASK_UNKNOWN_NODE = "ask-unknown-node"
@@ -130,10 +146,11 @@ def classify(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _settings(rate: float, processes: int, prefix: str, ttl_s: int, read_ratio: float) -> Probe:
+def _settings(rate: float, processes: int, prefix: str, ttl_s: int, read_ratio: float,
+              stock_processes: int = 1) -> Probe:
     try:
         return Probe(enabled=True, rate=float(rate), processes=processes, prefix=prefix, ttl_s=ttl_s,
-                     read_ratio=float(read_ratio))
+                     read_ratio=float(read_ratio), stock_processes=stock_processes)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(map(str, err["loc"]))
@@ -142,7 +159,14 @@ def _settings(rate: float, processes: int, prefix: str, ttl_s: int, read_ratio: 
 
 @dataclass
 class ProbeSummary:
-    """What the probe saw and what verify() found: requests, failures by kind, lost writes, latency, longest gap."""
+    """What the probe saw and what verify() found: requests, failures by kind and by client, lost writes, latency,
+    longest gap (cluster-wide and per master).
+
+    `errors` counts every failed request, the stock clients' included: they are what applications see.
+    `errors_by_client` is {"patched": {kind: n}, "stock": {kind: n}} for every client kind that ran;
+    `longest_gap_by_node` and `longest_unanswered_by_node` are {host:port: [seconds, start]} (see
+    `longest_gap_per_node` and `longest_unanswered_per_node`).
+    """
 
     started: float
     ended: float
@@ -167,20 +191,37 @@ class ProbeSummary:
     longest_gap_at: float
     ask_unknown_node_handled: int
     killed_workers: list[int] = field(default_factory=list)
+    p999_ms: float = float("nan")
+    ops_by_client: dict[str, int] = field(default_factory=dict)
+    errors_by_client: dict[str, dict[str, int]] = field(default_factory=dict)
+    longest_gap_by_node: dict[str, list[float]] = field(default_factory=dict)
+    longest_unanswered_by_node: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def stock_errors(self) -> int:
+        """Failed requests of the stock-client workers."""
+        return sum(self.errors_by_client.get(STOCK, {}).values())
 
     @property
     def ok(self) -> bool:
         return not (self.errors or self.lost_reads or self.wrong_reads or self.lost_writes or self.wrong_writes)
 
     def checks(self) -> list[Check]:
-        """Verdicts for the report: no failed request, no lost or wrong write, every worker stopped cleanly."""
+        """Verdicts for the report: no failed request (stock clients' included), no lost or wrong write, stock
+        clients measured, every worker stopped cleanly."""
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.errors_by_kind.items()))
         lost = self.lost_writes + self.wrong_writes
+        by_client = "; ".join(
+            f"{client} clients: {sum(kinds_.values())} of {self.ops_by_client.get(client, 0)} failed"
+            + (f" ({', '.join(f'{k}: {n}' for k, n in sorted(kinds_.items()))})" if kinds_ else "")
+            for client, kinds_ in sorted(self.errors_by_client.items()))
+        stock_ops = self.ops_by_client.get(STOCK, 0)
         return [
             Check("probe: no failed request", "fail" if self.errors else "pass",
                   f"{self.ops} requests, {self.errors} failed" + (f" ({kinds})" if kinds else "")
-                  + (f"; {self.ask_unknown_node_handled} ASK redirects to a not-yet-known node handled"
-                     if self.ask_unknown_node_handled else "")),
+                  + (f"; {by_client}" if by_client and self.errors else "")
+                  + (f"; {self.ask_unknown_node_handled} ASK redirects to a not-yet-known node handled by the "
+                     "patched clients" if self.ask_unknown_node_handled else "")),
             Check("probe: no lost write", "fail" if lost or self.lost_reads or self.wrong_reads else "pass",
                   f"{self.verified_writes} of {self.acknowledged_writes} acknowledged writes read back; "
                   f"{len(self.lost_writes)} missing, {len(self.wrong_writes)} wrong; during the run "
@@ -188,6 +229,10 @@ class ProbeSummary:
                   + (f"; first: {lost[0]}" if lost else "")
                   + (f"; {self.unverifiable_writes} older than the TTL not checked"
                      if self.unverifiable_writes else "")),
+            Check("probe: stock clients measured", "pass" if stock_ops else "warn",
+                  f"{stock_ops} requests from stock redis-py RedisCluster workers, {self.stock_errors} failed"
+                  if stock_ops else "no stock-client request was recorded (probe.stock_processes: 0?): the failures "
+                  "an application with an unpatched client would see were not measured"),
             Check("probe: workers stopped cleanly", "warn" if self.killed_workers else "pass",
                   "every worker stopped on request" if not self.killed_workers
                   else f"workers {self.killed_workers} had to be signalled; their last records may be missing"),
@@ -195,25 +240,38 @@ class ProbeSummary:
 
     def to_dict(self) -> dict:
         """JSON-able (NaN, where nothing was measured, becomes None)."""
-        return {**{k: None if isinstance(v, float) and v != v else v for k, v in asdict(self).items()}, "ok": self.ok}
+        return {**{k: _json_safe(v) for k, v in asdict(self).items()}, "stock_errors": self.stock_errors,
+                "ok": self.ok}
+
+
+def _json_safe(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 class TrafficProbe:
     """Probe traffic against a cluster from detached worker processes, recorded under `<run_dir>/probe/`.
 
-    `rate` is the total operations per second over all `processes`; keys are `<prefix><token>:<worker>:<seq>` (no
+    `processes` workers use the patched AskSafeCluster, `stock_processes` more use stock redis-py RedisCluster (as
+    `connection.cluster_client` makes it for applications); workers 0..processes-1 are patched, the rest stock.
+    `rate` is the total operations per second over all of them; keys are `<prefix><token>:<worker>:<seq>` (no
     hash tag, so they spread over all slots), written with SET ... EX ttl_s and value seq; `read_ratio` of the
     operations read a random acknowledged key back. Workers stop by themselves after `max_runtime_s`.
     """
 
     def __init__(self, seeds: list[str], creds: Credentials | None, run_dir: str | Path, rate: float = 200.0,
                  processes: int = 2, prefix: str = "runbook:probe:", ttl_s: int = 3600, read_ratio: float = 0.5,
-                 timeout_s: float = 2.0, max_runtime_s: float = 6 * 3600.0) -> None:
+                 timeout_s: float = 2.0, max_runtime_s: float = 6 * 3600.0, stock_processes: int = 1) -> None:
         if not seeds:
             raise BadInput("traffic probe: give at least one seed address")
         self.seeds = list(seeds)
         self.creds = creds
-        self.settings = _settings(rate, processes, prefix, ttl_s, read_ratio)
+        self.settings = _settings(rate, processes, prefix, ttl_s, read_ratio, stock_processes)
         self.timeout_s = timeout_s
         self.max_runtime_s = max_runtime_s
         self.dir = Path(run_dir).resolve() / PROBE_DIR
@@ -224,7 +282,8 @@ class TrafficProbe:
         """A probe with the params file's `probe` settings and credentials (seeds default to the params seed)."""
         p = params.model.probe
         return cls(seeds or [params.model.cluster.seed], params.credentials(), run_dir, rate=p.rate,
-                   processes=p.processes, prefix=p.prefix, ttl_s=p.ttl_s, read_ratio=p.read_ratio)
+                   processes=p.processes, prefix=p.prefix, ttl_s=p.ttl_s, read_ratio=p.read_ratio,
+                   stock_processes=p.stock_processes)
 
     @classmethod
     def attach(cls, run_dir: str | Path, creds: Credentials | None = None) -> "TrafficProbe":
@@ -236,11 +295,16 @@ class TrafficProbe:
         s = state["settings"]
         return cls(state["seeds"], creds, run_dir, rate=s["rate"], processes=s["processes"], prefix=s["prefix"],
                    ttl_s=s["ttl_s"], read_ratio=s["read_ratio"], timeout_s=state["timeout_s"],
-                   max_runtime_s=state["max_runtime_s"])
+                   max_runtime_s=state["max_runtime_s"], stock_processes=s.get("stock_processes", 0))
 
     @property
     def state_path(self) -> Path:
         return self.dir / STATE_FILE
+
+    @property
+    def clients(self) -> list[str]:
+        """Each worker's client kind, by worker number: the patched ones first, then the stock ones."""
+        return [PATCHED] * self.settings.processes + [STOCK] * self.settings.stock_processes
 
     def state(self) -> dict:
         return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
@@ -272,10 +336,10 @@ class TrafficProbe:
         started = time.time()
         state = {"seeds": self.seeds, "settings": self.settings.model_dump(), "token": secrets.token_hex(3),
                  "timeout_s": self.timeout_s, "max_runtime_s": self.max_runtime_s, "started": started,
-                 "stopped": None, "pids": []}
+                 "stopped": None, "pids": [], "clients": self.clients}
         payload = {"state": state, "credentials": asdict(self.creds)}
         self._procs = [detached.spawn("runbook_lib.watch.traffic", ["--dir", str(self.dir), "--worker", str(i)], payload,
-                                      self.dir / f"worker-{i}.log") for i in range(self.settings.processes)]
+                                      self.dir / f"worker-{i}.log") for i in range(len(self.clients))]
         state["pids"] = [p.pid for p in self._procs]
         self._write_state(state)
         deadline = time.monotonic() + ready_timeout_s
@@ -374,17 +438,39 @@ def _empty_records() -> pd.DataFrame:
     return pd.DataFrame({"ts": pd.Series(dtype=float), "worker": pd.Series(dtype=int), "op": pd.Series(dtype=str),
                          "key": pd.Series(dtype=str), "latency_ms": pd.Series(dtype=float),
                          "outcome": pd.Series(dtype=str), "error": pd.Series(dtype=str),
-                         "note": pd.Series(dtype=str)})
+                         "note": pd.Series(dtype=str), "service_ms": pd.Series(dtype=float),
+                         "client": pd.Series(dtype=str), "node": pd.Series(dtype=str)})
+
+
+TEXT_COLUMNS = ("op", "key", "outcome", "error", "note", "client", "node")
 
 
 def read_records(path: Path, since: float | None = None) -> pd.DataFrame:
-    """One worker's records (complete lines only), all of them or those from `since` on (read from the file's end)."""
-    df = detached.read_appended_csv(path, since, dtype={"op": str, "key": str, "outcome": str, "error": str,
-                                                        "note": str})
+    """One worker's records (complete lines only), all of them or those from `since` on (read from the file's end).
+
+    A file written before `service_ms`, `client` and `node` existed gets them: service_ms = latency_ms (then the only
+    measure), client "patched" (then the only kind), node "" (unknown)."""
+    df = detached.read_appended_csv(path, since, dtype={c: str for c in TEXT_COLUMNS})
     if df.empty:
         return _empty_records()
     df["latency_ms"] = df["latency_ms"].astype(float)
-    return df
+    df["service_ms"] = df["service_ms"].astype(float) if "service_ms" in df.columns else df["latency_ms"]
+    df["client"] = _text(df, "client", PATCHED)
+    df["node"] = _text(df, "node", "")
+    return df[COLUMNS]
+
+
+def _text(records: pd.DataFrame, column: str, default: str) -> pd.Series:
+    """A text column with `default` where it is missing or empty (NaN), whatever dtype pandas gave it."""
+    if column not in records.columns:
+        return pd.Series(default, index=records.index, dtype=object)
+    values = records[column].astype(object)
+    return values.where(values.notna(), default).astype(str)
+
+
+def clients_of(records: pd.DataFrame) -> pd.Series:
+    """Each record's client kind; records without one (built before the column existed) are patched."""
+    return _text(records, "client", PATCHED)
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -392,9 +478,10 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 
 def latency_stats(records: pd.DataFrame, seconds: float | None = None) -> dict:
-    """ops, errors (failed requests), lost (missing or wrong values), p50/p99/avg/max latency (ms) and ops/s.
+    """ops, errors (failed requests), lost (missing or wrong values), p50/p99/p99.9/avg/max latency (ms) and ops/s.
 
-    Latency covers every request, failed ones too; ops/s is over `seconds`, or over the records' own span.
+    Latency (`latency_ms`: from the scheduled send time) covers every request, failed ones and stock clients' too;
+    ops/s is over `seconds`, or over the records' own span.
     """
     lat = records["latency_ms"].to_numpy(dtype=float)
     outcome = records["outcome"]
@@ -406,6 +493,7 @@ def latency_stats(records: pd.DataFrame, seconds: float | None = None) -> dict:
         "lost": int(outcome.isin(DATA_ERRORS).sum()),
         "p50_ms": _percentile(lat, 50),
         "p99_ms": _percentile(lat, 99),
+        "p999_ms": _percentile(lat, 99.9),
         "avg_ms": float(lat.mean()) if len(lat) else float("nan"),
         "max_ms": float(lat.max()) if len(lat) else float("nan"),
         "ops_per_s": len(records) / seconds if seconds and seconds > 0 else float("nan"),
@@ -416,6 +504,18 @@ def error_kinds(records: pd.DataFrame) -> dict[str, int]:
     """Failed requests by kind (lost and wrong reads are data errors, counted apart)."""
     failed = records.loc[~records["outcome"].isin(SERVED), "outcome"]
     return {str(k): int(n) for k, n in failed.value_counts().sort_index().items()}
+
+
+def error_kinds_by_client(records: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Failed requests by client kind, then by kind: {"patched": {...}, "stock": {...}}; every client kind that made
+    a request is present, with {} when none of its requests failed."""
+    clients = clients_of(records)
+    return {str(c): error_kinds(records[(clients == c).to_numpy()]) for c in sorted(clients.unique())}
+
+
+def ops_by_client(records: pd.DataFrame) -> dict[str, int]:
+    """Requests by client kind."""
+    return {str(c): int(n) for c, n in clients_of(records).value_counts().sort_index().items()}
 
 
 def longest_gap(records: pd.DataFrame) -> tuple[float, float]:
@@ -432,6 +532,64 @@ def longest_gap(records: pd.DataFrame) -> tuple[float, float]:
     gaps = np.diff(points)
     i = int(np.argmax(gaps))
     return float(gaps[i]), float(points[i])
+
+
+def longest_gap_per_node(records: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Per master (the `node` a request was routed to): (seconds, start time) of the longest stretch without a
+    served request on it, over the whole span of the records (first scheduled time to last completion, every node's
+    requests included), so a master that stops serving at the start or the end counts too.
+
+    A request is served when it completed without error, at its completion time. A gap is never below the pacing
+    interval a master sees (about number of masters / rate). Records with no node (files from before the column, a
+    slot the client had no owner for) are left out.
+    """
+    if records.empty or "node" not in records.columns:
+        return {}
+    done = records["ts"].to_numpy(float) + records["latency_ms"].to_numpy(float) / 1000
+    start, end = float(records["ts"].min()), float(done.max())
+    served = records["outcome"].isin(SERVED).to_numpy()
+    nodes = _text(records, "node", "").to_numpy()
+    out = {}
+    for node in sorted(set(nodes) - {""}):
+        points = np.concatenate(([start], np.sort(done[served & (nodes == node)]), [end]))
+        gaps = np.diff(points)
+        i = int(np.argmax(gaps))
+        out[node] = (float(gaps[i]), float(points[i]))
+    return out
+
+
+def longest_unanswered_per_node(records: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Per master: (seconds, start) of the longest time it was asked and did not serve: from a request's actual send
+    time (completion - service_ms) to the next served completion on that master (the end of the records if none).
+
+    `longest_gap_per_node` counts time in which nobody asked a master too: a probe worker waits for each request in
+    turn, so while one master stalls, every worker that reached it stops sending to the others as well, and their
+    gaps grow with the stalled one's. This measure only counts time a master had a request outstanding, so it points
+    at the master that stalled; read both (with many independent application clients, the others would have been
+    asked, and answered).
+    """
+    if records.empty or "node" not in records.columns:
+        return {}
+    done = records["ts"].to_numpy(float) + records["latency_ms"].to_numpy(float) / 1000
+    service = records["service_ms"].to_numpy(float) if "service_ms" in records.columns else np.full(len(done), np.nan)
+    sent = done - np.where(np.isnan(service), records["latency_ms"].to_numpy(float), service) / 1000
+    served = records["outcome"].isin(SERVED).to_numpy()
+    nodes = _text(records, "node", "").to_numpy()
+    end = float(done.max())
+    out = {}
+    for node in sorted(set(nodes) - {""}):
+        mine = nodes == node
+        ok_done = np.sort(done[mine & served])
+        asked = sent[mine]
+        if len(ok_done):
+            nxt = np.searchsorted(ok_done, asked, side="left")
+            answered = np.where(nxt < len(ok_done), ok_done[np.minimum(nxt, len(ok_done) - 1)], end)
+        else:
+            answered = np.full(len(asked), end)
+        waits = answered - asked
+        i = int(np.argmax(waits))
+        out[node] = (float(waits[i]), float(asked[i]))
+    return out
 
 
 def per_batch(records: pd.DataFrame, windows: list[BatchWindow]) -> pd.DataFrame:
@@ -491,6 +649,7 @@ def summarize(records: pd.DataFrame, acknowledged: int = 0, verified: int = 0, l
               wrong_writes: list[str] | None = None, killed: list[int] | None = None) -> ProbeSummary:
     """A ProbeSummary from the records and the read-back results (pure)."""
     stats = latency_stats(records)
+    note = records["note"] if "note" in records.columns else pd.Series(dtype=str)
     gap, gap_at = longest_gap(records)
     lost_writes, wrong_writes = lost_writes or [], wrong_writes or []
     ended = float((records["ts"] + records["latency_ms"] / 1000).max()) if len(records) else float("nan")
@@ -503,44 +662,97 @@ def summarize(records: pd.DataFrame, acknowledged: int = 0, verified: int = 0, l
         unverifiable_writes=acknowledged - verified - len(lost_writes) - len(wrong_writes),
         p50_ms=stats["p50_ms"], p99_ms=stats["p99_ms"], avg_ms=stats["avg_ms"], max_ms=stats["max_ms"],
         ops_per_s=stats["ops_per_s"], longest_gap_s=gap, longest_gap_at=gap_at,
-        ask_unknown_node_handled=int((records["note"] == ASK_UNKNOWN_NODE).sum()), killed_workers=list(killed or []))
+        ask_unknown_node_handled=int((note == ASK_UNKNOWN_NODE).sum()), killed_workers=list(killed or []),
+        p999_ms=stats["p999_ms"], ops_by_client=ops_by_client(records), errors_by_client=error_kinds_by_client(records),
+        longest_gap_by_node={n: list(g) for n, g in longest_gap_per_node(records).items()},
+        longest_unanswered_by_node={n: list(g) for n, g in longest_unanswered_per_node(records).items()})
+
+
+def _worker_path(probe_dir: Path, index: int, token: str) -> Path:
+    """`worker-<n>.csv`, appended to across probe sessions of one run folder; a file with another header (written by
+    an older version) is left as it is and this session writes `worker-<n>-<token>.csv` instead."""
+    path = probe_dir / f"worker-{index}.csv"
+    if path.exists() and path.stat().st_size:
+        with open(path, encoding="utf-8", newline="") as f:
+            header = f.readline().strip()
+        if header != ",".join(COLUMNS):
+            return probe_dir / f"worker-{index}-{token}.csv"
+    return path
+
+
+def schedule(interval_s: float, stop: Callable[[], bool], clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep, nap_s: float = 0.1) -> Iterator[float]:
+    """The probe's open-loop pacing: yields the scheduled send times start + k * interval_s (on `clock`), k = 0, 1, ...
+
+    A time still ahead is slept towards (in naps of at most `nap_s`, looking at `stop` between them); a time already
+    past is yielded at once, so after a stall the backlog goes out back to back: nothing is dropped, compressed or
+    re-based. The caller times each request from the yielded time, not from when it sent it (no coordinated
+    omission). Ends when `stop()` is true; never spins (it sleeps or the caller is busy with a request).
+    """
+    next_at = clock()
+    while not stop():
+        left = next_at - clock()
+        if left > 0:
+            sleep(min(left, nap_s))
+            continue
+        yield next_at
+        next_at += interval_s
+
+
+def _routed_node(client: RedisCluster, key: str) -> str:
+    """host:port of the master the client's slot table routes the key to (no network); "" when it has none."""
+    try:
+        node = client.get_node_from_key(key)
+    except Exception:
+        return ""
+    return node.name if node is not None else ""
 
 
 def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) -> str:
-    """One worker's loop: paced SETs of new keys and GETs of acknowledged ones, each recorded as a CSV line."""
+    """One worker's loop: paced SETs of new keys and GETs of acknowledged ones, each recorded as a CSV line.
+
+    Open-loop pacing without coordinated omission: request k is scheduled at start + k * interval (monotonic clock),
+    whatever happened before; a request that starts late (the previous one stalled) goes out at once, and its
+    latency counts from its scheduled time. Nothing is dropped or re-based, so after a stall the backlog is sent back
+    to back until the worker is on schedule again. The loop never spins: it sleeps until the next scheduled time, or
+    it is waiting on a request. It ends on the stop file, SIGTERM or the maximum run time.
+    """
     s = state["settings"]
+    kinds = state.get("clients") or [PATCHED] * s["processes"]
+    kind = kinds[index]
     flag = detached.StopFlag(probe_dir / STOP_FILE, deadline=state["started"] + state["max_runtime_s"])
-    client = ask_safe_client(state["seeds"], creds, timeout=state["timeout_s"])
+    if kind == STOCK:
+        client = cluster_client(state["seeds"], creds, timeout=state["timeout_s"])
+    else:
+        client = ask_safe_client(state["seeds"], creds, timeout=state["timeout_s"])
     rng = random.Random(f"{state['token']}:{index}")
-    interval = s["processes"] / s["rate"]
+    interval = len(kinds) / s["rate"]
     readable_for = s["ttl_s"] - TTL_MARGIN_S
     prefix = f"{s['prefix']}{state['token']}:{index}:"
     acked: list[tuple[int, float]] = []
     oldest = 0
-    path = probe_dir / f"worker-{index}.csv"
-    new_file = not path.exists()
+    worst_lag = 0.0
+    path = _worker_path(probe_dir, index, state["token"])
+    new_file = not path.exists() or not path.stat().st_size
     with open(path, "a", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         if new_file:
             out.writerow(COLUMNS)
             f.flush()
         (probe_dir / f"worker-{index}.ready").write_text(str(time.time()))
-        seq, next_at, flushed = 0, time.monotonic(), time.monotonic()
-        while not flag.is_set():
-            now = time.monotonic()
-            if next_at > now:
-                time.sleep(next_at - now)
-            elif now - next_at > 1.0:
-                next_at = now
-            next_at += interval
+        seq, flushed = 0, time.monotonic()
+        for scheduled in schedule(interval, flag.is_set):
             while oldest < len(acked) and acked[oldest][1] < time.time() - readable_for:
                 oldest += 1
             reading = oldest < len(acked) and rng.random() < s["read_ratio"]
             n = acked[rng.randrange(oldest, len(acked))][0] if reading else seq
             key = f"{prefix}{n}"
-            handled = client.ask_unknown_targets
-            ts = time.time()
-            t0 = time.perf_counter()
+            handled = getattr(client, "ask_unknown_targets", 0)
+            node = _routed_node(client, key)
+            sent = time.monotonic()
+            lag = sent - scheduled
+            worst_lag = max(worst_lag, lag)
+            ts = time.time() - lag
             outcome, error = "ok", ""
             try:
                 if reading:
@@ -556,16 +768,17 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
                         outcome, error = "response", "SET not acknowledged"
             except Exception as e:
                 outcome, error = classify(e), f"{type(e).__name__}: {e}"[:200]
-            latency = (time.perf_counter() - t0) * 1000
+            done = time.monotonic()
             if not reading:
                 seq += 1
-            note = ASK_UNKNOWN_NODE if client.ask_unknown_targets > handled else ""
-            out.writerow([f"{ts:.6f}", index, "get" if reading else "set", key, f"{latency:.3f}", outcome, error, note])
-            if time.monotonic() - flushed > 0.2:
+            note = ASK_UNKNOWN_NODE if getattr(client, "ask_unknown_targets", 0) > handled else ""
+            out.writerow([f"{ts:.6f}", index, "get" if reading else "set", key, f"{(done - scheduled) * 1000:.3f}",
+                          outcome, error, note, f"{(done - sent) * 1000:.3f}", kind, node])
+            if done - flushed > 0.2:
                 f.flush()
-                flushed = time.monotonic()
+                flushed = done
     client.close()
-    return flag.reason
+    return f"{flag.reason} ({kind} client; at most {worst_lag:.3f} s behind schedule)"
 
 
 def _worker_main(argv: list[str]) -> int:
