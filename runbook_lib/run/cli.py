@@ -166,7 +166,8 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     from runbook_lib.sections.resume import phase, resume
     journal = Journal(run_dir / "journal.jsonl")
     doing = phase(journal)
-    last = journal.last("slot_open", "slot_assigned", "migrate_failed", "bigkey_stop", "node_remove")
+    last = journal.last("slots_open", "keys_migrated", "slots_handover", "slots_assigned", "migrate_failed",
+                        "bigkey_stop", "slot_stop", "node_remove")
     print(f"{'resuming' if acting else 'would resume'} the {doing} of the run in {run_dir}"
           + (f"; its journal stops at {last['event']} of slot {last.get('slot')} ({last['utc']})" if last else ""))
     asked = set(args.slot or ())

@@ -137,7 +137,7 @@ def test_manifest_verifies_and_shows_tampering(run, runbook_bin, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     journal = copy / "journal.jsonl"
-    journal.write_bytes(journal.read_bytes().replace(b"slot_assigned", b"slot_assignee", 1))
+    journal.write_bytes(journal.read_bytes().replace(b"slots_assigned", b"slots_assignee", 1))
     (copy / "plan.json").unlink()
     (copy / "notes.txt").write_text("added later")
     bad = subprocess.run([runbook_bin, "verify-report", str(copy)], capture_output=True, text=True)

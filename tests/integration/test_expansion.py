@@ -100,4 +100,4 @@ def test_second_run_does_nothing_and_says_so(run, sandbox, runbook_bin):
     assert "25_add_replicas: pass" in proc.stdout
     journal = out / "journal.jsonl"
     changes = [json.loads(l)["event"] for l in journal.read_text().splitlines()] if journal.exists() else []
-    assert not [e for e in changes if e in ("node_meet", "slot_open", "replica_attach")]
+    assert not [e for e in changes if e in ("node_meet", "slot_open", "slots_open", "replica_attach")]
