@@ -147,9 +147,9 @@ class Gates(_Section):
     p99_latency_ms: float = Field(20.0, gt=0)
     replication_lag_ms: float = Field(500.0, gt=0)
     latency_budget_pct: float = Field(10.0, gt=0)
-    latency_floor_ms: float = Field(1.0, ge=0)
+    latency_floor_ms: float = Field(0.0, ge=0)
     window_s: float = Field(5.0, gt=0)
-    baseline_s: float = Field(5.0, gt=0)
+    baseline_s: float = Field(30.0, gt=0)
     pause_after_s: float = Field(60.0, gt=0)
 
 
@@ -180,15 +180,16 @@ class Backup(_Section):
 class Probe(_Section):
     """The traffic probe (DESIGN section 6): client processes writing and reading keys under `prefix` during the run.
 
-    On by default in the sandbox params; optional against production, where it writes only under `prefix`, with a TTL.
-    `processes` worker processes use the patched client (AskSafeCluster, which follows an ASK to a node it does not
+    On by default, against production too, at a modest rate: it writes only under `prefix`, each key with a TTL, and
+    needs SET/GET/DEL on that prefix only (docs/acl.md). Without it latency, failed requests and downtime are not
+    measured, and the run and its verdict say so first. `processes` worker processes use the patched client (AskSafeCluster, which follows an ASK to a node it does not
     know); `stock_processes` is how many extra worker processes use stock redis-py `RedisCluster` exactly as
     applications configure it, whose failures (redis-py#4015 among them) count as failed requests. `rate` is the total
     over all of them.
     """
 
-    enabled: bool = False
-    rate: float = Field(200.0, gt=0, le=100000)
+    enabled: bool = True
+    rate: float = Field(100.0, gt=0, le=100000)
     processes: int = Field(2, ge=1, le=32)
     stock_processes: int = Field(1, ge=0, le=32)
     prefix: str = Field("runbook:probe:", pattern=r"^[A-Za-z0-9_.:-]+$")

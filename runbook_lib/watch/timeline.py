@@ -30,6 +30,44 @@ def batch_windows(entries: Iterable[dict], now: float | None = None) -> list[Bat
     return sorted(windows, key=lambda w: w[1])
 
 
+def moving_windows(entries: Iterable[dict], now: float | None = None) -> list[tuple[float, float]]:
+    """(start, end) of the times slots were open or being handed over: from each group's `slots_open` to its
+    `slots_assigned` (or its batch's end, or `now`), merged where they overlap. Pacer sleeps and gate waits between
+    groups are not in them, so latency "during the migration" is latency while slots really moved."""
+    spans: list[tuple[float, float]] = []
+    opened: dict[int, float] = {}
+    for entry in entries:
+        event = entry.get("event")
+        if event == "slots_open":
+            for s in entry["slots"]:
+                opened.setdefault(int(s), float(entry["ts"]))
+        elif event in ("slots_assigned", "slot_closed", "slot_done"):
+            slots = entry.get("slots", [entry.get("slot")])
+            starts = [opened.pop(int(s)) for s in slots if s is not None and int(s) in opened]
+            if starts:
+                spans.append((min(starts), float(entry["ts"])))
+        elif event == "batch_end" and opened:
+            spans.append((min(opened.values()), float(entry["ts"])))
+            opened.clear()
+    if opened:
+        spans.append((min(opened.values()), time.time() if now is None else now))
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def inside(ts: np.ndarray, spans: list[tuple[float, float]]) -> np.ndarray:
+    """Which timestamps fall in one of the [start, end) spans."""
+    mask = np.zeros(len(ts), dtype=bool)
+    for start, end in spans:
+        mask |= (ts >= start) & (ts < end)
+    return mask
+
+
 def label(df: pd.DataFrame, windows: Iterable[BatchWindow], ts_col: str = "ts") -> pd.DataFrame:
     """A copy of `df` with `batch` (the batch a row's timestamp falls in, else <NA>) and `phase` columns.
 

@@ -1,0 +1,55 @@
+"""The acceptance verdict on synthetic probe records: latency while slots moved, on the article's limit, per master."""
+
+import numpy as np
+import pandas as pd
+
+from runbook_lib.config import Gates
+from runbook_lib.watch.lifecycle import downtime, latency_variation
+from runbook_lib.watch.timeline import moving_windows
+
+
+def records(latencies, start=0.0, rate=200.0, node="127.0.0.1:7000"):
+    n = len(latencies)
+    ts = start + np.arange(n) / rate
+    return pd.DataFrame({"ts": ts, "latency_ms": latencies, "service_ms": latencies, "outcome": "ok",
+                         "key": ["runbook:probe:tok:0:%d" % i for i in range(n)], "node": node, "op": "get",
+                         "worker": 0, "error": "", "note": "", "client": "patched"})
+
+
+def test_moving_windows_cover_open_slots_only_not_the_pauses_between_them():
+    journal = [{"event": "batch_start", "batch": 1, "ts": 9.0}, {"event": "slots_open", "slots": [1, 2], "ts": 10.0},
+               {"event": "slots_assigned", "slots": [1, 2], "ts": 10.5}, {"event": "slots_open", "slots": [3], "ts": 12},
+               {"event": "slots_assigned", "slots": [3], "ts": 12.2}, {"event": "batch_end", "batch": 1, "ts": 13.0}]
+    assert moving_windows(journal) == [(10.0, 10.5), (12.0, 12.2)]
+
+
+def test_latency_fails_at_plus_15_percent_and_passes_at_plus_5_with_the_article_budget():
+    rng = np.random.default_rng(1)
+    base = rng.gamma(4, 0.1, 20_000)
+    slow = records(np.concatenate([base, base * 1.15]))
+    quick = records(np.concatenate([base, base * 1.05]))
+    window = {"ts": 100.0, "since": 0.0}
+    moving = [(100.0, 1000.0)]
+    assert latency_variation(slow, window, moving, Gates(latency_budget_pct=10)).status == "fail"
+    ok = latency_variation(quick, window, moving, Gates(latency_budget_pct=10))
+    assert ok.status == "pass" and "interval" in ok.detail
+
+
+def test_a_wider_budget_and_a_floor_are_named_beside_the_article_verdict():
+    rng = np.random.default_rng(2)
+    base = rng.gamma(4, 0.1, 20_000)
+    check = latency_variation(records(np.concatenate([base, base * 1.3])), {"ts": 100.0, "since": 0.0},
+                              [(100.0, 1000.0)], Gates(latency_budget_pct=50, latency_floor_ms=2.0))
+    assert check.status == "pass"
+    assert "against the article's +10 %: fail" in check.detail and "floor" in check.detail
+
+
+def test_downtime_is_judged_per_master():
+    fine = records(np.full(400, 0.5), node="127.0.0.1:7000")
+    stalled = records(np.full(400, 0.5), node="127.0.0.1:7001")
+    during = (stalled["ts"] >= 0.5) & (stalled["ts"] < 2.0)
+    stalled.loc[during, "latency_ms"] = (2.0 - stalled.loc[during, "ts"]) * 1000 + 0.5
+    stalled.loc[during, "service_ms"] = stalled.loc[during, "latency_ms"]
+    verdict = downtime(pd.concat([fine, stalled]).sort_values("ts"), "runbook:probe:")
+    assert verdict.status == "fail" and "127.0.0.1:7001" in verdict.detail
+    assert downtime(fine, "runbook:probe:").status == "pass"
