@@ -416,8 +416,10 @@ def values_from(samples: pd.DataFrame, records: pd.DataFrame | None, now: float,
                       probe_ops=ops, per_node=summary.to_dict("records"))
 
 
-def gate_values(run_dir: str | Path, window_s: float = 10.0, now: float | None = None) -> GateValues:
-    """GateValues of a run folder from the sampler's file and the probe's records (if a probe was started).
+def gate_values(run_dir: str | Path, window_s: float = 10.0, now: float | None = None,
+                spans: list[tuple[float, float]] | None = None) -> GateValues:
+    """GateValues of a run folder from the sampler's file and the probe's records (if a probe was started); with
+    `spans`, only the probe records inside them (the times slots moved).
 
     With `now` in the past this gives the baseline: e.g. the window just before the first batch.
     """
@@ -426,6 +428,8 @@ def gate_values(run_dir: str | Path, window_s: float = 10.0, now: float | None =
     records = None
     if (Path(run_dir).resolve() / PROBE_DIR / "probe.json").exists():
         records = TrafficProbe.attach(run_dir).records(since=now - window_s)
+        if spans is not None:
+            records = records[timeline.inside(records["ts"].to_numpy(float), spans)]
     state_path = Path(run_dir).resolve() / METRICS_DIR / STATE_FILE
     interval = json.loads(state_path.read_text())["interval_s"] if state_path.exists() else 1.0
     return values_from(samples, records, now, window_s, interval)

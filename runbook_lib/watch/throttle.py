@@ -91,10 +91,11 @@ class Throttle:
         self.journal.record("gate", **asdict(d))
 
     def before_batch(self, batch: int) -> Migration:
-        """Evaluate the gate until it passes (slowing down meanwhile) or pause the run; returns the pace to use.
+        """Evaluate the gate; returns the pace for the next batch, or pauses the run.
 
-        The first evaluation covers the last window (the previous batch included); after a slow-down only what came
-        after it counts, so a batch already judged is not judged again.
+        A failing gate slows the pace one step and the next batch moves at it, so the gate judges latency while slots
+        move, not the idle time after a slow-down (an idle cluster always passes). At the slowest pace it waits and
+        measures again (only what came after the wait began counts), and pauses after `pause_after_s`.
         """
         first_failure = None
         since = None
@@ -117,18 +118,45 @@ class Throttle:
                 raise GatePaused(f"paused before batch {batch}: {names} kept failing for {self.pause_after_s:.0f} s "
                                  f"({failing[0].detail}). No slot is open and the cluster is consistent. Find the "
                                  "cause (load, a slow node) or change the gate in params, then `runbook resume`")
-            self.settings = slower(self.settings)
-            self._decide(batch, "slow down", failing)
+            slowed = slower(self.settings)
+            if slowed != self.settings and first_failure == now:
+                self.settings = slowed
+                self._decide(batch, "slow down", failing)
+                return self.settings
+            self._decide(batch, "wait", failing)
             since = time.time()
             self.sleep(max(self.settings.pause_between_batches_s, self.min_window_s))
 
 
+def _moving_window(run_dir: str | Path, window_s: float, reach_s: float = 120.0):
+    """The window whose probe samples the gate judges: the latest `window_s` seconds during which slots were open
+    or being handed over (from the journal), looking back at most `reach_s`; the plain last `window_s` before any
+    slot moved. Returns (window length back from now, the moving spans in it or None)."""
+    from runbook_lib.watch.timeline import moving_windows
+    now = time.time()
+    spans = [(max(a, now - reach_s), min(b, now)) for a, b in moving_windows(Journal(Path(run_dir) / "journal.jsonl")
+                                                                                .entries(), now) if b > now - reach_s]
+    if not spans:
+        return window_s, None
+    covered, start = 0.0, now
+    for a, b in reversed(spans):
+        start = max(a, b - (window_s - covered))
+        covered += b - start
+        if covered >= window_s:
+            break
+    return max(now - start, 0.5), [(a, b) for a, b in spans if b > start]
+
+
 def run_gate(run_dir: str | Path, gates: Gates, baseline_p99_ms: float | None, window_s: float = 5.0) -> Gate:
-    """The gate of a run folder: the sampler's node metrics and the probe's latencies over the last `window_s`."""
+    """The gate of a run folder: the sampler's node metrics over the last `window_s`, and the probe's latencies over
+    the last `window_s` seconds in which slots moved (not the pauses between them)."""
     from runbook_lib.watch.metrics import evaluate, gate_values
 
     def gate(since: float | None = None) -> list[Check]:
-        window = window_s if since is None else min(window_s, max(0.5, time.time() - since))
-        return evaluate(gate_values(run_dir, window_s=window), gates, baseline_p99_ms,
+        if since is not None:
+            window, spans = min(window_s, max(0.5, time.time() - since)), None
+        else:
+            window, spans = _moving_window(run_dir, window_s)
+        return evaluate(gate_values(run_dir, window_s=window, spans=spans), gates, baseline_p99_ms,
                         budget_floor_ms=gates.latency_floor_ms)
     return gate

@@ -33,16 +33,29 @@ def test_passing_gate_keeps_the_configured_pace(tmp_path):
     assert [d.action for d in t.decisions] == ["go"]
 
 
-def test_failing_gate_slows_down_then_measures_only_what_follows(tmp_path):
+def test_failing_gate_slows_down_and_the_next_batch_is_judged_while_it_moves(tmp_path):
+    """No idle re-measurement after a slow-down: an idle cluster always passes, so the slower pace is tried and the
+    gate judges the next batch's moving time."""
     gate, seen = scripted(FAIL, PASS)
     t = make(tmp_path, gate)
     s = t.before_batch(3)
     assert (s.slots_per_batch, s.slots_in_flight, s.keys_per_migrate) == (128, 16, 500)
     assert s.pause_between_batches_s == 0.5
-    assert [d.action for d in t.decisions] == ["slow down", "go after slowing"]
-    assert seen[0] is None and seen[1] is not None
-    events = [e["event"] for e in Journal(tmp_path / "j.jsonl").entries()]
-    assert events == ["gate", "gate"]
+    assert [d.action for d in t.decisions] == ["slow down"]
+    assert seen == [None]
+    assert [e["event"] for e in Journal(tmp_path / "j.jsonl").entries()] == ["gate"]
+
+
+def test_at_the_slowest_pace_it_waits_and_measures_only_what_follows(tmp_path):
+    gate, seen = scripted(FAIL, FAIL, PASS)
+    t = make(tmp_path, gate)
+    while slower(t.settings) != t.settings:
+        t.settings = slower(t.settings)
+    slowest = t.settings
+    s = t.before_batch(4)
+    assert s == slowest
+    assert [d.action for d in t.decisions] == ["wait", "wait", "go after slowing"]
+    assert seen[0] is None and all(x is not None for x in seen[1:])
 
 
 def test_gate_failing_too_long_pauses_with_the_gate_named(tmp_path):
@@ -77,3 +90,19 @@ def test_slot_rate_halves_and_recovers_when_one_is_set():
     assert slower(Migration(max_slots_per_s=0.6)).max_slots_per_s == 0.5
     assert slower(Migration(max_slots_per_s=0.2)).max_slots_per_s == 0.2, "a step down never speeds up"
     assert slower(Migration()).max_slots_per_s == 0.0, "an unpaced run stays unpaced; the other steps slow it"
+
+
+def test_the_gate_window_covers_the_latest_moving_seconds_not_the_idle_ones(tmp_path):
+    import json
+    import time
+
+    from runbook_lib.watch.throttle import _moving_window
+    now = time.time()
+    lines = [{"event": "slots_open", "slots": [1], "ts": now - 30}, {"event": "slots_assigned", "slots": [1], "ts": now - 27},
+             {"event": "slots_open", "slots": [2], "ts": now - 10}, {"event": "slots_assigned", "slots": [2], "ts": now - 8}]
+    (tmp_path / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    back, spans = _moving_window(tmp_path, window_s=4.0)
+    assert 28 <= back <= 29.5, "4 s of moving time reach back into the first span, over the idle 17 s between"
+    assert len(spans) == 2 and abs(spans[-1][1] - (now - 8)) < 0.01
+    (tmp_path / "journal.jsonl").write_text("")
+    assert _moving_window(tmp_path, window_s=4.0) == (4.0, None)
