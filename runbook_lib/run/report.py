@@ -185,6 +185,9 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
             run_dir.rmdir()
         raise
     result = RunResult(run_dir=run_dir)
+    if not params.model.probe.enabled:
+        say("NOT MEASURED: probe.enabled is false, so this run measures no client latency, failed requests or "
+            "downtime; its verdict cannot prove zero downtime")
     say(f"run folder: {run_dir}" + (f" (continued from {sections[0]} on: the newest run folder under "
                                      f"{params.report_dir} whose baseline.json was taken before the expansion)"
                                      if continued is not None else ""))
