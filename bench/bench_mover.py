@@ -5,8 +5,9 @@ replica the same way (the replica before any slot moves, as the runbook's 25_add
 probe, and times only the slot moves of one tool; rounds alternate tools so drift on the machine hits both. The
 baseline is the probe's latency at rest, pooled from a window before the move and one after it (the first second of
 the probe, its connection set-up, left out), so that drift during a round does not favour either tool.
-Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's, failed requests and lost
-writes, and the ratios between the tools.
+Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's, the p99 ratio's 95 %
+bootstrap interval with the +10 % verdict (p pass, f fail, i inconclusive), failed requests (all clients, and the
+stock redis-py workers' alone: what applications see) and lost writes, and the ratios between the tools.
 Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle] [--baseline-s 10]
      [--max-slots-per-s N]
 """
@@ -30,6 +31,7 @@ from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import balance, health, key_count
 from runbook_lib.watch.traffic import TrafficProbe, latency_stats
+from runbook_lib.watch.verdict import latency_verdict, p99_ratio_interval
 
 
 def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,
@@ -69,7 +71,10 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         ts = records["ts"]
         at_rest = ((ts >= probe_started + 1) & (ts < window_start)) | (ts >= window_end + 1)
         base = latency_stats(records[at_rest])
-        during = latency_stats(records[(records["ts"] >= window_start) & (records["ts"] < window_end)])
+        moving = (records["ts"] >= window_start) & (records["ts"] < window_end)
+        during = latency_stats(records[moving])
+        ratio, low, high = p99_ratio_interval(records[at_rest]["latency_ms"].to_numpy(float),
+                                              records[moving]["latency_ms"].to_numpy(float))
         probe.cleanup()
         topo = observe(seed, creds)
         problems = [c.detail for c in health(topo) + [balance(topo)] if c.status == "fail"]
@@ -80,6 +85,8 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         return {"tool": tool, "keys": moved_keys, "seconds": seconds, "keys_per_s": moved_keys / seconds,
                 "p50_ratio": during["p50_ms"] / base["p50_ms"], "p99_ratio": during["p99_ms"] / base["p99_ms"],
                 "base_p99_ms": base["p99_ms"], "p99_ms": during["p99_ms"], "failed": summary.errors,
+                "stock_failed": summary.stock_errors, "p99_low": low, "p99_high": high,
+                "verdict": latency_verdict((ratio, low, high), 10.0),
                 "lost": len(summary.lost_writes) + len(summary.wrong_writes)}
     finally:
         sb.down()
@@ -109,21 +116,25 @@ def main() -> None:
                 results[tool].append(res)
                 print(f"round {r + 1} {tool:9}: {res['keys']} keys in {res['seconds']:.2f} s = "
                       f"{res['keys_per_s']:,.0f} keys/s; p50 x{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f} "
-                      f"of baseline ({res['p99_ms']:.2f} vs {res['base_p99_ms']:.2f} ms); failed requests "
-                      f"{res['failed']}, lost writes {res['lost']}", flush=True)
+                      f"[{res['p99_low']:.2f}, {res['p99_high']:.2f}] of baseline ({res['p99_ms']:.2f} vs "
+                      f"{res['base_p99_ms']:.2f} ms; +10 % verdict: {res['verdict']}); failed requests "
+                      f"{res['failed']} (stock clients {res['stock_failed']}), lost writes {res['lost']}", flush=True)
     med = {t: {k: statistics.median(x[k] for x in rs) for k in ("keys_per_s", "p50_ratio", "p99_ratio")}
            for t, rs in results.items()}
     failed = {t: sum(x["failed"] for x in rs) for t, rs in results.items()}
+    stock = {t: sum(x["stock_failed"] for x in rs) for t, rs in results.items()}
     lost = {t: sum(x["lost"] for x in rs) for t, rs in results.items()}
     print(f"\n{args.keys} keys, 3+3 -> 4+4, runbook preset {args.preset} ({settings.slots_per_batch} slots per batch, "
           f"{settings.slots_in_flight} in flight, {settings.migrates_per_round_trip} MIGRATEs per round trip, "
           f"{settings.keys_per_migrate} keys per MIGRATE, {settings.pause_between_batches_s} s pause, "
           f"{settings.max_slots_per_s or 'no'} slots/s limit); medians of "
           f"{args.rounds} rounds")
-    print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'failed':>7} {'lost':>5}")
+    print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'p99 95% interval, each round':>30} "
+          f"{'failed':>7} {'stock':>6} {'lost':>5}")
     for t in ("redis-cli", "runbook"):
+        spans = " ".join(f"[{x['p99_low']:.2f},{x['p99_high']:.2f}]{x['verdict'][0]}" for x in results[t])
         print(f"{t:10} {med[t]['keys_per_s']:>10,.0f} {med[t]['p50_ratio']:>9.2f} {med[t]['p99_ratio']:>9.2f} "
-              f"{failed[t]:>7} {lost[t]:>5}")
+              f"{spans:>30} {failed[t]:>7} {stock[t]:>6} {lost[t]:>5}")
     print(f"ratios runbook / redis-cli: keys/s {med['runbook']['keys_per_s'] / med['redis-cli']['keys_per_s']:.2f}x, "
           f"p99 ratio {med['runbook']['p99_ratio'] / med['redis-cli']['p99_ratio']:.2f}")
 
