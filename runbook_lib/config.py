@@ -151,6 +151,7 @@ class Gates(_Section):
     window_s: float = Field(5.0, gt=0)
     baseline_s: float = Field(30.0, gt=0)
     pause_after_s: float = Field(60.0, gt=0)
+    max_downtime_ms: float = Field(250.0, gt=0)
 
 
 class BigKeys(_Section):

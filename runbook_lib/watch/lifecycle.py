@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 BASELINE_FILE = "latency_baseline.json"
 ARTICLE_BUDGET_PCT = 10.0
 """The article's limit: p99 during the migration within +10 % of the baseline p99."""
-DOWNTIME_LIMIT_S = 1.0
 
 
 def start(params: Params, run_dir: Path, extra_nodes: list[str]) -> dict[str, str]:
@@ -163,7 +162,8 @@ def verdict(run_dir: Path, summary: ProbeSummary | None, gates: Gates) -> list[C
     entries = list(Journal(run_dir / "journal.jsonl").entries())
     records = label(TrafficProbe.attach(run_dir).records(), batch_windows(entries))
     return [latency_variation(records, base, moving_windows(entries), gates), failed_requests(summary),
-            lost_writes(summary), downtime(records, TrafficProbe.attach(run_dir).settings.prefix)]
+            lost_writes(summary), downtime(records, TrafficProbe.attach(run_dir).settings.prefix,
+                                           gates.max_downtime_ms / 1000)]
 
 
 def latency_variation(records: pd.DataFrame, base: dict, moving: list[tuple[float, float]], gates: Gates) -> Check:
@@ -205,8 +205,9 @@ def lost_writes(summary: ProbeSummary) -> Check:
                  f"{len(summary.lost_writes)} missing, {len(summary.wrong_writes)} wrong")
 
 
-def downtime(records: pd.DataFrame, prefix: str) -> Check:
-    """The longest time any one master was asked and did not serve, within each probe session (pure)."""
+def downtime(records: pd.DataFrame, prefix: str, limit_s: float = 0.25) -> Check:
+    """The longest time any one master was asked and did not serve, within each probe session, against `limit_s`
+    (gates.max_downtime_ms); the cluster-wide longest gap beside it (pure)."""
     if records.empty:
         return Check("downtime", "warn", "no probe request recorded")
     sessions = records["key"].str.slice(len(prefix)).str.split(":", n=1).str[0]
@@ -216,12 +217,14 @@ def downtime(records: pd.DataFrame, prefix: str) -> Check:
             worst[node] = max(worst.get(node, 0.0), seconds)
     gap = session_gap(prefix, records)
     if not worst:
-        return Check("downtime", "pass" if gap < DOWNTIME_LIMIT_S else "fail",
-                     f"longest gap without a successful request: {gap * 1000:.0f} ms (no per-master records)")
+        return Check("downtime", "pass" if gap < limit_s else "fail",
+                     f"longest gap without a successful request: {gap * 1000:.0f} ms (limit {limit_s * 1000:.0f} ms; "
+                     "no per-master records)")
     node, longest = max(worst.items(), key=lambda kv: kv[1])
-    return Check("downtime", "pass" if longest < DOWNTIME_LIMIT_S and gap < DOWNTIME_LIMIT_S else "fail",
+    return Check("downtime", "pass" if longest < limit_s else "fail",
                  f"longest time a master was asked and did not answer: {longest * 1000:.0f} ms on {node} "
-                 f"(limit {DOWNTIME_LIMIT_S * 1000:.0f} ms per master); cluster-wide longest gap {gap * 1000:.0f} ms; "
+                 f"(limit {limit_s * 1000:.0f} ms per master, gates.max_downtime_ms); cluster-wide longest gap "
+                 f"{gap * 1000:.0f} ms; "
                  + ", ".join(f"{n} {s * 1000:.0f} ms" for n, s in sorted(worst.items())))
 
 

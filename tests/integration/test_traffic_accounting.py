@@ -160,3 +160,34 @@ def test_stock_client_failures_count_and_the_patched_workers_have_none(sandbox, 
     view = read_view(node_client(SEED, creds), SEED)
     assert all(not e.migrating and not e.importing for e in view.entries.values())
     assert {view.owners()[s] for s in opened} == {slots.target_id}
+
+
+def test_the_verdict_fails_a_paused_master_and_a_slow_window_and_not_a_quiet_one(sandbox, tmp_path):
+    """The acceptance checks on real probe records: a 300 ms CLIENT PAUSE inside the slots-moving window fails the
+    latency verdict and the per-master downtime check (limit 250 ms); a quiet window of the same length does not."""
+    from runbook_lib.config import Gates
+    from runbook_lib.watch.lifecycle import downtime, latency_variation
+    creds = sandbox.credentials()
+    probe = TrafficProbe([SEED], creds, tmp_path, rate=RATE)
+    probe.start()
+    try:
+        time.sleep(6)
+        quiet = (time.time() - 2.5, time.time())
+        time.sleep(0.5)
+        start = time.time()
+        node_client(MASTERS[2], creds).execute_command("CLIENT PAUSE", PAUSE_MS, "ALL")
+        time.sleep(1.5)
+        paused = (start, time.time())
+    finally:
+        probe.stop()
+    records = probe.records()
+    base = {"since": quiet[0] - 3.0, "ts": quiet[0]}
+    gates = Gates(latency_budget_pct=10.0)
+    slow = latency_variation(records, base, [paused], gates)
+    assert slow.status == "fail", slow
+    assert latency_variation(records, base, [quiet], gates).status != "fail"
+    window = records[(records["ts"] >= paused[0] - 1) & (records["ts"] < paused[1])]
+    stalled = downtime(window, probe.settings.prefix, limit_s=0.25)
+    assert stalled.status == "fail" and MASTERS[2] in stalled.detail, stalled
+    calm = records[(records["ts"] >= quiet[0]) & (records["ts"] < quiet[1])]
+    assert downtime(calm, probe.settings.prefix, limit_s=0.25).status == "pass"

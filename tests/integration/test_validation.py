@@ -16,7 +16,7 @@ from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import tag_for_slot
 
 pytestmark = pytest.mark.integration
-PORT = 7900 + PORT_OFFSET
+PORT = 7980 + PORT_OFFSET
 SEED = f"127.0.0.1:{PORT}"
 
 
