@@ -169,7 +169,7 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     last = journal.last("slots_open", "keys_migrated", "slots_handover", "slots_assigned", "migrate_failed",
                         "bigkey_stop", "slot_stop", "node_remove")
     print(f"{'resuming' if acting else 'would resume'} the {doing} of the run in {run_dir}"
-          + (f"; its journal stops at {last['event']} of slot {last.get('slot')} ({last['utc']})" if last else ""))
+          + (f"; its journal stops at {last['event']} of slot {_slots(_entry_slots(last))} ({last['utc']})" if last else ""))
     asked = set(args.slot or ())
     open_now = {o["slot"] for o in topo.open_slots()}
     for s in sorted(asked - open_now):
@@ -211,6 +211,12 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     finally:
         if acting:
             _stop_watch(run_dir)
+
+
+def _entry_slots(entry: dict) -> list[int]:
+    """The slots a journal entry names (one, a list, or a slot -> count map)."""
+    slots = entry.get("slots", [entry.get("slot")])
+    return [int(s) for s in (slots.keys() if isinstance(slots, dict) else slots) if s is not None]
 
 
 def _slots(slots: list[int]) -> str:
