@@ -169,7 +169,7 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     last = journal.last("slots_open", "keys_migrated", "slots_handover", "slots_assigned", "migrate_failed",
                         "bigkey_stop", "slot_stop", "node_remove")
     print(f"{'resuming' if acting else 'would resume'} the {doing} of the run in {run_dir}"
-          + (f"; its journal stops at {last['event']} of slot {_slots(_entry_slots(last))} ({last['utc']})" if last else ""))
+          + (f"; its journal stops at {last['event']} of {_slots(_entry_slots(last))} ({last['utc']})" if last else ""))
     asked = set(args.slot or ())
     open_now = {o["slot"] for o in topo.open_slots()}
     for s in sorted(asked - open_now):
