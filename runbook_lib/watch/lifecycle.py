@@ -34,12 +34,14 @@ from runbook_lib.watch.traffic import (
     per_batch,
 )
 from runbook_lib.watch.traffic import STATE_FILE as PROBE_STATE
-from runbook_lib.watch.verdict import latency_check, latency_verdict, p99_ratio_interval
+from runbook_lib.watch.verdict import bootstrap_quantile, latency_check, latency_verdict, p99_ratio_interval
 
 if TYPE_CHECKING:
     from runbook_lib.watch.throttle import Throttle
 
 BASELINE_FILE = "latency_baseline.json"
+BASELINE_SPREAD = 0.10
+BASELINE_GROWTH = 3.0
 ARTICLE_BUDGET_PCT = 10.0
 """The article's limit: p99 during the migration within +10 % of the baseline p99."""
 
@@ -72,20 +74,38 @@ def probe_running(run_dir: Path) -> bool:
 
 
 def baseline(run_dir: Path, gates: Gates) -> dict:
-    """The probe's latency over `gates.baseline_s` before the first batch, measured once per run folder."""
+    """The probe's latency before the first batch, measured once per run folder: `gates.baseline_s`, grown by half
+    that at a time (up to BASELINE_GROWTH times it) until the p99's 95 % bootstrap interval is within
+    BASELINE_SPREAD of it, so that the verdict can judge a +10 % change."""
     path = run_dir / BASELINE_FILE
     if path.exists():
         return json.loads(path.read_text())
     if not probe_running(run_dir):
         return {"p50_ms": None, "p99_ms": None, "avg_ms": None, "ops": 0, "note": "no probe running"}
+    start = time.time()
     time.sleep(gates.baseline_s)
-    now = time.time()
-    records = TrafficProbe.attach(run_dir).records(since=now - gates.baseline_s)
-    stats = latency_stats(records, seconds=gates.baseline_s)
+    while True:
+        now = time.time()
+        records = TrafficProbe.attach(run_dir).records(since=start)
+        width = p99_spread(records["latency_ms"].to_numpy(float))
+        if width <= BASELINE_SPREAD or now - start >= gates.baseline_s * BASELINE_GROWTH:
+            break
+        time.sleep(gates.baseline_s / 2)
+    stats = latency_stats(records, seconds=now - start)
     data = {k: stats[k] for k in ("p50_ms", "p99_ms", "avg_ms", "ops", "ops_per_s", "errors")} | {
-        "ts": now, "since": now - gates.baseline_s}
+        "ts": now, "since": start, "p99_spread": width}
     path.write_text(json.dumps(data, indent=2))
     return data
+
+
+def p99_spread(values: np.ndarray) -> float:
+    """Width of the p99's 95 % bootstrap interval relative to the p99 (inf with too few samples to tell)."""
+    if len(values) < 200:
+        return float("inf")
+    replicates = bootstrap_quantile(values, 0.99, n_boot=400)
+    p99 = float(np.percentile(values, 99))
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return float((high - low) / p99) if p99 > 0 else float("inf")
 
 
 def batch_table(run_dir: Path) -> pd.DataFrame:

@@ -53,3 +53,11 @@ def test_downtime_is_judged_per_master():
     verdict = downtime(pd.concat([fine, stalled]).sort_values("ts"), "runbook:probe:")
     assert verdict.status == "fail" and "127.0.0.1:7001" in verdict.detail
     assert downtime(fine, "runbook:probe:").status == "pass"
+
+
+def test_the_baseline_spread_says_when_a_baseline_is_tight_enough_to_judge():
+    from runbook_lib.watch.lifecycle import p99_spread
+    rng = np.random.default_rng(3)
+    assert p99_spread(rng.gamma(4, 0.1, 50)) == float("inf")
+    assert p99_spread(rng.gamma(4, 0.1, 20_000)) < 0.10
+    assert p99_spread(rng.gamma(4, 0.1, 300)) > p99_spread(rng.gamma(4, 0.1, 20_000))
