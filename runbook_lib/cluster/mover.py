@@ -293,6 +293,7 @@ class Mover:
                 kind = next(k for k in ORDER if any(x.kind == k for x in steps.values()))
                 group = [x for x in steps.values() if x.kind == kind]
                 moved += self._transition(kind, group, states, assigned)
+                deadline = time.time() + self.settings.convergence_timeout_s
                 if kind == HANDOVER:
                     handed.update(x.slot for x in group)
             except TopologyChanged as e:
