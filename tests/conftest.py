@@ -26,10 +26,13 @@ def start_sandbox(root: Path, port: int, keys: int, **layout) -> Sandbox:
 
 
 def loosen(path: Path) -> None:
-    """Rewrite a params file for tests that prove something other than latency: fast preset, loose gates."""
+    """Rewrite a params file for tests that prove something other than latency and client behaviour: fast preset,
+    loose gates, and no stock-client probe worker (a fast preset on a loaded 2-core machine can still give stock
+    redis-py an ASK to a master it has not learned yet; test_traffic_accounting and the demo measure that)."""
     data = yaml.safe_load(path.read_text())
     data["migration"] = {**data.get("migration", {}), "preset": "fast", "max_slots_per_s": 0.0}
     data["gates"] = {**data.get("gates", {}), **LOOSE_GATES, "pause_after_s": 600.0}
+    data["probe"] = {**data.get("probe", {}), "stock_processes": 0}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
