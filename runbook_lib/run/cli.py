@@ -12,7 +12,7 @@ import pandas as pd
 
 from runbook_lib import __version__
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.config import known_secrets, load_params, new_master_addresses
+from runbook_lib.config import known_secrets, load_params, new_master_addresses, replicas_pending
 from runbook_lib.exceptions import BadInput, RunbookError
 from runbook_lib.run.audit import git_commit, redact
 
@@ -152,7 +152,7 @@ def _check(args) -> int:
     from runbook_lib.sections.validate import balance, health
     params = load_params(args.params)
     topo = observe(params.model.cluster.seed, params.credentials())
-    checks = health(topo, pending_replicas=set(new_master_addresses(params))) + [balance(topo)]
+    checks = health(topo, pending_replicas=replicas_pending(params)) + [balance(topo)]
     checks[-1].status = "pass" if checks[-1].ok else "warn"
     print(pd.DataFrame([c.__dict__ for c in checks]).to_string(index=False))
     failed = [c for c in checks if c.status == "fail"]
