@@ -6,6 +6,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import (
@@ -97,14 +98,24 @@ class NewMaster(_Section):
 
 
 PRESETS = {
-    "fast": {},
-    "gentle": {"slots_per_batch": 32, "slots_in_flight": 1, "migrates_per_round_trip": 1, "keys_per_migrate": 100,
-               "pause_between_batches_s": 0.0, "max_slots_per_s": 5.0},
+    "budget": {"pace": "budget", "slots_per_batch": 256, "slots_in_flight": 16, "migrates_per_round_trip": 4,
+               "keys_per_migrate": 1000, "max_slots_per_s": 64.0},
+    "fast": {"pace": "fixed"},
+    "gentle": {"pace": "fixed", "slots_per_batch": 32, "slots_in_flight": 1, "migrates_per_round_trip": 1,
+               "keys_per_migrate": 100, "pause_between_batches_s": 0.0, "max_slots_per_s": 5.0},
 }
+DEFAULT_PRESET = "budget"
 
 
 class Migration(_Section):
     """How slots move: batch size, keys per MIGRATE, timeouts, pacing; `preset` fills the keys not given.
+
+    `pace: budget` (preset `budget`, the default) lets the governor (watch/pace.py) set slots in flight, keys per
+    MIGRATE and the slot rate about once a second from the clients' latency against `gates.latency_budget_pct` and
+    the node gates, from `start_slots_per_s` up to the ceilings `max_slots_per_s`, `slots_in_flight` and
+    `keys_per_migrate`, down to `min_slots_per_s`. `pace: fixed` (presets `fast`, `gentle`) moves at those settings,
+    slowed only by failing gates between batches. Every MIGRATE carries at most what the source sends in
+    `max_migrate_ms` at its measured throughput (0: keys only), big values alone.
 
     `max_slots_per_s` spreads slot moves evenly in time over all sources (0: as fast as they go): clients meet one
     short disturbance at a time instead of bursts. `allow_master_without_replica` lets slots move to a new master
@@ -115,7 +126,8 @@ class Migration(_Section):
     `client_learn_wait_s` (0: no wait) the run goes on at its pace and the journal says the clients were not seen.
     """
 
-    preset: str = "fast"
+    preset: str = DEFAULT_PRESET
+    pace: Literal["budget", "fixed"] = "budget"
     slots_per_batch: int = Field(256, ge=1, le=16384)
     keys_per_migrate: int = Field(1000, ge=1, le=100000)
     slots_in_flight: int = Field(32, ge=1, le=1024)
@@ -123,6 +135,9 @@ class Migration(_Section):
     migrate_timeout_ms: int = Field(10000, ge=100)
     pause_between_batches_s: float = Field(0.0, ge=0)
     max_slots_per_s: float = Field(0.0, ge=0)
+    start_slots_per_s: float = Field(2.0, gt=0)
+    min_slots_per_s: float = Field(0.5, gt=0)
+    max_migrate_ms: float = Field(20.0, ge=0)
     warmup_slot: bool = True
     convergence_timeout_s: float = Field(60.0, gt=0)
     allow_master_without_replica: bool = False
@@ -131,11 +146,20 @@ class Migration(_Section):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data):
-        if isinstance(data, dict) and "preset" in data:
-            if data["preset"] not in PRESETS:
-                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {data['preset']!r}")
-            return {**PRESETS[data["preset"]], **data}
+        if isinstance(data, dict):
+            name = data.get("preset", DEFAULT_PRESET)
+            if name not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+            return {**PRESETS[name], **data}
         return data
+
+    @model_validator(mode="after")
+    def _budget_ceiling(self):
+        if self.pace == "budget" and not self.max_slots_per_s:
+            raise ValueError("pace: budget needs a ceiling: max_slots_per_s > 0")
+        if self.pace == "budget" and self.min_slots_per_s > min(self.start_slots_per_s, self.max_slots_per_s):
+            raise ValueError("min_slots_per_s must not exceed start_slots_per_s nor max_slots_per_s")
+        return self
 
 
 class Gates(_Section):

@@ -27,6 +27,11 @@ class CheckFailed(RunbookError):
     exit_code = 1
 
 
+class PaceStop(CheckFailed):
+    """The pace stopped the run between slots (gates kept failing, the off-peak window closed): no slot is open
+    and the cluster is consistent; `runbook resume` goes on."""
+
+
 class MigrationError(RunbookError):
     """A slot move stopped; the slot is left open for a deliberate repair (`runbook resume`)."""
 

@@ -40,7 +40,7 @@ from runbook_lib.cluster.slots import (
 )
 from runbook_lib.cluster.topology import Topology, observe_any
 from runbook_lib.config import BigKeys, Credentials, Migration, parse_address
-from runbook_lib.exceptions import BadInput, MigrationError
+from runbook_lib.exceptions import BadInput, MigrationError, PaceStop
 
 BIG_KEYS_SCRIPT = """local out = {}
 for _, key in ipairs(KEYS) do
@@ -52,9 +52,18 @@ return out"""
 
 
 class Pace(Protocol):
-    """What sets the pace between batches (the watch layer's throttle): the settings for the next batch."""
+    """What sets the pace (the watch layer's governor or throttle): the settings before each batch, and before each
+    group of slots a worker starts, where it may wait or raise `PaceStop` to stop the run between slots."""
 
     def before_batch(self, number: int) -> Migration: ...
+
+    def before_group(self) -> Migration: ...
+
+    def end(self) -> None: ...
+
+
+INITIAL_MIGRATE_BYTES_PER_S = 20e6
+"""Until a source's MIGRATE throughput is measured, assume this (cautious: loopback measures several times it)."""
 
 
 class TopologyChanged(Exception):
@@ -95,6 +104,25 @@ class Pacer:
         return wait
 
 
+def chunk_by_bytes(keys: list[bytes], sizes: dict[bytes, int], limit: int | None) -> list[list[bytes]]:
+    """Split keys, in order, into runs of at most `limit` bytes by `sizes` (unknown size: 0), one key at least each
+    (pure); no limit: one run."""
+    if not keys:
+        return []
+    if limit is None:
+        return [list(keys)]
+    runs: list[list[bytes]] = [[]]
+    total = 0
+    for k in keys:
+        size = sizes.get(k, 0)
+        if runs[-1] and total + size > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(k)
+        total += size
+    return runs
+
+
 def journal_pairs(journal: Journal) -> list[tuple[str, str]]:
     """Every (replica, master) pair the journal recorded, so a failover before a resume is still followed."""
     return [tuple(p) for e in journal.entries() if e["event"] == "replication" for p in e.get("pairs", [])]
@@ -116,6 +144,8 @@ class Mover:
         self._auth = migrate_auth_args(creds)
         self._refresh_lock = threading.Lock()
         self._pacer = Pacer()
+        self._pace: Pace | None = None
+        self._throughput: dict[str, float] = {}
         self._learn_lock = threading.Lock()
         self._known: set[str] = set()
         self._learning: dict[str, tuple[float, float]] = {}
@@ -153,14 +183,17 @@ class Mover:
 
     # -- the plan, batch by batch -------------------------------------------------------------------------------
 
-    def run(self, plan: Plan, progress: bool = True, throttle: "Pace | None" = None) -> list[BatchResult]:
-        """Move the plan batch by batch; a throttle may shrink batches, change the pace, or pause the run."""
+    def run(self, plan: Plan, progress: bool = True, throttle: "Pace | None" = None,
+            max_batches: int | None = None) -> list[BatchResult]:
+        """Move the plan batch by batch (at most `max_batches` of them); a pace may shrink batches, change the pace
+        while slots move, or stop the run between slots."""
         results: list[BatchResult] = []
         queue = [list(b) for b in plan.batches]
         bar = tqdm(total=len(plan.moves), unit="slot", desc="migrating", disable=not progress)
         self._broadcaster = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broadcast")
+        self._pace = throttle
         try:
-            while queue:
+            while queue and (max_batches is None or len(results) < max_batches):
                 number = len(results) + 1
                 if throttle is not None:
                     self.settings = throttle.before_batch(number)
@@ -177,6 +210,9 @@ class Mover:
         finally:
             self._broadcaster.shutdown(wait=True)
             self._broadcaster = None
+            self._pace = None
+            if throttle is not None:
+                throttle.end()
             bar.close()
         return results
 
@@ -208,6 +244,8 @@ class Mover:
                             seconds=round(ended - started, 3), errors=[str(e) for e in failures])
         if failures:
             first = next((e for e in failures if isinstance(e, MigrationError)), failures[0])
+            if isinstance(first, PaceStop):
+                raise first
             if not isinstance(first, MigrationError):
                 raise MigrationError(batch[0].slot, f"batch {number} stopped: {first}; `runbook check` shows the "
                                                     "state, `runbook resume` finishes it") from first
@@ -220,6 +258,8 @@ class Mover:
         one slot at a time towards a target the applications do not know yet."""
         keys, i = 0, 0
         while i < len(moves):
+            if self._pace is not None:
+                self.settings = self._pace.before_group()
             k = self.settings.slots_in_flight if self.clients_know(moves[i].target) else 1
             group = moves[i: i + k]
             i += len(group)
@@ -397,13 +437,17 @@ class Mover:
         listed = self._pipeline(s, [("CLUSTER", "GETKEYSINSLOT", slot, self.settings.keys_per_migrate)
                                     for slot in slots])
         slot_keys = dict(zip(slots, listed))
-        self._guard(s, slot_keys, is_open=True)
+        sizes = self._sizes(s, slot_keys)
+        self._guard(s, slot_keys, is_open=True, sizes=sizes)
         host, port = parse_address(self.address[t])
+        limit = self.migrate_bytes(s)
         migrates = [(slot, keys, ("MIGRATE", host, port, "", 0, timeout, *self._auth, "KEYS", *keys))
-                    for slot in slots for keys, timeout in self._groups(slot_keys[slot])]
+                    for slot in slots for keys, timeout in self._groups(slot_keys[slot], sizes, limit)]
         self.journal.record("keys_migrating", slots={slot: len(k) for slot, k in slot_keys.items()}, source=s,
                             target=t)
-        replies = self._migrate_rounds(s, [m[2] for m in migrates], [("CLUSTER", "COUNTKEYSINSLOT", x) for x in slots])
+        weights = [sum(sizes.get(k, 0) for k in keys) for _, keys, _ in migrates]
+        replies = self._migrate_rounds(s, [m[2] for m in migrates], [("CLUSTER", "COUNTKEYSINSLOT", x) for x in slots],
+                                       weights)
         counts = replies[len(migrates):]
         moved: dict[int, int] = defaultdict(int)
         failed: list[tuple[int, list[bytes], Exception]] = []
@@ -412,7 +456,7 @@ class Mover:
                 failed.append((slot, keys, reply))
             else:
                 moved[slot] += len(keys)
-        self.journal.record("keys_migrated", slots=dict(moved), source=s, target=t)
+        self.journal.record("keys_migrated", slots=dict(moved), source=s, target=t, bytes=sum(weights))
         failpoint("after_migrate")
         for slot, left in zip(slots, counts):
             n = int(left) if isinstance(left, int) else states[slot].keys.get(s, 0)
@@ -491,21 +535,53 @@ class Mover:
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
-    def _migrate_rounds(self, src_id: str, migrates: list[tuple], then: list[tuple]) -> list:
+    def _migrate_rounds(self, src_id: str, migrates: list[tuple], then: list[tuple],
+                        weights: list[int] | None = None) -> list:
         """MIGRATEs at most `migrates_per_round_trip` per round trip, then `then` with the last: a source serves its
-        clients between rounds. A client timeout counts as a failed MIGRATE for the commands of its round."""
+        clients between rounds. A client timeout counts as a failed MIGRATE for the commands of its round. With
+        `weights` (bytes per MIGRATE) each round measures the source's MIGRATE throughput."""
         depth = self.settings.migrates_per_round_trip
-        rounds = [migrates[i: i + depth] for i in range(0, len(migrates), depth)] or [[]]
-        rounds[-1] = rounds[-1] + then
+        rounds = [list(range(i, min(i + depth, len(migrates)))) for i in range(0, len(migrates), depth)] or [[]]
         out: list = []
-        for commands in rounds:
+        for n, indices in enumerate(rounds):
+            commands = [migrates[i] for i in indices] + (then if n == len(rounds) - 1 else [])
+            started = time.monotonic()
             try:
                 out.extend(self._pipeline(src_id, commands, raise_on_error=False))
             except TopologyChanged as e:
                 if not isinstance(e.__cause__, redis.TimeoutError):
                     raise
                 out.extend([e.__cause__] * len(commands))
+                continue
+            if weights:
+                self._measured(src_id, sum(weights[i] for i in indices), time.monotonic() - started)
         return out
+
+    def _measured(self, src_id: str, nbytes: int, seconds: float) -> None:
+        """Fold one round's bytes per second into the source's MIGRATE throughput (EWMA, weight 0.3); rounds too
+        small to time say nothing."""
+        if nbytes < 4096 or seconds <= 0:
+            return
+        rate = nbytes / seconds
+        old = self._throughput.get(src_id)
+        self._throughput[src_id] = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def migrate_bytes(self, src_id: str) -> int | None:
+        """The most bytes one MIGRATE from this source may carry so it blocks the source for at most
+        `max_migrate_ms` at the throughput measured so far (None: no bound). One key always goes, however big."""
+        if not self.settings.max_migrate_ms:
+            return None
+        rate = self._throughput.get(src_id, INITIAL_MIGRATE_BYTES_PER_S)
+        return max(1, int(rate * self.settings.max_migrate_ms / 1000))
+
+    def _sizes(self, src_id: str, slot_keys: dict[int, list[bytes]]) -> dict[bytes, int]:
+        """MEMORY USAGE of every listed key of open slots, in one round trip (a key just deleted or expired has no
+        size); nothing when neither the big-key threshold nor the MIGRATE time bound needs sizes."""
+        keys = [k for ks in slot_keys.values() for k in ks]
+        if not keys or not (self.threshold or self.settings.max_migrate_ms):
+            return {}
+        sizes = self._pipeline(src_id, [("MEMORY", "USAGE", k) for k in keys], raise_on_error=False)
+        return {k: n for k, n in zip(keys, sizes) if isinstance(n, int)}
 
     def _pipeline(self, node_id: str, commands: list[tuple], raise_on_error: bool = True) -> list:
         """Send commands to one node in one round trip; with raise_on_error, the first error reply raises."""
@@ -535,20 +611,21 @@ class Mover:
             raise MigrationError(-1, f"{self.name(node_id)} answered {r}; the slot is left as it is: "
                                      "`runbook check` shows it")
 
-    def _guard(self, src_id: str, slot_keys: dict[int, list[bytes]], is_open: bool) -> None:
+    def _guard(self, src_id: str, slot_keys: dict[int, list[bytes]], is_open: bool,
+               sizes: dict[bytes, int] | None = None) -> None:
         """Stop at a key over the big-key threshold unless params allow it: before its slot opens, for the first keys.
 
         While a slot is migrating a key that was just deleted or expired would make a script answer ASK/TRYAGAIN,
-        so open slots are sized key by key and such keys are skipped.
+        so open slots are sized key by key (`sizes`, from `_sizes`) and such keys are skipped.
         """
         todo = {slot: keys for slot, keys in slot_keys.items() if keys}
         if not todo or not self.threshold:
             return
         found: list[tuple[int, bytes, int]] = []
         if is_open:
-            pairs = [(slot, k) for slot, keys in todo.items() for k in keys]
-            sizes = self._pipeline(src_id, [("MEMORY", "USAGE", k) for _, k in pairs], raise_on_error=False)
-            found = [(slot, k, n) for (slot, k), n in zip(pairs, sizes) if isinstance(n, int) and n >= self.threshold]
+            sizes = self._sizes(src_id, todo) if sizes is None else sizes
+            found = [(slot, k, sizes[k]) for slot, keys in todo.items() for k in keys
+                     if sizes.get(k, 0) >= self.threshold]
         else:
             replies = self._pipeline(src_id, [("EVAL", BIG_KEYS_SCRIPT, len(keys), *keys, self.threshold)
                                               for keys in todo.values()])
@@ -564,11 +641,12 @@ class Mover:
                                        f"({self.threshold / 1048576:.1f} MB); {where}. Split or delete it, or allow it "
                                        "in params (bigkeys.allow: {key: migrate_timeout_ms}), then `runbook resume`")
 
-    def _groups(self, keys: list[bytes]):
-        """Keys for one MIGRATE each: allowed big keys alone with their own timeout, the rest together."""
+    def _groups(self, keys: list[bytes], sizes: dict[bytes, int] | None = None, limit: int | None = None):
+        """Keys for one MIGRATE each: allowed big keys alone with their own timeout, the rest in MIGRATEs of at most
+        `limit` bytes by `sizes` (at least one key each)."""
         plain = [k for k in keys if k.decode(errors="replace") not in self.allowed]
-        if plain:
-            yield plain, self.settings.migrate_timeout_ms
+        for part in chunk_by_bytes(plain, sizes or {}, limit):
+            yield part, self.settings.migrate_timeout_ms
         for k in keys:
             name = k.decode(errors="replace")
             if name in self.allowed:

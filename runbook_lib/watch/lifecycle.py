@@ -299,6 +299,13 @@ class WatchWhenMoving:
                 self.on_start(self.watch)
         return self.watch.throttle.before_batch(number)
 
+    def before_group(self):
+        return self.watch.throttle.before_group()
+
+    def end(self) -> None:
+        if self.watch is not None:
+            self.watch.throttle.end()
+
 
 def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True):
     """The migration under watch: observers started, baseline measured, every batch gated by the throttle.

@@ -16,12 +16,12 @@ from typing import Callable
 from runbook_lib.checks import Check
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Migration
-from runbook_lib.exceptions import CheckFailed
+from runbook_lib.exceptions import PaceStop
 
 Gate = Callable[[float | None], list[Check]]
 
 
-class GatePaused(CheckFailed):
+class GatePaused(PaceStop):
     """A gate kept failing: the run paused between batches with the cluster consistent."""
 
 
@@ -89,6 +89,13 @@ class Throttle:
                      pause_s=s.pause_between_batches_s, max_slots_per_s=s.max_slots_per_s)
         self.decisions.append(d)
         self.journal.record("gate", **asdict(d))
+
+    def before_group(self) -> Migration:
+        """A fixed pace changes only between batches."""
+        return self.settings
+
+    def end(self) -> None:
+        """Nothing runs between batches."""
 
     def before_batch(self, batch: int) -> Migration:
         """Evaluate the gate; returns the pace for the next batch, or pauses the run.

@@ -22,7 +22,7 @@ def scripted(*answers):
 
 
 def make(tmp_path, gate, **kw):
-    return Throttle(Migration(slots_per_batch=256, slots_in_flight=32, keys_per_migrate=1000), gate,
+    return Throttle(Migration(preset="fast", slots_per_batch=256, slots_in_flight=32, keys_per_migrate=1000), gate,
                     Journal(tmp_path / "j.jsonl"), sleep=lambda s: None, **kw)
 
 
@@ -75,10 +75,10 @@ def test_pace_recovers_one_step_per_passing_batch(tmp_path):
 
 
 def test_steps_stay_within_bounds():
-    tiny = Migration(slots_per_batch=1, slots_in_flight=1, migrates_per_round_trip=1, keys_per_migrate=10,
+    tiny = Migration(preset="fast", slots_per_batch=1, slots_in_flight=1, migrates_per_round_trip=1, keys_per_migrate=10,
                      pause_between_batches_s=10)
     assert slower(tiny) == tiny
-    base = Migration()
+    base = Migration(preset="fast")
     assert faster(slower(slower(base)), base) == slower(base)
 
 
@@ -87,9 +87,9 @@ def test_slot_rate_halves_and_recovers_when_one_is_set():
     assert gentle.max_slots_per_s == 5.0
     assert slower(gentle).max_slots_per_s == 2.5
     assert faster(slower(gentle), gentle).max_slots_per_s == 5.0
-    assert slower(Migration(max_slots_per_s=0.6)).max_slots_per_s == 0.5
-    assert slower(Migration(max_slots_per_s=0.2)).max_slots_per_s == 0.2, "a step down never speeds up"
-    assert slower(Migration()).max_slots_per_s == 0.0, "an unpaced run stays unpaced; the other steps slow it"
+    assert slower(Migration(preset="fast", max_slots_per_s=0.6)).max_slots_per_s == 0.5
+    assert slower(Migration(preset="fast", max_slots_per_s=0.2)).max_slots_per_s == 0.2, "a step down never speeds up"
+    assert slower(Migration(preset="fast")).max_slots_per_s == 0.0, "an unpaced run stays unpaced; the other steps slow it"
 
 
 def test_the_gate_window_covers_the_latest_moving_seconds_not_the_idle_ones(tmp_path):
