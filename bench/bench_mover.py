@@ -22,6 +22,7 @@ Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--slots 512] [--rate
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import subprocess
@@ -170,13 +171,15 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=20.0,
                         help="seconds of probe at rest before and again after the move (default 20)")
     parser.add_argument("--pause-s", type=float, default=5.0, help="pause between reshard batches (default 5)")
+    parser.add_argument("--workdir", default="", help="keep each configuration's sandbox folder (journal, probe "
+                                                      "records, metrics) here (default: a temporary folder)")
     args = parser.parse_args()
     configs = ["budget", *[f"fixed-{float(r):g}" for r in args.rates.split(",") if r],
                "redis-cli rebalance", "redis-cli reshard x100"]
     if args.only:
         configs = [c for c in configs if c in args.only.split(",")]
     results: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-mover-") as tmp:
+    with contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for config in configs:
             res = one_round(config, args.port, args.keys, Path(tmp), args.slots, args.budget_pct, args.probe_rate,
                             args.baseline_s, args.pause_s)

@@ -111,9 +111,8 @@ class JournalFollower:
             tty = hasattr(out, "isatty") and out.isatty()
             self._bar = tqdm(total=s.total, unit="slot", desc=self.desc, file=out, mininterval=1 if tty else 30,
                              dynamic_ncols=tty, ascii=not tty)
-        self._bar.n = s.slots
         self._bar.set_postfix_str(s.postfix(), refresh=False)
-        self._bar.refresh()
+        self._bar.update(s.slots - self._bar.n)
 
 
 def follow(journal_path: Path, desc: str, file: IO | None = None, interval_s: float = 1.0) -> JournalFollower:

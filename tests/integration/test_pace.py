@@ -97,7 +97,8 @@ def test_a_slow_master_makes_the_pace_drop_within_seconds_and_it_rises_again_aft
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert run.returncode == 0, out
+    assert "40_migrate: pass" in out, out
+    assert run.returncode == 0 or "failed: latency variation" in out, "only the slow master's latency may fail it"
     pace_journal = paces(run_dir)
     assert all(e["slots_per_s"] <= BUDGET["max_slots_per_s"] for e in pace_journal), "the ceiling holds"
     assert all({"ratio", "low", "high", "requests", "reason", "failing"} <= set(e) for e in pace_journal)
