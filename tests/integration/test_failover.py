@@ -67,7 +67,7 @@ def test_source_failover_mid_migration_loses_nothing(sandbox, tmp_path):
     source = topo.by_address(SEED)
     replica = topo.replicas_of(source.id)[0]
 
-    settings = Migration(slots_per_batch=128, pause_between_batches_s=0.3, convergence_timeout_s=60)
+    settings = Migration(preset="fast", slots_per_batch=128, pause_between_batches_s=0.3, convergence_timeout_s=60)
     hook = FailOverBeforeBatch(settings, creds, SEED, replica.address)
     plan, batches = migrate(topo, creds, [NEW], settings, journal, progress=False, throttle=hook)
 

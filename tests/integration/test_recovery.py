@@ -96,7 +96,7 @@ def test_master_killed_while_its_slot_is_open_resume_finishes_towards_the_promot
         creds = sb.credentials()
         run_dir = tmp_path / "run"
         seed, new, new_replica = f"127.0.0.1:{port}", f"127.0.0.1:{port + 6}", f"127.0.0.1:{port + 7}"
-        plan = current_plan(observe(seed, creds), creds, [new], Migration(warmup_slot=False), allow_unjoined=True)
+        plan = current_plan(observe(seed, creds), creds, [new], Migration(preset="fast", warmup_slot=False), allow_unjoined=True)
         slot = plan.moves[0].slot
         fill_slot(sb, seed, slot, 40)
         before = data_snapshot(seed, creds)
@@ -162,10 +162,10 @@ def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
     client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
     assert misplaced_keys(observe(seed, creds), creds) == {slot: {other.id: 30}}
 
-    dry = repair(observe(seed, creds), creds, journal, Migration(), apply=False)
+    dry = repair(observe(seed, creds), creds, journal, Migration(preset="fast"), apply=False)
     assert any("rescue stranded keys" in a for a in dry.actions), dry
     assert misplaced_keys(observe(seed, creds), creds) == {slot: {other.id: 30}}, "a dry run changed something"
-    done = repair(observe(seed, creds), creds, journal, Migration(), apply=True)
+    done = repair(observe(seed, creds), creds, journal, Migration(preset="fast"), apply=True)
     assert done.actions
     assert misplaced_keys(observe(seed, creds), creds) == {}
     assert node_client(seed, creds).get(f"{{{tag}}}:stranded:7") == b"v7"
@@ -187,7 +187,7 @@ class PauseTargetWritesBefore:
 def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster):
     sb, seed, new, journal = cluster
     creds = sb.credentials()
-    settings = Migration(slots_per_batch=8, slots_in_flight=8, migrate_timeout_ms=300, warmup_slot=False)
+    settings = Migration(preset="fast", slots_per_batch=8, slots_in_flight=8, migrate_timeout_ms=300, warmup_slot=False)
     plan = current_plan(observe(seed, creds), creds, [new], settings)
     for move in plan.moves[:16]:
         fill_slot(sb, seed, move.slot, 20, prefix="timeout")
@@ -199,7 +199,7 @@ def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster
     assert any(e["event"] == "keys_located" for e in journal.entries())
     assert observe(seed, creds).open_slots(), "the failed slot must be left open"
     time.sleep(1.5)
-    migrate(observe(seed, creds), creds, [new], Migration(), journal, progress=False)
+    migrate(observe(seed, creds), creds, [new], Migration(preset="fast"), journal, progress=False)
     assert_sound(seed, creds, before)
 
 
@@ -211,7 +211,7 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
         creds = sb.credentials()
         journal = Journal(tmp_path / "journal.jsonl")
         seed, new, _ = joined(sb, PORT + 60, journal)
-        plan = current_plan(observe(seed, creds), creds, [new], Migration(warmup_slot=False))
+        plan = current_plan(observe(seed, creds), creds, [new], Migration(preset="fast", warmup_slot=False))
         owner = node_client(seed, creds)
         slots = [m.slot for m in plan.moves if m.source == observe(seed, creds).by_address(seed).id][:40]
         for slot in slots:
@@ -221,7 +221,7 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
                 pipe.set(f"{{{tag}}}:ttl:{i}", "x", px=300 + 40 * i)
             pipe.execute()
         before = data_snapshot(seed, creds)
-        settings = Migration(keys_per_migrate=10, slots_in_flight=4, warmup_slot=False)
+        settings = Migration(preset="fast", keys_per_migrate=10, slots_in_flight=4, warmup_slot=False)
         plan, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
                                 bigkeys=BigKeys(threshold_bytes=1 << 20))
         assert sum(b.slots for b in batches) == 4096
@@ -238,7 +238,7 @@ def test_whole_run_killed_on_the_batched_path_then_resumed(tmp_path, point):
     try:
         creds = sb.credentials()
         seed, run_dir = f"127.0.0.1:{port}", tmp_path / "run"
-        plan = current_plan(observe(seed, creds), creds, [f"127.0.0.1:{port + 6}"], Migration(), allow_unjoined=True)
+        plan = current_plan(observe(seed, creds), creds, [f"127.0.0.1:{port + 6}"], Migration(preset="fast"), allow_unjoined=True)
         for move in plan.moves[:64]:
             fill_slot(sb, seed, move.slot, 12, prefix="batched")
         before = data_snapshot(seed, creds)

@@ -100,7 +100,7 @@ def test_big_key_stops_before_its_slot_unless_allowed(cluster):
     sb, port, run_dir = cluster
     creds = sb.credentials()
     seed, target = f"127.0.0.1:{port}", f"127.0.0.1:{port + 6}"
-    plan = current_plan(observe(seed, creds), creds, [target], Migration())
+    plan = current_plan(observe(seed, creds), creds, [target], Migration(preset="fast"))
     slot = plan.batches[1][0].slot
     (big,) = fill_slot(sb, seed, slot, 1, prefix="big")
     topo = observe(seed, creds)

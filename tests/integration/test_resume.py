@@ -36,7 +36,7 @@ def sandbox(tmp_path_factory):
 def first_slot(sandbox):
     """The first slot the plan moves, filled with 40 keys so that 5 keys per MIGRATE take several rounds."""
     creds = sandbox.credentials()
-    plan = current_plan(observe(SEED, creds), creds, [f"127.0.0.1:{PORT + 6}"], Migration(warmup_slot=False),
+    plan = current_plan(observe(SEED, creds), creds, [f"127.0.0.1:{PORT + 6}"], Migration(preset="fast", warmup_slot=False),
                         allow_unjoined=True)
     slot = plan.moves[0].slot
     fill_slot(sandbox, SEED, slot, 40)

@@ -44,7 +44,7 @@ def test_live_writer_passes_and_a_stranded_key_fails(tmp_path):
 
         thread = threading.Thread(target=writer)
         thread.start()
-        migrate(observe(SEED, creds), creds, [new], Migration(), journal, progress=False)
+        migrate(observe(SEED, creds), creds, [new], Migration(preset="fast"), journal, progress=False)
         thread.join(timeout=300)
         assert done.is_set(), "the writer did not finish"
         topo = observe(SEED, creds)
