@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -16,7 +17,7 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
-from runbook_lib import exceptions
+from runbook_lib import exceptions, progress
 from runbook_lib.cluster.lock import LOCK_KEY, RunLock, new_run_id
 from runbook_lib.config import known_secrets, load_params
 from runbook_lib.exceptions import BadInput, RunLocked
@@ -243,6 +244,8 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
     target = run_dir / f"{name}.ipynb"
     started = time.time()
     error = ""
+    headless = os.environ.get(progress.HEADLESS_ENV)
+    os.environ[progress.HEADLESS_ENV] = "1"  # the kernel inherits it: no progress bars in the audit record
     try:
         papermill.execute_notebook(str(source), str(target), kernel_name="python3", progress_bar=False,
                                    parameters={"params_file": str(params_path), "run_dir": str(run_dir)},
@@ -251,6 +254,11 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
         error = f"{e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died or could not start: record it and stop the run, never crash the runner
         error = f"{type(e).__name__}: {e} (the notebook's process ended; `runbook check` shows the cluster state)"
+    finally:
+        if headless is None:
+            os.environ.pop(progress.HEADLESS_ENV, None)
+        else:
+            os.environ[progress.HEADLESS_ENV] = headless
     seconds = time.time() - started
     page = export_html(target) if target.exists() else None
     verdict_path = run_dir / RESULTS_DIR / f"{name}.json"
