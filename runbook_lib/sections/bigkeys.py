@@ -296,8 +296,8 @@ def scan_slots(topo: Topology, creds: Credentials, slots: set[int], threshold_by
             bar.set_postfix_str(node)
             with node_client(node, creds) as client:
                 for slot in node_slots:
-                    held = int(client.execute_command("CLUSTER COUNTKEYSINSLOT", slot))
-                    keys = client.execute_command("CLUSTER GETKEYSINSLOT", slot, held) if held else []
+                    held = int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
+                    keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, held) if held else []
                     for i in range(0, len(keys), count):
                         for stat in _measure(client, node, keys[i:i + count], pacer):
                             tally.add(stat)
