@@ -26,3 +26,15 @@ def test_headless_runs_and_logs_draw_none_terminals_do(monkeypatch):
             return True
     monkeypatch.setattr("sys.stderr", Tty())
     assert progress.wanted()
+
+
+def test_a_bgsave_shows_what_it_waits_for_then_keys_saved_of_the_total():
+    from tqdm.auto import tqdm
+
+    from runbook_lib.sections.backup import _show_save
+    bar = tqdm(total=None, disable=True)
+    _show_save(bar, {"rdb_bgsave_in_progress": 0, "aof_rewrite_in_progress": 1}, "waiting for an AOF rewrite to end")
+    assert bar.postfix == "waiting for an AOF rewrite to end" and bar.total is None
+    _show_save(bar, {"rdb_bgsave_in_progress": 1, "current_save_keys_total": 100, "current_save_keys_processed": 40,
+                     "rdb_current_bgsave_time_sec": 2}, "unused")
+    assert (bar.n, bar.total, bar.postfix) == (40, 100, "saving, 2 s")
