@@ -110,7 +110,15 @@ def acceptance_latency(latency: dict) -> Figure:
     ax.set_xlim(0, span)
     ax.set_xlabel("seconds since the first slot opened (only requests while slots moved are counted)")
     ax.set_ylabel("client latency p99 (ms)")
-    ax.set_ylim(bottom=0)
+    shown = max([p["p99_ms"] for p in points] + [base * (latency.get("high") or 1), base * (1 + article / 100),
+                                                  latency["during_p99_ms"]])
+    limit = base * (1 + budget / 100)
+    if limit > 3 * shown:
+        ax.set_ylim(0, shown * 1.4)
+        ax.annotate(f"budget line at {limit:.1f} ms, above the chart", xy=(0.99, 0.97), xycoords="axes fraction",
+                    ha="right", va="top", fontsize=8, color="#c0392b")
+    else:
+        ax.set_ylim(bottom=0)
     ratio = latency.get("ratio")
     change = f"{(ratio - 1) * 100:+.0f} %" if ratio is not None else "n/a"
     ax.set_title(f"Latency verdict: {latency['verdict'].upper()}: p99 while slots moved {change} vs baseline "
