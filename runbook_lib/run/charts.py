@@ -47,7 +47,8 @@ def batch_progress(batches: list[dict]) -> Figure:
 
 def batch_latency(table, baseline_p99_ms: float | None, decisions: list | None = None,
                   budget_pct: float = 10.0) -> Figure:
-    """Per batch: probe p50/p99 against the baseline band, throughput, and where the throttle slowed down."""
+    """Per batch window: probe p50/p99 against the budget band, throughput, and where the throttle slowed down. Each
+    point pools a whole batch window with few samples; the verdict's own chart is `acceptance_latency`."""
     rows = table[table["batch"].notna()] if len(table) else table
     fig = Figure(figsize=(8, 4.2))
     ax, ax_ops = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
@@ -58,13 +59,16 @@ def batch_latency(table, baseline_p99_ms: float | None, decisions: list | None =
         errors = rows[rows["errors"] > 0]
         ax.scatter(errors["batch"], errors["p99_ms"], color="black", marker="x", zorder=5, label="failed requests")
     if baseline_p99_ms:
-        ax.axhspan(0, baseline_p99_ms * (1 + budget_pct / 100), color="#e3f4e1", label=f"baseline p99 +{budget_pct:g} %")
+        ax.axhspan(0, baseline_p99_ms * (1 + budget_pct / 100), color="#e3f4e1",
+                   label=f"budget: baseline p99 +{budget_pct:g} %")
         ax.axhline(baseline_p99_ms, color="#27ae60", linestyle="--", linewidth=1)
     for d in decisions or []:
         if d.action in ("slow down", "pause"):
             ax.axvline(d.batch, color="#e67e22", linewidth=1, alpha=0.6)
     ax.set_ylabel("latency (ms)")
-    ax.set_title("Client latency per batch (traffic probe); orange lines: throttle slowed down")
+    ax.set_title("Client latency per batch window, pauses and gate waits included (not the verdict's statistic: "
+                 "60_validate judges the samples while slots moved, pooled); orange lines: throttle slowed down",
+                 fontsize=9, wrap=True)
     ax.legend(fontsize=7, loc="upper right")
     ax_ops.set_ylabel("req/s")
     ax_ops.set_xlabel("batch")
@@ -110,5 +114,54 @@ def pace_timeline(series, decisions: list[dict], baseline_p99_ms: float | None =
     ax_pace.set_ylabel("slots/s")
     ax_pace.set_xlabel("seconds since the first slot opened")
     ax_pace.legend(fontsize=7, loc="upper left")
+
+
+def acceptance_latency(latency: dict) -> Figure:
+    """The latency verdict drawn from its own numbers (acceptance.json): the baseline p99, the budget the verdict
+    used (and the article's +10 % when that differs), the p99 of every sample while slots moved pooled, with its
+    interval, and the p99 of consecutive groups of those same samples over time."""
+    fig = Figure(figsize=(8, 3.8))
+    ax = fig.subplots()
+    if not latency.get("measured"):
+        ax.text(0.5, 0.5, "latency NOT MEASURED\n(no traffic probe, or no request while slots moved)",
+                ha="center", va="center", fontsize=12, color="#a30000", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    base, budget = latency["baseline_p99_ms"], latency["budget_pct"]
+    points = latency.get("points") or []
+    t0 = points[0]["start"] if points else 0.0
+    xs = [((p["start"] + p["end"]) / 2 - t0) for p in points]
+    span = max([p["end"] - t0 for p in points] + [1.0])
+    ax.axhline(base, color="#27ae60", linestyle="--", linewidth=1, label=f"baseline p99 {base:.2f} ms")
+    ax.axhline(base * (1 + budget / 100), color="#c0392b", linewidth=1.5,
+               label=f"budget the verdict used: baseline +{budget:g} %")
+    article = latency["article_budget_pct"]
+    if article != budget:
+        ax.axhline(base * (1 + article / 100), color="#e67e22", linestyle=":", linewidth=1.5,
+                   label=f"the article's limit: baseline +{article:g} % ({latency['article_verdict']})")
+    if latency.get("low") is not None and latency.get("high") is not None:
+        ax.axhspan(base * latency["low"], base * latency["high"], color="#2f6fb0", alpha=0.18,
+                   label=f"verdict: pooled p99 {latency['during_p99_ms']:.2f} ms, 95 % interval")
+    ax.axhline(latency["during_p99_ms"], color="#2f6fb0", linewidth=1.5)
+    if points:
+        ax.plot(xs, [p["p99_ms"] for p in points], marker="o", markersize=3, linestyle="", color="#555",
+                label=f"p99 of each ~{points[0]['n']} of the same samples, in time order")
+    ax.set_xlim(0, span)
+    ax.set_xlabel("seconds since the first slot opened (only requests while slots moved are counted)")
+    ax.set_ylabel("client latency p99 (ms)")
+    shown = max([p["p99_ms"] for p in points] + [base * (latency.get("high") or 1), base * (1 + article / 100),
+                                                  latency["during_p99_ms"]])
+    limit = base * (1 + budget / 100)
+    if limit > 3 * shown:
+        ax.set_ylim(0, shown * 1.4)
+        ax.annotate(f"budget line at {limit:.1f} ms, above the chart", xy=(0.99, 0.97), xycoords="axes fraction",
+                    ha="right", va="top", fontsize=8, color="#c0392b")
+    else:
+        ax.set_ylim(bottom=0)
+    ratio = latency.get("ratio")
+    change = f"{(ratio - 1) * 100:+.0f} %" if ratio is not None else "n/a"
+    ax.set_title(f"Latency verdict: {latency['verdict'].upper()}: p99 while slots moved {change} vs baseline "
+                 f"(budget +{budget:g} %)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

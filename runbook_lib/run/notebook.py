@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from IPython.display import Image
+
 from runbook_lib import __version__
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.journal import Journal
@@ -109,30 +111,50 @@ class Section:
         self.save_json("baseline.json", data)
         return data
 
-    def save_figure(self, fig, name: str):
-        """Save a chart as PNG in the run's charts folder and return the figure for display."""
+    def save_figure(self, fig, name: str) -> Image:
+        """Save a chart as PNG in the run's charts folder and return that PNG for display: it shows under the cell
+        whatever matplotlib backend the kernel has (a bare Figure shows as `<Figure size ...>` without the inline one),
+        and the notebook shows exactly the file the report links."""
         folder = self.run_dir / CHARTS_DIR
         folder.mkdir(exist_ok=True)
-        fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
-        return fig
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        return Image(data=path.read_bytes(), format="png", alt=f"chart {name} (charts/{path.name})")
 
-    def finish(self, checks: list | None = None, summary: str = "") -> dict:
-        """Record this section's verdict; raise CheckFailed when any check failed, so `runbook run` stops."""
+    def finish(self, checks: list | None = None, summary: str = "") -> "Verdict":
+        """Record this section's verdict in results/<section>.json and return it (it shows as one line under the
+        cell); raise CheckFailed when any check failed, so `runbook run` stops, naming each failed check and why."""
         rows = [_plain(c) for c in (checks or [])]
         failed = [r for r in rows if r.get("status") == "fail"]
         warned = [r for r in rows if r.get("status") == "warn"]
         status = "fail" if failed else ("warn" if warned else "pass")
-        if not summary:
-            summary = (f"{len(failed)} of {len(rows)} checks failed: " + "; ".join(r["name"] for r in failed)
-                       if failed else f"{len(rows)} checks, {len(warned)} warnings")
-        verdict = {"section": self.name, "status": status, "summary": summary, "checks": rows,
-                   "seconds": round(time.time() - self.started, 2), **self.provenance()}
+        if failed:
+            summary = (f"{len(failed)} of {len(rows)} checks failed: "
+                       + "; ".join(f"{r['name']} ({r['detail']})" if r.get("detail") else r["name"] for r in failed))
+        elif not summary:
+            summary = f"{len(rows)} checks, {len(warned)} warnings"
+        verdict = Verdict({"section": self.name, "status": status, "summary": summary, "checks": rows,
+                           "seconds": round(time.time() - self.started, 2), **self.provenance()})
         folder = self.run_dir / RESULTS_DIR
         folder.mkdir(exist_ok=True)
         (folder / f"{self.name}.json").write_text(json.dumps(verdict, indent=2, default=str))
         if failed:
             raise CheckFailed(f"{self.name}: {summary}")
         return verdict
+
+
+class Verdict(dict):
+    """A section's recorded verdict (the dict written to results/<section>.json) that a notebook shows as one line,
+    its status, summary and where the full record is, instead of the whole dict."""
+
+    def _repr_markdown_(self) -> str:
+        counts = {s: sum(1 for c in self["checks"] if c.get("status") == s) for s in ("pass", "warn", "fail")}
+        return (f"**{self['section']}: {self['status'].upper()}** ({self['summary']}); "
+                f"{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed; "
+                f"recorded in `{RESULTS_DIR}/{self['section']}.json`")
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(f"{self['section']}: {self['status']} ({self['summary']})")
 
 
 def step_markdown(step: StepReport, applied: bool) -> str:

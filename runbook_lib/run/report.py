@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -16,18 +17,19 @@ import papermill
 from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
-from runbook_lib import exceptions
+from runbook_lib import exceptions, progress
 from runbook_lib.cluster.lock import LOCK_KEY, RunLock, new_run_id
 from runbook_lib.config import known_secrets, load_params
 from runbook_lib.exceptions import BadInput, RunLocked
-from runbook_lib.run import audit
+from runbook_lib.run import audit, verdict_table
 from runbook_lib.run.inputs import check_targets
 from runbook_lib.run.notebook import RESULTS_DIR
-from runbook_lib.watch.lifecycle import stop_all
-from runbook_lib.watch.progress import follow
+from runbook_lib.watch.journal_progress import follow
+from runbook_lib.watch.lifecycle import ACCEPTANCE_FILE, stop_all
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 ROLLBACK = "90_rollback"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
 class LocalKernelManager(AsyncKernelManager):
@@ -244,6 +246,8 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
     target = run_dir / f"{name}.ipynb"
     started = time.time()
     error = ""
+    headless = os.environ.get(progress.HEADLESS_ENV)
+    os.environ[progress.HEADLESS_ENV] = "1"  # the kernel inherits it: no progress bars in the audit record
     try:
         papermill.execute_notebook(str(source), str(target), kernel_name="python3", progress_bar=False,
                                    parameters={"params_file": str(params_path), "run_dir": str(run_dir)},
@@ -252,6 +256,11 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
         error = f"{e.ename}: {e.evalue}"
     except Exception as e:  # the kernel died or could not start: record it and stop the run, never crash the runner
         error = f"{type(e).__name__}: {e} (the notebook's process ended; `runbook check` shows the cluster state)"
+    finally:
+        if headless is None:
+            os.environ.pop(progress.HEADLESS_ENV, None)
+        else:
+            os.environ[progress.HEADLESS_ENV] = headless
     seconds = time.time() - started
     page = export_html(target) if target.exists() else None
     verdict_path = run_dir / RESULTS_DIR / f"{name}.json"
@@ -267,9 +276,12 @@ def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = N
 
 
 def export_html(notebook_path: Path) -> Path:
-    """The executed notebook as a standalone HTML page beside it."""
+    """The executed notebook as a standalone HTML page beside it: outputs shown, each code cell collapsed under
+    "code" (nbconvert's lab template, extended in templates/runbook), no prompts; the .ipynb keeps everything."""
     nb = nbformat.read(str(notebook_path), as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATES_DIR)], template_name="runbook",
+                            exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
     out = notebook_path.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
@@ -288,13 +300,43 @@ def earlier_results(run_dir: Path) -> list[SectionResult]:
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
-table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.4em .6em;text-align:left}
+table{border-collapse:collapse;width:100%;margin:.5em 0}td,th{border:1px solid #ccc;padding:.4em .6em;text-align:left;
+vertical-align:top}caption{text-align:left;font-weight:bold;padding:.3em 0}
 .pass{background:#e3f4e1}.warn{background:#fff4d6}.fail{background:#fbe0de}.pending{color:#888}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f4f4f4;padding:0 .2em}"""
+.headline{font-size:1.3em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f4f4f4;padding:0 .2em}"""
+
+VERDICT_CHARTS = {
+    "acceptance-latency": "The latency verdict from its own numbers: the baseline p99, the budget the verdict used "
+                          "(and the article's +10 % when that differs), the pooled p99 of every request while slots "
+                          "moved with its 95 % interval, and the p99 of consecutive groups of those same requests.",
+    "slots-before-after": "Slots per master before and after the expansion, against the even share.",
+}
+CHART_CAPTIONS = {
+    "slots-planned": "30_plan: slots per master now and as planned.",
+    "batches": "40_migrate: slots moved and seconds taken per batch.",
+    "batch-latency": "40_migrate: probe p50/p99 per batch window, gate waits and pauses included, against the budget "
+                     "band. Each point holds a whole batch window's few requests; the verdict pools only the requests "
+                     "while slots moved (the latency verdict chart above).",
+}
+
+
+def _figure(stem: str, caption: str) -> str:
+    return (f'<figure><img src="charts/{html.escape(stem)}.png" alt="{html.escape(stem)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _verdict_source(run_dir: Path) -> str:
+    """Where the acceptance table comes from, linked when the files are there."""
+    if not (run_dir / f"{verdict_table.VALIDATE}.html").exists():
+        return ""
+    numbers = (f' (the numbers: <a href="{ACCEPTANCE_FILE}">{ACCEPTANCE_FILE}</a>)'
+               if (run_dir / ACCEPTANCE_FILE).exists() else "")
+    return f'<p>From <a href="{verdict_table.VALIDATE}.html">{verdict_table.VALIDATE}</a>{numbers}.</p>'
 
 
 def write_index(result: RunResult, sections: list[str]) -> Path:
-    """index.html: one line per section with its verdict and links, the charts, and the run's artifacts."""
+    """index.html: the article's acceptance table first with the charts that back it, then one line per section with
+    its verdict and links, the other charts, and the run's artifacts."""
     done = {s.name: s for s in earlier_results(result.run_dir)}
     done.update({s.name: s for s in result.sections})
     planned = [n for n in sections if n != ROLLBACK or n in done]
@@ -307,17 +349,29 @@ def write_index(result: RunResult, sections: list[str]) -> Path:
         links = " · ".join(f'<a href="{html.escape(f)}">{kind}</a>' for kind, f in (("report", s.html), ("notebook", s.notebook)) if f)
         rows.append(f'<tr class="{s.status}"><td>{name}</td><td>{s.status}</td><td>{html.escape(s.summary)}</td>'
                     f'<td>{links} ({s.seconds:.1f} s)</td></tr>')
-    charts = sorted((result.run_dir / "charts").glob("*.png"))
+    acceptance = verdict_table.rows(*verdict_table.load(result.run_dir))
+    headline = verdict_table.overall(acceptance)
+    charts_dir = result.run_dir / "charts"
+    backing = "".join(_figure(stem, caption) for stem, caption in VERDICT_CHARTS.items()
+                      if (charts_dir / f"{stem}.png").exists())
+    others = "".join(_figure(c.stem, CHART_CAPTIONS.get(c.stem, c.stem))
+                     for c in sorted(charts_dir.glob("*.png")) if c.stem not in VERDICT_CHARTS)
+    source = _verdict_source(result.run_dir)
     artifacts = sorted(p for p in result.run_dir.glob("*") if p.suffix in (".json", ".jsonl", ".csv", ".txt", ".yml", ".yaml") or p.is_dir())
     statuses = [done[n].status for n in planned if n in done]
     overall = "FAIL" if "fail" in statuses else ("PASS" if len(statuses) == len(planned) else "INCOMPLETE")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Runbook run {result.run_dir.name}</title>
 <style>{_STYLE}</style></head><body>
 <h1>Redis Cluster expansion: run {html.escape(result.run_dir.name)}</h1>
-<p>Verdict: <strong>{overall}</strong> &mdash; {len(done)} of {len(planned)} sections run.</p>
-<table><tr><th>section</th><th>verdict</th><th>summary</th><th>executed</th></tr>
+<p class="headline">Zero downtime: <strong>{headline}</strong> &mdash; sections: <strong>{overall}</strong>, {len(done)}
+of {len(planned)} run.</p>
+{verdict_table.to_html(acceptance)}
+{source}
+{backing}
+<h2>Sections</h2>
+<table class="sections"><tr><th>section</th><th>verdict</th><th>summary</th><th>executed</th></tr>
 {''.join(rows)}</table>
-<h2>Charts</h2>{''.join(f'<figure><img src="charts/{c.name}" alt="{c.stem}"><figcaption>{c.stem}</figcaption></figure>' for c in charts) or '<p>none</p>'}
+<h2>Other charts</h2>{others or '<p>none</p>'}
 <h2>Artifacts</h2><ul>{''.join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in artifacts)}</ul>
 <h2>Audit</h2><p>Who ran which code where and when: <a href="provenance.json">provenance.json</a>; the params as
 validated, secrets redacted: <a href="params.redacted.yaml">params.redacted.yaml</a>. <a href="manifest.json">manifest.json</a>,

@@ -18,6 +18,7 @@ from runbook_lib.cluster.topology import NodeEntry, Topology
 from runbook_lib.config import Credentials, parse_address
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.files import sha256_file
+from runbook_lib.progress import wanted
 from runbook_lib.sections.host import is_local
 
 POLL_S = 0.2
@@ -57,19 +58,34 @@ def _pick_nodes(topo: Topology, master: NodeEntry, creds: Credentials) -> list[N
     return chosen or [master]
 
 
-def _wait_idle(client: redis.Redis, address: str, deadline: float, timeout_s: float) -> dict:
-    """Poll INFO persistence until no RDB save or AOF rewrite runs; returns the last INFO."""
+def _show_save(bar: tqdm, info: dict, waiting: str) -> None:
+    """A node's save on its bar: keys written of the keys to write while its BGSAVE runs, else what it waits for."""
+    if info.get("rdb_bgsave_in_progress"):
+        total = int(info.get("current_save_keys_total") or 0)
+        if total:
+            bar.total = total
+            bar.n = int(info.get("current_save_keys_processed") or 0)
+        bar.set_postfix_str(f"saving, {int(info.get('rdb_current_bgsave_time_sec') or 0)} s", refresh=False)
+    else:
+        bar.set_postfix_str(waiting, refresh=False)
+    bar.refresh()
+
+
+def _wait_idle(client: redis.Redis, address: str, deadline: float, timeout_s: float, bar: tqdm,
+               waiting: str = "waiting for a save or AOF rewrite already running") -> dict:
+    """Poll INFO persistence until no RDB save or AOF rewrite runs, showing it on `bar`; returns the last INFO."""
     while True:
         info = client.info("persistence")
         if not info.get("rdb_bgsave_in_progress") and not info.get("aof_rewrite_in_progress"):
             return info
+        _show_save(bar, info, waiting)
         if time.monotonic() > deadline:
             raise CheckFailed(f"{address}: a BGSAVE or AOF rewrite is still running after {timeout_s:.0f}s; raise "
                               "backup.timeout_s in params or check the node's log for a slow disk")
         time.sleep(POLL_S)
 
 
-def _start_bgsave(client: redis.Redis, address: str, deadline: float, timeout_s: float) -> int:
+def _start_bgsave(client: redis.Redis, address: str, deadline: float, timeout_s: float, bar: tqdm) -> int:
     """Send BGSAVE (after any save or rewrite already running) with DBSIZE right behind it; returns that DBSIZE."""
     while True:
         pipe = client.pipeline(transaction=False)
@@ -82,36 +98,42 @@ def _start_bgsave(client: redis.Redis, address: str, deadline: float, timeout_s:
         if "in progress" not in text and "can't BGSAVE right now" not in text:
             raise CheckFailed(f"{address}: BGSAVE refused ({text}); check free memory and disk space on the node "
                               "(see its log), then run the backup again")
-        _wait_idle(client, address, deadline, timeout_s)
+        _wait_idle(client, address, deadline, timeout_s, bar)
 
 
-def _wait_caught_up(master: redis.Redis, replica: redis.Redis, address: str, timeout_s: float) -> None:
+def _wait_caught_up(master: redis.Redis, replica: redis.Redis, address: str, timeout_s: float,
+                    bar: tqdm) -> None:
     """Wait until the replica has applied everything its master had written when we asked, so the backup is current."""
     target = int(master.info("replication").get("master_repl_offset", 0))
     deadline = time.time() + timeout_s
-    while int(replica.info("replication").get("slave_repl_offset", 0)) < target:
+    while (offset := int(replica.info("replication").get("slave_repl_offset", 0))) < target:
+        bar.set_postfix_str(f"waiting for the replica to catch up ({target - offset} bytes behind)")
         if time.time() > deadline:
             raise CheckFailed(f"{address}: the replica did not catch up with its master within {timeout_s:.0f}s; "
                               "a backup from it would be stale")
         time.sleep(0.05)
 
 
-def _save(client: redis.Redis, address: str, timeout_s: float) -> tuple[int, int, int]:
-    """BGSAVE and wait until it finished and LASTSAVE moved; returns (lastsave before, after, keys saved)."""
+def _save(client: redis.Redis, address: str, timeout_s: float, bar: tqdm) -> tuple[int, int, int]:
+    """BGSAVE and wait until it finished and LASTSAVE moved, showing its progress on `bar`; returns (lastsave before,
+    after, keys saved)."""
     deadline = time.monotonic() + timeout_s
     before = int(client.lastsave())
     server_now = int(client.time()[0])
     if server_now <= before:
         time.sleep(before + 1 - server_now)
-    keys = _start_bgsave(client, address, deadline, timeout_s)
+    keys = _start_bgsave(client, address, deadline, timeout_s, bar)
+    bar.total, bar.n = keys, 0
     while True:
-        info = _wait_idle(client, address, deadline, timeout_s)
+        info = _wait_idle(client, address, deadline, timeout_s, bar, waiting="waiting for an AOF rewrite to end")
         status = info.get("rdb_last_bgsave_status")
         if status != "ok":
             raise CheckFailed(f"{address}: BGSAVE failed (rdb_last_bgsave_status:{status}); see the node's log "
                               "(disk full? permissions on its dir?) and run the backup again")
         after = int(client.lastsave())
         if after > before:
+            bar.n = bar.total or 0
+            bar.set_postfix_str(f"saved in {int(info.get('rdb_last_bgsave_time_sec') or 0)} s")
             return before, after, keys
         if time.monotonic() > deadline:
             raise CheckFailed(f"{address}: LASTSAVE did not advance within {timeout_s:.0f}s of BGSAVE; "
@@ -129,26 +151,40 @@ def _rdb_path(client: redis.Redis) -> tuple[str | None, str]:
     return str(Path(folder) / name), ""
 
 
+def _copy(source: str, target: Path, show: bool) -> None:
+    """Copy an RDB, with a bar in bytes when `show`."""
+    size = Path(source).stat().st_size
+    with open(source, "rb") as raw, open(target, "wb") as out:
+        with tqdm.wrapattr(raw, "read", total=size, desc=f"copying {Path(source).name}", unit="B", unit_scale=True,
+                           unit_divisor=1024, leave=False, disable=not show) as src:
+            shutil.copyfileobj(src, out, length=1024 * 1024)
+
+
 def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 300.0,
-           progress: bool = True) -> list[BackupRecord]:
+           progress: bool | None = None) -> list[BackupRecord]:
     """BGSAVE every in-sync replica (the master only where a shard has none, so masters don't fork), copy local RDBs
     to dest.
 
-    Writes dest/backups.json. Nodes are saved one after another; timeout_s applies to each save.
+    Writes dest/backups.json. Nodes are saved one after another; timeout_s applies to each save. With `progress`
+    (default: when someone watches, see `runbook_lib.progress`) a bar per node shows what it waits for, then the keys
+    saved of its DBSIZE, then the RDB copied in bytes.
     """
+    show = wanted(progress)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     owned = topo.slots_by_master()
     todo = [(m, node) for m in topo.masters() if owned.get(m.id) for node in _pick_nodes(topo, m, creds)]
     records = []
-    for master, node in tqdm(todo, unit="node", desc="backing up (BGSAVE)", disable=not progress):
+    for master, node in tqdm(todo, unit="node", desc="backing up (BGSAVE)", disable=not show):
         role = "master" if node.id == master.id else "replica"
         client = node_client(node.address, creds, timeout=30.0)
         client.set_response_callback("LASTSAVE", int)
+        bar = tqdm(total=None, unit="key", desc=f"BGSAVE {role} {node.address}", leave=False, disable=not show)
         try:
             if role == "replica":
-                _wait_caught_up(node_client(master.address, creds, timeout=10.0), client, node.address, timeout_s)
-            before, after, keys = _save(client, node.address, timeout_s)
+                _wait_caught_up(node_client(master.address, creds, timeout=10.0), client, node.address, timeout_s,
+                                bar)
+            before, after, keys = _save(client, node.address, timeout_s, bar)
             rdb_path, config_problem = _rdb_path(client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             raise CheckFailed(f"{node.address}: lost the connection during the backup ({e}); check the node and "
@@ -157,6 +193,7 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
             raise CheckFailed(f"{node.address}: backup failed ({e}); the user needs LASTSAVE, BGSAVE, INFO, DBSIZE "
                               "and CONFIG GET (ACL)") from None
         finally:
+            bar.close()
             client.close()
         record = BackupRecord(shard_master=master.address, node=node.address, role=role, lastsave_before=before,
                               lastsave_after=after, status="ok", rdb_path=rdb_path, copied_to=None, bytes=None,
@@ -169,7 +206,7 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
         else:
             target = dest / f"{host}_{port}.rdb"
             try:
-                shutil.copyfile(rdb_path, target)
+                _copy(rdb_path, target, show)
             except OSError as e:
                 record.status = f"ok (local, but copying failed: {e}; copy it yourself)"
             else:

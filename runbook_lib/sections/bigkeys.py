@@ -15,6 +15,7 @@ from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.topology import Topology
 from runbook_lib.config import BigKeys, Credentials
 from runbook_lib.exceptions import CheckFailed
+from runbook_lib.progress import wanted
 
 CHECK_ROWS = 20
 MB = 1024 * 1024
@@ -135,8 +136,11 @@ def _measure(client: redis.Redis, address: str, keys: list[bytes], pacer: _Pacer
 
 
 def scan(topo: Topology, creds: Credentials, threshold_bytes: int, count: int = 1000, top_n: int = 20,
-         max_ops_per_s: float | None = None, progress: bool = True) -> ScanResult:
+         max_ops_per_s: float | None = None, progress: bool | None = None) -> ScanResult:
     """Size every key on every master with SCAN and pipelines, paced to max_ops_per_s commands so nodes stay responsive.
+
+    With `progress` (default: when someone watches, see `runbook_lib.progress`) a bar shows the keys scanned of the
+    masters' DBSIZE, and which master of how many is being scanned with its own count.
 
     SCAN may return a key twice while a node resizes its table or a slot moves; counts are then slight overestimates.
     """
@@ -146,10 +150,10 @@ def scan(topo: Topology, creds: Credentials, threshold_bytes: int, count: int = 
     masters = [(m.address, node_client(m.address, creds)) for m in topo.masters()]
     try:
         totals = {address: int(client.dbsize()) for address, client in masters}
-        bar = tqdm(total=sum(totals.values()), unit="key", desc="scanning for big keys", disable=not progress)
+        bar = tqdm(total=sum(totals.values()), unit="key", desc="scanning for big keys", disable=not wanted(progress))
         with bar:
-            for address, client in masters:
-                bar.set_postfix_str(address)
+            for number, (address, client) in enumerate(masters, start=1):
+                seen = 0
                 cursor = 0
                 while True:
                     cursor, keys = client.scan(cursor, count=count)
@@ -157,6 +161,9 @@ def scan(topo: Topology, creds: Credentials, threshold_bytes: int, count: int = 
                     if keys:
                         for stat in _measure(client, address, keys, pacer):
                             tally.add(stat)
+                        seen += len(keys)
+                        bar.set_postfix_str(f"master {number}/{len(masters)} {address}: {seen} of {totals[address]}",
+                                            refresh=False)
                         bar.update(len(keys))
                     if cursor == 0:
                         break
@@ -246,4 +253,87 @@ def checks(result: ScanResult, settings: BigKeys, slots: set[int] | None = None)
     if len(big) > CHECK_ROWS:
         out.append(Check("big keys", "warn", f"{len(big) - CHECK_ROWS} more keys at or over {limit}; all are in "
                          "bigkeys.json"))
+    return out
+
+
+def blocking(result: ScanResult, settings: BigKeys, slots: set[int]) -> list[KeyStat]:
+    """The big keys in these slots that `bigkeys.allow` does not name: the mover would stop at each (pure)."""
+    return [stat for stat in big_keys_in_slots(result, slots) if stat.key not in settings.allow]
+
+
+def recheck(stats: list[KeyStat], topo: Topology, creds: Credentials, threshold_bytes: int) -> list[KeyStat]:
+    """The keys of `stats` still at or over the threshold now, sized again (MEMORY USAGE) on their slot's current
+    owner: a key split or deleted since preflight's scan no longer blocks the plan."""
+    owners = topo.owners()
+    address = {e.id: e.address for e in topo.nodes.values()}
+    still = []
+    for stat in stats:
+        node = address.get(owners[stat.slot] or "", stat.node)
+        with node_client(node, creds) as client:
+            size = client.memory_usage(stat.key)
+        if size is not None and int(size) >= threshold_bytes:
+            still.append(KeyStat(key=stat.key, node=node, slot=stat.slot, type=stat.type, length=stat.length,
+                                 bytes=int(size)))
+    return still
+
+
+def scan_slots(topo: Topology, creds: Credentials, slots: set[int], threshold_bytes: int, count: int = 1000,
+               progress: bool | None = None) -> ScanResult:
+    """Size every key of these slots on their owners (CLUSTER GETKEYSINSLOT, then TYPE and MEMORY USAGE): what a
+    plan moves, when no preflight scan is at hand."""
+    started = time.monotonic()
+    tally = _Tally(threshold_bytes, 0)
+    owners = topo.owners()
+    address = {e.id: e.address for e in topo.nodes.values()}
+    by_node: dict[str, list[int]] = {}
+    for slot in sorted(slots):
+        if owners[slot]:
+            by_node.setdefault(address[owners[slot]], []).append(slot)
+    pacer = _Pacer(None)
+    bar = tqdm(total=len(slots), unit="slot", desc="sizing the keys of the slots to move", disable=not wanted(progress))
+    with bar:
+        for node, node_slots in by_node.items():
+            bar.set_postfix_str(node)
+            with node_client(node, creds) as client:
+                for slot in node_slots:
+                    held = int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
+                    keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, held) if held else []
+                    for i in range(0, len(keys), count):
+                        for stat in _measure(client, node, keys[i:i + count], pacer):
+                            tally.add(stat)
+                    bar.update(1)
+    return ScanResult(top=[], per_slot=dict(sorted(tally.per_slot.items())), big=_by_size(tally.big.values()),
+                      keys_scanned=tally.count, seconds=time.monotonic() - started)
+
+
+def plan_checks(result: ScanResult | None, settings: BigKeys, slots: set[int], topo: Topology,
+                creds: Credentials) -> list[Check]:
+    """What the big keys mean for a plan, before any slot moves: a failed check per key over the threshold in a slot
+    to move that `bigkeys.allow` does not name (sized again on its owner now), with its size and the ways out; a
+    warning per allowed one. Without preflight's scan (`result` None) the slots to move are scanned here."""
+    if result is None:
+        result = scan_slots(topo, creds, slots, settings.threshold_bytes, count=settings.scan_count)
+        scanned = f"sized here: {result.keys_scanned} keys in the {len(slots)} slots to move"
+    else:
+        scanned = "preflight's scan, bigkeys.json"
+    limit = f"{settings.threshold_bytes / MB:g} MB"
+    stop = recheck(blocking(result, settings, slots), topo, creds, settings.threshold_bytes)
+    allowed = [s for s in big_keys_in_slots(result, slots) if s.key in settings.allow]
+    out = [Check(f"big key {stat.key}", "fail",
+                 f"{stat.bytes / MB:.1f} MB {stat.type} (length {stat.length}) in slot {stat.slot} on {stat.node}, "
+                 f"over bigkeys.threshold_bytes ({limit}), in a slot this plan moves: the mover would stop at it, "
+                 f"so nothing moves. Choose: split it into smaller keys or delete it, then run 00_preflight and "
+                 f"30_plan again; or allow it in params (bigkeys.allow: {{{stat.key!r}: <MIGRATE timeout ms>}}; both "
+                 f"masters block while it moves, and clients' socket timeouts must cover it); or raise "
+                 f"bigkeys.threshold_bytes if {limit} is too strict for this cluster") for stat in stop[:CHECK_ROWS]]
+    if len(stop) > CHECK_ROWS:
+        out.append(Check("big keys", "fail", f"{len(stop) - CHECK_ROWS} more keys over {limit} in slots to move; "
+                                             "all are in bigkeys.json"))
+    out += [Check(f"big key {stat.key}", "warn",
+                  f"{stat.bytes / MB:.1f} MB {stat.type} in slot {stat.slot} on {stat.node}, allowed in bigkeys.allow: "
+                  f"the mover moves it alone with a {settings.allow[stat.key]} ms MIGRATE timeout, and both masters "
+                  "block meanwhile") for stat in allowed[:CHECK_ROWS]]
+    if not out:
+        out.append(Check("big keys", "pass", f"no key at or over {limit} that blocks the {len(slots)} slots to move "
+                                             f"({scanned})"))
     return out

@@ -419,7 +419,7 @@ def cluster_state(topo: Topology, facts: list[NodeFacts]) -> Check:
 
 
 def scan_big_keys(topo: Topology, settings: BigKeys, creds: Credentials,
-                  progress: bool = True) -> tuple[bigkeys.ScanResult | None, list[Check]]:
+                  progress: bool | None = None) -> tuple[bigkeys.ScanResult | None, list[Check]]:
     """Scan every master for big keys, paced as the params say; a scan that cannot run is a failed check."""
     try:
         result = bigkeys.scan(topo, creds, settings.threshold_bytes, count=settings.scan_count, top_n=settings.top_n,

@@ -124,9 +124,11 @@ def latency_verdict(ratio_interval: RatioInterval, budget_pct: float = 10.0) -> 
 
 
 def latency_check(baseline_ms, during_ms, budget_pct: float = 10.0, confidence: float = 0.95, n_boot: int = 2000,
-                  name: str = "latency variation") -> Check:
-    """The verdict as a report Check: pass, fail, or warn when inconclusive, with both sides' tails in the detail."""
-    interval = p99_ratio_interval(baseline_ms, during_ms, n_boot=n_boot, confidence=confidence)
+                  name: str = "latency variation", interval: RatioInterval | None = None) -> Check:
+    """The verdict as a report Check: pass, fail, or warn when inconclusive, with both sides' tails in the detail.
+    `interval` is the p99 ratio's interval when the caller has computed it already (same arguments)."""
+    if interval is None:
+        interval = p99_ratio_interval(baseline_ms, during_ms, n_boot=n_boot, confidence=confidence)
     verdict = latency_verdict(interval, budget_pct)
     base, during = tail_latency(baseline_ms), tail_latency(during_ms)
     if base["n"] == 0 or during["n"] == 0:

@@ -62,7 +62,8 @@ def test_four_balanced_masters_each_with_a_replica_and_no_key_lost(run, sandbox)
 def test_report_folder_holds_the_audit_record(run):
     _, out = run
     index = (out / "index.html").read_text()
-    assert "Verdict: <strong>PASS</strong>" in index
+    assert "sections: <strong>PASS</strong>" in index
+    assert index.index('<table class="acceptance">') < index.index('<table class="sections">') < index.index("<h2>Other")
     for name in ("00_preflight", "40_migrate", "60_validate", "70_monitoring"):
         assert (out / f"{name}.ipynb").exists() and (out / f"{name}.html").exists()
         assert json.loads((out / "results" / f"{name}.json").read_text())["status"] in ("pass", "warn")

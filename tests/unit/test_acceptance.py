@@ -63,3 +63,32 @@ def test_the_baseline_spread_says_when_a_baseline_is_tight_enough_to_judge():
     assert p99_spread(rng.gamma(4, 0.1, 50)) == float("inf")
     assert p99_spread(rng.gamma(4, 0.1, 20_000)) < 0.10
     assert p99_spread(rng.gamma(4, 0.1, 300)) > p99_spread(rng.gamma(4, 0.1, 20_000))
+
+
+def test_the_latency_evidence_is_the_verdict_s_own_samples_and_its_chart_draws_the_same_budget():
+    from runbook_lib.run.charts import acceptance_latency
+    from runbook_lib.watch.lifecycle import latency_evidence
+    rng = np.random.default_rng(4)
+    base = rng.gamma(4, 0.1, 5_000)
+    frame = records(np.concatenate([base, base * 1.02]))
+    moving = [(25.0, 40.0), (42.0, 50.0)]
+    check, data = latency_evidence(frame, {"ts": 25.0, "since": 0.0}, moving, Gates(latency_budget_pct=50))
+    during = frame[((frame["ts"] >= 25) & (frame["ts"] < 40)) | ((frame["ts"] >= 42) & (frame["ts"] < 50))]
+    assert check.status == data["status"] == "pass" and data["verdict"] == "pass"
+    assert data["during_n"] == len(during) == sum(p["n"] for p in data["points"])
+    assert all(p["n"] >= 200 for p in data["points"])
+    assert data["during_p99_ms"] == np.percentile(during["latency_ms"], 99)
+    assert data["low"] <= data["ratio"] <= data["high"] and data["article_verdict"] in ("pass", "inconclusive", "fail")
+    ax = acceptance_latency(data).axes[0]
+    levels = {round(line.get_ydata()[0], 6) for line in ax.get_lines() if len(set(line.get_ydata())) == 1}
+    assert round(data["baseline_p99_ms"] * 1.5, 6) in levels and round(data["baseline_p99_ms"] * 1.1, 6) in levels
+    assert "PASS" in ax.get_title()
+
+
+def test_nothing_while_slots_moved_is_not_measured_and_the_chart_says_so():
+    from runbook_lib.run.charts import acceptance_latency
+    from runbook_lib.watch.lifecycle import latency_evidence
+    check, data = latency_evidence(records(np.full(100, 0.5)), {"ts": 1.0, "since": 0.0}, [], Gates())
+    assert check.status == "warn" and "not measured" in check.detail and data["measured"] is False
+    fig = acceptance_latency(data)
+    assert "NOT MEASURED" in fig.axes[0].texts[0].get_text()

@@ -1,41 +1,40 @@
-"""Progress fed by the journal: slots of the plan, keys, the pace and the clients' p99 against the budget."""
-
-from __future__ import annotations
+"""Progress bars are drawn where someone watches: a terminal or a Jupyter kernel, never under `runbook run`."""
 
 import io
 
-from runbook_lib.cluster.journal import Journal
-from runbook_lib.watch.progress import Progress, follow, replay
+from runbook_lib import progress
 
 
-def test_progress_counts_what_the_journal_says_moved(tmp_path):
-    j = Journal(tmp_path / "journal.jsonl")
-    j.record("migration_start", moves=10, batches=1)
-    j.record("keys_migrated", slots={"1": 40, "2": 2}, source="a", target="b")
-    j.record("slots_assigned", slots=[1, 2], source="a", target="b")
-    j.record("pace", action="ramp", slots_per_s=6.0, p99_ms=1.2, limit_ms=1.5, ratio=0.9, limit=1.1)
-    state = replay(j.path)
-    assert (state.total, state.slots, state.keys) == (10, 2, 42)
-    assert state.postfix() == "keys 42, pace 6 slots/s (ramp), p99 1.20 ms of 1.50 ms budget"
+def test_an_explicit_flag_wins(monkeypatch):
+    monkeypatch.setenv(progress.HEADLESS_ENV, "1")
+    assert progress.wanted(True) is True
+    assert progress.wanted(False) is False
 
 
-def test_a_second_migration_start_restarts_the_count():
-    p = Progress()
-    for e in ({"event": "migration_start", "moves": 5}, {"event": "slots_assigned", "slots": [1]},
-              {"event": "migration_start", "moves": 4}):
-        p.feed(e)
-    assert (p.total, p.slots) == (4, 0)
+def test_headless_runs_and_logs_draw_none_terminals_do(monkeypatch):
+    monkeypatch.setattr(progress, "in_kernel", lambda: True)
+    monkeypatch.setenv(progress.HEADLESS_ENV, "1")
+    assert not progress.wanted()
+    monkeypatch.delenv(progress.HEADLESS_ENV)
+    assert progress.wanted()
+    monkeypatch.setattr(progress, "in_kernel", lambda: False)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not progress.wanted()
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert progress.wanted()
 
 
-def test_the_follower_shows_only_what_was_appended_while_it_ran_and_skips_half_lines(tmp_path):
-    j = Journal(tmp_path / "journal.jsonl")
-    j.record("migration_start", moves=99)
-    out = io.StringIO()
-    with follow(j.path, "migrating", file=out, interval_s=0.05) as f:
-        j.record("migration_start", moves=3)
-        j.record("slots_assigned", slots=[7, 8, 9], source="a", target="b")
-        with open(j.path, "ab") as raw:
-            raw.write(b'{"event": "slots_assi')
-        f.poll()
-        assert (f.state.total, f.state.slots) == (3, 3)
-    assert "3/3" in out.getvalue()
+def test_a_bgsave_shows_what_it_waits_for_then_keys_saved_of_the_total():
+    from tqdm.auto import tqdm
+
+    from runbook_lib.sections.backup import _show_save
+    bar = tqdm(total=None, disable=True)
+    _show_save(bar, {"rdb_bgsave_in_progress": 0, "aof_rewrite_in_progress": 1}, "waiting for an AOF rewrite to end")
+    assert bar.postfix == "waiting for an AOF rewrite to end" and bar.total is None
+    _show_save(bar, {"rdb_bgsave_in_progress": 1, "current_save_keys_total": 100, "current_save_keys_processed": 40,
+                     "rdb_current_bgsave_time_sec": 2}, "unused")
+    assert (bar.n, bar.total, bar.postfix) == (40, 100, "saving, 2 s")
