@@ -36,6 +36,7 @@ from runbook_lib.cluster.migrate import current_plan
 from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import BigKeys, Gates, Migration
+from runbook_lib.exceptions import PaceStop
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import health, key_count
@@ -72,7 +73,11 @@ def move_ours(seed: str, creds, new: str, settings: Migration, journal: Journal,
     pace = None
     if settings.pace == "budget":
         pace = governor(settings, Gates(latency_budget_pct=budget_pct), run_dir, journal, baseline)
-    results = Mover(topo, creds, settings, journal, BigKeys()).run(plan, progress=False, throttle=pace)
+    try:
+        results = Mover(topo, creds, settings, journal, BigKeys()).run(plan, progress=False, throttle=pace)
+    except PaceStop as e:
+        print(f"  budget pace paused the move: {e}", flush=True)
+        return sum(len(x["slots"]) for x in journal.entries() if x["event"] == "slots_assigned")
     return sum(r.slots for r in results)
 
 

@@ -6,8 +6,11 @@ of the article's section 1.5 (CPU, memory, replication lag, absolute latency). I
 find an unknown capacity from a noisy congestion signal:
 
 - **Back off multiplicatively** (halve the slot rate, the slots in flight and the keys per MIGRATE) as soon as one
-  window says the budget is exceeded (point estimate over it) or a node gate fails: a step up in latency is answered
-  within one interval, and halving gets back under the limit in a few steps wherever the limit is.
+  window says the budget is exceeded or a node gate fails: a step up in latency is answered within one interval,
+  and halving gets back under the limit in a few steps wherever the limit is. "Exceeded" is the point estimate over
+  the limit while the interval says the clients are surely slower than at rest (its low end above 1), or the point
+  estimate over twice the limit: a p99 of a few hundred requests jitters by tens of percent at rest, and backing
+  off on that jitter would pin the pace to its floor for nothing.
 - **Ramp additively** (one `step` of slots/s) only when the whole interval is within the budget, i.e. the
   measurement is sure the clients are fine; an uncertain window holds the pace. The asymmetry is the point: the
   clients' budget is the constraint, speed is what is left of it.
@@ -111,7 +114,8 @@ def in_flight_for(rate: float, ceiling: int) -> int:
 
 def decide(level: Level, reading: Reading, bounds: Bounds) -> tuple[Level, str, str]:
     """The next pace, the action (ramp, back off, hold, slowest) and why, from one window's reading (pure)."""
-    over = reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS and reading.ratio > bounds.limit
+    over = (reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS and reading.ratio > bounds.limit
+            and ((reading.low is not None and reading.low > 1.0) or reading.ratio > 2 * bounds.limit))
     if reading.failing or over:
         why = "; ".join([*reading.failing, *([f"p99 x{reading.ratio:.2f} of baseline over the budget x"
                                               f"{bounds.limit:.2f}"] if over else [])])
@@ -258,7 +262,7 @@ class Governor:
             self._thread = None
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.wait(self.interval_s) and not self._paused:
             try:
                 self.tick()
             except Exception as e:  # a measurement that fails must not kill the pace: hold, say why
@@ -267,6 +271,8 @@ class Governor:
     def tick(self, now: float | None = None) -> str:
         """One measurement and decision; returns the action."""
         now = time.time() if now is None else now
+        if self._paused:
+            return "pause"
         reading = self.measure(self._changed)
         level, action, why = decide(self.level, reading, self.bounds)
         if action == "slowest":

@@ -63,6 +63,15 @@ def test_back_off_stops_at_the_floors():
     assert level == Level(SETTINGS.min_slots_per_s, 1, 10) and action == "slowest"
 
 
+def test_jitter_over_the_limit_holds_a_sure_or_large_excess_backs_off():
+    jitter = Reading(requests=300, ratio=1.16, low=0.86, high=1.5, p99_ms=1.16)
+    assert decide(Level(4.0, 2, 500), jitter, BOUNDS)[1] == "hold", "not surely slower than at rest"
+    sure = Reading(requests=300, ratio=1.16, low=1.02, high=1.3, p99_ms=1.16)
+    assert decide(Level(4.0, 2, 500), sure, BOUNDS)[1] == "back off"
+    large = Reading(requests=120, ratio=2.5, low=0.9, high=6.0, p99_ms=2.5)
+    assert decide(Level(4.0, 2, 500), large, BOUNDS)[1] == "back off", "twice the limit needs no certainty"
+
+
 def test_an_uncertain_or_thin_window_holds():
     unsure = Reading(requests=500, ratio=1.05, low=0.9, high=1.25, p99_ms=1.05)
     assert decide(Level(4.0, 2, 500), unsure, BOUNDS)[1] == "hold"
@@ -140,6 +149,7 @@ def test_the_governor_pauses_between_slots_when_gates_keep_failing_at_the_slowes
     assert g.tick(now=100.0) == "slowest"
     assert g.tick(now=103.0) == "slowest"
     assert g.tick(now=106.0) == "pause"
+    assert g.tick(now=107.0) == "pause"
     with pytest.raises(GatePaused, match="slowest pace for 5 s.*runbook resume"):
         g.before_group()
     assert [e["action"] for e in journal.entries() if e["event"] == "pace"] == ["start", "slowest", "pause"]
