@@ -174,7 +174,7 @@ class PaceDecision:
 
 
 Measure = Callable[[float], Reading]
-"""Reads one window: the measurement of everything since the given time (at most `gates.window_s` back)."""
+"""Reads one window: the clients' latency since the given time, the node gates over the last `gates.window_s`."""
 
 
 def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
@@ -190,8 +190,7 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
 
     def measure(since: float) -> Reading:
         now = time.time()
-        window = max(0.5, min(gates.window_s, now - since))
-        values = gate_values(run_dir, window_s=window)
+        values = gate_values(run_dir, window_s=gates.window_s)
         failing = tuple(f"{c.name}: {c.detail}" for c in evaluate(values, gates) if c.status == "fail")
         if base_ms is None or len(base_ms) < MIN_REQUESTS:
             return Reading(failing=failing)
