@@ -35,6 +35,7 @@ from runbook_lib.watch.traffic import (
 )
 from runbook_lib.watch.traffic import STATE_FILE as PROBE_STATE
 from runbook_lib.watch.verdict import bootstrap_quantile, latency_check, latency_verdict, p99_ratio_interval
+from runbook_lib.watch.window import windowed
 
 if TYPE_CHECKING:
     from runbook_lib.watch.throttle import Throttle
@@ -279,7 +280,7 @@ def watch(params: Params, run_dir: Path, journal: Journal) -> Watch:
     base = baseline(run_dir, gates)
     throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
                         pause_after_s=gates.pause_after_s)
-    return Watch(throttle=throttle, baseline=base, started=started)
+    return Watch(throttle=windowed(throttle, params.model.migration.window, journal), baseline=base, started=started)
 
 
 class WatchWhenMoving:
@@ -307,8 +308,10 @@ class WatchWhenMoving:
             self.watch.throttle.end()
 
 
-def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True):
-    """The migration under watch: observers started, baseline measured, every batch gated by the throttle.
+def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool = True,
+                      max_batches: int | None = None):
+    """The migration under watch: observers started, baseline measured, every batch gated by the throttle; at most
+    `max_batches` batches (None: all that remain).
 
     Returns (plan, batches, throttle decisions, baseline).
     """
@@ -316,7 +319,7 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
     w = watch(params, run_dir, journal)
     plan, batches = migrate(topo, params.credentials(), new_master_addresses(params),
                             params.model.migration, journal, bigkeys=params.model.bigkeys, progress=progress,
-                            throttle=w.throttle)
+                            throttle=w.throttle, max_batches=max_batches)
     return plan, batches, w.throttle.decisions, w.baseline
 
 
