@@ -21,6 +21,7 @@ import pandas as pd
 from runbook_lib.checks import Check
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Params, new_master_addresses
+from runbook_lib.watch import detached
 from runbook_lib.watch.metrics import METRICS_DIR, Sampler, write_table
 from runbook_lib.watch.metrics import STATE_FILE as SAMPLER_STATE
 from runbook_lib.watch.timeline import batch_windows, inside, label, moving_windows
@@ -50,6 +51,7 @@ ARTICLE_BUDGET_PCT = 10.0
 def start(params: Params, run_dir: Path, extra_nodes: list[str]) -> dict[str, str]:
     """Start the sampler, and the probe when params enable it, unless they already run for this run folder."""
     status = {}
+    detached.start_heartbeat(run_dir, detached.idle_limit_s())
     if (run_dir / METRICS_DIR / SAMPLER_STATE).exists() and Sampler.attach(run_dir).alive():
         status["sampler"] = "already running"
     else:
@@ -117,11 +119,34 @@ def batch_table(run_dir: Path) -> pd.DataFrame:
     return per_batch(TrafficProbe.attach(run_dir).records(), windows)
 
 
+def execution_table(run_dir: Path, batches: list, baseline_p99_ms: float | None) -> pd.DataFrame:
+    """What one execution of 40_migrate moved and how the clients fared meanwhile: slots, keys, seconds, and from
+    the probe's requests between its first batch's start and its last batch's end, the p99 against the baseline's
+    and the failed requests (one row; empty when nothing moved)."""
+    if not batches:
+        return pd.DataFrame()
+    start, end = min(b.started for b in batches), max(b.ended for b in batches)
+    row = {"batches": len(batches), "slots": sum(b.slots for b in batches), "keys": sum(b.keys for b in batches),
+           "seconds": round(end - start, 1)}
+    if _has_probe(run_dir):
+        records = TrafficProbe.attach(run_dir).records(since=start)
+        stats = latency_stats(records[records["ts"] < end], seconds=end - start)
+        base = baseline_p99_ms or float("nan")
+        row |= {"requests": stats["ops"], "failed requests": stats["errors"], "p99_ms": round(stats["p99_ms"], 3),
+                "baseline_p99_ms": round(base, 3), "p99_vs_baseline_pct": round((stats["p99_ms"] / base - 1) * 100, 1)}
+    return pd.DataFrame([row])
+
+
 def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
-    """Stop the probe, read back every acknowledged write, delete the probe's keys; None when no probe ran."""
+    """Stop the probe, read back every acknowledged write, delete the probe's keys; None when no probe ran. Once its
+    keys are deleted, the summary of that verification is the answer (a re-run of 60_validate gives the same verdict,
+    instead of finding every deleted write lost)."""
     if not _has_probe(run_dir):
         return None
     probe = TrafficProbe.attach(run_dir, params.credentials())
+    done = probe.verified()
+    if done is not None:
+        return done
     probe.stop()
     summary = probe.verify()
     probe.cleanup()
@@ -158,6 +183,7 @@ def stop_all(run_dir: Path) -> list[str]:
         TrafficProbe.attach(run_dir).stop()
     if "sampler" in found:
         Sampler.attach(run_dir).stop()
+    detached.end_heartbeat(run_dir)
     return list(found)
 
 
