@@ -1,22 +1,30 @@
-"""Benchmark: our mover against `redis-cli --cluster rebalance --cluster-use-empty-masters` on the same sandbox.
+"""Benchmark: our budget pace against hand-tuned fixed rates and redis-cli on the same sandbox, data and probe.
 
-Each round starts the same 3+3 sandbox with the same deterministic keys, joins the new master and attaches its
+Each configuration gets a fresh 3+3 sandbox with the same deterministic keys, joins the new master and attaches its
 replica the same way (the replica before any slot moves, as the runbook's 25_add_replicas does), runs the traffic
-probe, and times only the slot moves of one tool; rounds alternate tools so drift on the machine hits both. The
-baseline is the probe's latency at rest, pooled from a window before the move and one after it (the first second of
-the probe, its connection set-up, left out), so that drift during a round does not favour either tool.
-Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the baseline's, the p99 ratio's 95 %
-bootstrap interval with the +10 % verdict (p pass, f fail, i inconclusive), failed requests (all clients, and the
-stock redis-py workers' alone: what applications see) and lost writes, and the ratios between the tools.
-Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle] [--baseline-s 10]
-     [--max-slots-per-s N]
+probe (patched and stock redis-py workers) and the node sampler, and times only the slot moves:
+
+- `budget`: our default preset, the governor holding the clients' p99 within `--budget-pct` of the baseline;
+- `fixed-R`: the sweep an SRE would do by hand, our mover at a fixed R slots/s (preset gentle's one slot at a time);
+- `redis-cli rebalance`: `redis-cli --cluster rebalance --cluster-use-empty-masters` (it moves everything);
+- `redis-cli reshard x100`: the article's method 2, `redis-cli --cluster reshard` of 100 slots per batch from each
+  old master in turn, with `--pause-s` between batches.
+
+Our configurations and the reshard move the first `--slots` slots of the plan (the same slots for every
+configuration), so that a slow fixed rate finishes in minutes; keys/s compares rates, not totals. The baseline is the
+probe's latency at rest, pooled from a window before the move and one after it. Prints, per configuration: slots
+and keys moved, keys/s, the p99 ratio during the move with its 95 % bootstrap interval and the verdict against
+`--budget-pct` (pass, fail, inconclusive), failed requests (stock redis-py workers and the patched ones) and lost
+writes; then whether the budget pace passed and its keys/s against the best fixed rate that passed.
+Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--slots 512] [--rates 2.5,5,10,20] [--budget-pct 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -24,44 +32,102 @@ from pathlib import Path
 
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.migrate import migrate
+from runbook_lib.cluster.migrate import current_plan
+from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.topology import observe
-from runbook_lib.config import BigKeys, Migration
+from runbook_lib.config import BigKeys, Gates, Migration
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
-from runbook_lib.sections.validate import balance, health, key_count
+from runbook_lib.sections.validate import health, key_count
+from runbook_lib.watch.metrics import Sampler
+from runbook_lib.watch.pace import governor
 from runbook_lib.watch.traffic import TrafficProbe, latency_stats
 from runbook_lib.watch.verdict import latency_verdict, p99_ratio_interval
 
+RESHARD_BATCH = 100
 
-def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,
-              baseline_s: float = 10.0) -> dict:
-    """Start the sandbox, join the new master and its replica, time one tool's rebalance, check the end state, stop
-    the sandbox."""
-    sb = Sandbox(workdir / f"{tool}-{port}")
+
+def budget_settings() -> Migration:
+    return Migration(preset="budget")
+
+
+def fixed_settings(rate: float) -> Migration:
+    return Migration(preset="gentle", max_slots_per_s=rate)
+
+
+def _redis_cli(creds, *args: str) -> None:
+    env = {**os.environ, "REDISCLI_AUTH": creds.password}
+    proc = subprocess.run([redis_binary("redis-cli"), "--cluster", *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"redis-cli {args[0]} failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+
+
+def move_ours(seed: str, creds, new: str, settings: Migration, journal: Journal, run_dir: Path, slots: int,
+              budget_pct: float, baseline: dict) -> int:
+    """Our mover over the first `slots` slots of the plan, under the budget governor or at a fixed rate."""
+    topo = observe(seed, creds)
+    plan = current_plan(topo, creds, [new], settings)
+    moves = plan.moves[:slots]
+    plan.batches = [moves[i: i + settings.slots_per_batch] for i in range(0, len(moves), settings.slots_per_batch)]
+    pace = None
+    if settings.pace == "budget":
+        pace = governor(settings, Gates(latency_budget_pct=budget_pct), run_dir, journal, baseline)
+    results = Mover(topo, creds, settings, journal, BigKeys()).run(plan, progress=False, throttle=pace)
+    return sum(r.slots for r in results)
+
+
+def move_reshard(seed: str, creds, new_id: str, slots: int, pause_s: float) -> int:
+    """The article's method 2: reshard 100 slots at a time from each old master in turn, pausing between batches."""
+    topo = observe(seed, creds)
+    sources = [m.id for m in topo.masters() if m.id != new_id]
+    moved, i = 0, 0
+    while moved < slots:
+        n = min(RESHARD_BATCH, slots - moved)
+        _redis_cli(creds, "reshard", seed, "--cluster-from", sources[i % len(sources)], "--cluster-to", new_id,
+                   "--cluster-slots", str(n), "--cluster-yes")
+        moved += n
+        i += 1
+        if moved < slots:
+            time.sleep(pause_s)
+    return moved
+
+
+def one_round(config: str, port: int, keys: int, workdir: Path, slots: int, budget_pct: float,
+              probe_rate: float, baseline_s: float, pause_s: float) -> dict:
+    """Start the sandbox, join the new master and its replica, time one configuration's move, check the end state
+    (every key still there, no open slot), stop the sandbox."""
+    sb = Sandbox(workdir / f"{config.replace(' ', '-')}-{port}")
     layout = SandboxLayout(port=port)
     sb.up(layout, keys=keys, progress=False)
+    sampler = None
     try:
         creds = sb.credentials()
         seed, new = f"127.0.0.1:{port}", f"127.0.0.1:{layout.new_master_ports[0]}"
-        journal = Journal(sb.root / "journal.jsonl")
+        run_dir = sb.root / "run"
+        run_dir.mkdir()
+        journal = Journal(run_dir / "journal.jsonl")
         nodes.add_masters(seed, creds, [new], journal, apply=True)
         nodes.add_replicas(seed, creds, [(f"127.0.0.1:{layout.new_replica_ports[0]}", new)], journal, apply=True)
         before = key_count(observe(seed, creds), creds)
-        probe = TrafficProbe([seed], creds, sb.root / "run", rate=probe_rate)
+        sampler = Sampler(seed, creds, run_dir)
+        sampler.start()
+        probe = TrafficProbe([seed], creds, run_dir, rate=probe_rate, stock_processes=1)
         probe.start()
         probe_started = time.time()
         time.sleep(baseline_s + 1)
+        rest = probe.records(since=probe_started + 1)
+        baseline = {"p99_ms": latency_stats(rest)["p99_ms"], "since": probe_started + 1, "ts": time.time()}
         window_start = time.time()
         started = time.perf_counter()
-        if tool == "redis-cli":
-            env = {**os.environ, "REDISCLI_AUTH": creds.password}
-            proc = subprocess.run([redis_binary("redis-cli"), "--cluster", "rebalance", seed,
-                                   "--cluster-use-empty-masters"], env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"redis-cli rebalance failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+        new_id = observe(seed, creds).by_address(new).id
+        if config == "redis-cli rebalance":
+            _redis_cli(creds, "rebalance", seed, "--cluster-use-empty-masters")
+            moved_slots = len(observe(seed, creds).slots_by_master()[new_id])
+        elif config == "redis-cli reshard x100":
+            moved_slots = move_reshard(seed, creds, new_id, slots, pause_s)
         else:
-            migrate(observe(seed, creds), creds, [new], settings, journal, bigkeys=BigKeys(), progress=False)
+            settings = budget_settings() if config == "budget" else fixed_settings(float(config.split("-")[1]))
+            moved_slots = move_ours(seed, creds, new, settings, journal, run_dir, slots, budget_pct, baseline)
         seconds = time.perf_counter() - started
         window_end = time.time()
         time.sleep(baseline_s + 1)
@@ -70,73 +136,78 @@ def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Pat
         records = probe.records()
         ts = records["ts"]
         at_rest = ((ts >= probe_started + 1) & (ts < window_start)) | (ts >= window_end + 1)
-        base = latency_stats(records[at_rest])
-        moving = (records["ts"] >= window_start) & (records["ts"] < window_end)
-        during = latency_stats(records[moving])
+        moving = (ts >= window_start) & (ts < window_end)
         ratio, low, high = p99_ratio_interval(records[at_rest]["latency_ms"].to_numpy(float),
                                               records[moving]["latency_ms"].to_numpy(float))
         probe.cleanup()
         topo = observe(seed, creds)
-        problems = [c.detail for c in health(topo) + [balance(topo)] if c.status == "fail"]
-        moved = topo.by_address(new)
+        problems = [c.detail for c in health(topo) if c.status == "fail" and c.name != "slots balanced"]
         moved_keys = node_client(new, creds).dbsize()
-        if problems or key_count(topo, creds) != before or moved is None:
-            raise SystemExit(f"{tool}: the end state is wrong: {problems}")
-        return {"tool": tool, "keys": moved_keys, "seconds": seconds, "keys_per_s": moved_keys / seconds,
-                "p50_ratio": during["p50_ms"] / base["p50_ms"], "p99_ratio": during["p99_ms"] / base["p99_ms"],
-                "base_p99_ms": base["p99_ms"], "p99_ms": during["p99_ms"], "failed": summary.errors,
-                "stock_failed": summary.stock_errors, "p99_low": low, "p99_high": high,
-                "verdict": latency_verdict((ratio, low, high), 10.0),
-                "lost": len(summary.lost_writes) + len(summary.wrong_writes)}
+        if topo.open_slots() or key_count(topo, creds) != before:
+            raise SystemExit(f"{config}: the end state is wrong: {problems} open {topo.open_slots()}")
+        return {"config": config, "slots": moved_slots, "keys": moved_keys, "seconds": seconds,
+                "keys_per_s": moved_keys / seconds, "ratio": ratio, "low": low, "high": high,
+                "verdict": latency_verdict((ratio, low, high), budget_pct), "failed": summary.errors,
+                "stock_failed": summary.stock_errors, "patched_failed": summary.errors - summary.stock_errors,
+                "lost": len(summary.lost_writes) + len(summary.wrong_writes),
+                "base_p99_ms": baseline["p99_ms"]}
     finally:
+        if sampler is not None:
+            sampler.stop()
         sb.down()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=200_000, help="sandbox keys (default 200000)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per tool, alternating (default 2)")
+    parser.add_argument("--slots", type=int, default=512, help="slots each of our configurations and the reshard "
+                                                               "move (default 512; rebalance moves all)")
+    parser.add_argument("--rates", default="2.5,5,10,20", help="fixed slots/s to sweep (default 2.5,5,10,20)")
+    parser.add_argument("--budget-pct", type=float, default=10.0, help="latency budget, %% over the baseline p99 "
+                                                                       "(default the article's 10)")
+    parser.add_argument("--only", default="", help="comma-separated configurations to run (default all)")
     parser.add_argument("--port", type=int, default=7900, help="first sandbox port (default 7900)")
-    parser.add_argument("--preset", default="fast", help="our mover's params preset: fast (default) or gentle")
-    parser.add_argument("--probe-rate", type=float, default=200.0, help="probe requests per second (default 200)")
-    parser.add_argument("--baseline-s", type=float, default=10.0,
-                        help="seconds of probe at rest before and again after the move (default 10)")
-    parser.add_argument("--max-slots-per-s", type=float, default=None,
-                        help="override the preset's migration.max_slots_per_s (0: no limit)")
+    parser.add_argument("--probe-rate", type=float, default=100.0, help="probe requests per second (default 100)")
+    parser.add_argument("--baseline-s", type=float, default=20.0,
+                        help="seconds of probe at rest before and again after the move (default 20)")
+    parser.add_argument("--pause-s", type=float, default=5.0, help="pause between reshard batches (default 5)")
+    parser.add_argument("--workdir", default="", help="keep each configuration's sandbox folder (journal, probe "
+                                                      "records, metrics) here (default: a temporary folder)")
     args = parser.parse_args()
-    overrides = {} if args.max_slots_per_s is None else {"max_slots_per_s": args.max_slots_per_s}
-    settings = Migration.model_validate({"preset": args.preset, **overrides})
-    results: dict[str, list[dict]] = {"redis-cli": [], "runbook": []}
-    with tempfile.TemporaryDirectory(prefix="bench-mover-") as tmp:
-        for r in range(args.rounds):
-            order = ("redis-cli", "runbook") if r % 2 == 0 else ("runbook", "redis-cli")
-            for tool in order:
-                res = one_round(tool, args.port, args.keys, settings, Path(tmp), probe_rate=args.probe_rate,
-                                baseline_s=args.baseline_s)
-                results[tool].append(res)
-                print(f"round {r + 1} {tool:9}: {res['keys']} keys in {res['seconds']:.2f} s = "
-                      f"{res['keys_per_s']:,.0f} keys/s; p50 x{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f} "
-                      f"[{res['p99_low']:.2f}, {res['p99_high']:.2f}] of baseline ({res['p99_ms']:.2f} vs "
-                      f"{res['base_p99_ms']:.2f} ms; +10 % verdict: {res['verdict']}); failed requests "
-                      f"{res['failed']} (stock clients {res['stock_failed']}), lost writes {res['lost']}", flush=True)
-    med = {t: {k: statistics.median(x[k] for x in rs) for k in ("keys_per_s", "p50_ratio", "p99_ratio")}
-           for t, rs in results.items()}
-    failed = {t: sum(x["failed"] for x in rs) for t, rs in results.items()}
-    stock = {t: sum(x["stock_failed"] for x in rs) for t, rs in results.items()}
-    lost = {t: sum(x["lost"] for x in rs) for t, rs in results.items()}
-    print(f"\n{args.keys} keys, 3+3 -> 4+4, runbook preset {args.preset} ({settings.slots_per_batch} slots per batch, "
-          f"{settings.slots_in_flight} in flight, {settings.migrates_per_round_trip} MIGRATEs per round trip, "
-          f"{settings.keys_per_migrate} keys per MIGRATE, {settings.pause_between_batches_s} s pause, "
-          f"{settings.max_slots_per_s or 'no'} slots/s limit); medians of "
-          f"{args.rounds} rounds")
-    print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'p99 95% interval, each round':>30} "
-          f"{'failed':>7} {'stock':>6} {'lost':>5}")
-    for t in ("redis-cli", "runbook"):
-        spans = " ".join(f"[{x['p99_low']:.2f},{x['p99_high']:.2f}]{x['verdict'][0]}" for x in results[t])
-        print(f"{t:10} {med[t]['keys_per_s']:>10,.0f} {med[t]['p50_ratio']:>9.2f} {med[t]['p99_ratio']:>9.2f} "
-              f"{spans:>30} {failed[t]:>7} {stock[t]:>6} {lost[t]:>5}")
-    print(f"ratios runbook / redis-cli: keys/s {med['runbook']['keys_per_s'] / med['redis-cli']['keys_per_s']:.2f}x, "
-          f"p99 ratio {med['runbook']['p99_ratio'] / med['redis-cli']['p99_ratio']:.2f}")
+    configs = ["budget", *[f"fixed-{float(r):g}" for r in args.rates.split(",") if r],
+               "redis-cli rebalance", "redis-cli reshard x100"]
+    if args.only:
+        configs = [c for c in configs if c in args.only.split(",")]
+    results: list[dict] = []
+    with contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for config in configs:
+            res = one_round(config, args.port, args.keys, Path(tmp), args.slots, args.budget_pct, args.probe_rate,
+                            args.baseline_s, args.pause_s)
+            results.append(res)
+            print(f"{config:22}: {res['slots']} slots, {res['keys']} keys in {res['seconds']:.1f} s = "
+                  f"{res['keys_per_s']:,.0f} keys/s; p99 x{res['ratio']:.2f} [{res['low']:.2f}, {res['high']:.2f}] "
+                  f"of baseline ({res['base_p99_ms']:.2f} ms) -> {res['verdict']} at +{args.budget_pct:g} %; failed "
+                  f"{res['stock_failed']} stock / {res['patched_failed']} patched, lost {res['lost']}", flush=True)
+    print(f"\n{args.keys} keys, 3+3 -> 4+4, {args.slots} slots per configuration (rebalance: all), probe "
+          f"{args.probe_rate:g} req/s, budget +{args.budget_pct:g} %")
+    print(f"{'configuration':22} {'slots':>6} {'keys/s':>9} {'p99 ratio [95 % interval]':>27} {'verdict':>12} "
+          f"{'stock':>6} {'patched':>8} {'lost':>5}")
+    for r in results:
+        interval = f"x{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+        print(f"{r['config']:22} {r['slots']:>6} {r['keys_per_s']:>9,.0f} {interval:>27} {r['verdict']:>12} "
+              f"{r['stock_failed']:>6} {r['patched_failed']:>8} {r['lost']:>5}")
+    fixed_pass = [r for r in results if r["config"].startswith("fixed-") and r["verdict"] == "pass"
+                  and r["failed"] == 0 and r["lost"] == 0]
+    ours = next((r for r in results if r["config"] == "budget"), None)
+    if ours is not None:
+        best = max(fixed_pass, key=lambda r: r["keys_per_s"], default=None)
+        share = f"{ours['keys_per_s'] / best['keys_per_s']:.0%} of {best['config']}" if best else \
+            "no fixed rate passed, nothing to compare with"
+        clean = ours["failed"] == 0 and ours["lost"] == 0
+        print(f"budget pace: verdict {ours['verdict']}, {'0 failed and 0 lost' if clean else 'FAILED requests or LOST'}"
+              f"; keys/s {share} (target: pass, clean, at least 80 % of the best fixed rate that passes)")
+    if not math.isfinite(sum(r["keys_per_s"] for r in results)):
+        raise SystemExit("a configuration measured no keys/s")
 
 
 if __name__ == "__main__":

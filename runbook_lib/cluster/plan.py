@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from runbook_lib.cluster.topology import SLOTS
+from runbook_lib.config import Migration
 from runbook_lib.exceptions import BadInput
 
 
@@ -173,8 +174,32 @@ def estimate(plan: Plan, slot_bytes: dict[int, int] | None = None, rates: MoveRa
             "pause_s": pause_s, "max_slots_per_s": max_slots_per_s, "bytes_known": slot_bytes is not None}
 
 
+def paced_estimate(plan: Plan, settings: Migration, achieved: dict | None, source: str = "") -> dict:
+    """The time a budget pace needs for the plan: at the slots/s and keys/s the last migration on this cluster
+    achieved (`achieved`, from the journal of run folder `source`), else at the cautious start pace
+    (`start_slots_per_s`), whichever of slots and keys takes longer; the record says which (pure)."""
+    keys = sum(plan.keys_per_slot.get(m.slot, 0) for m in plan.moves)
+    slots = len(plan.moves)
+    if achieved:
+        seconds = max(slots / achieved["slots_per_s"], keys / achieved["keys_per_s"] if achieved["keys_per_s"] else 0)
+        basis = (f"at the pace the budget allowed in the last migration on this cluster (run {source}: "
+                 f"{achieved['slots_per_s']:.1f} slots/s, {achieved['keys_per_s']:,.0f} keys/s over "
+                 f"{achieved['seconds']:.0f} s)")
+    else:
+        seconds = slots / settings.start_slots_per_s
+        basis = (f"at the cautious start pace ({settings.start_slots_per_s:g} slots/s, "
+                 "`migration.start_slots_per_s`): no earlier migration on this cluster was found in the report "
+                 "folder; the governor ramps up from there while the budget holds, so this errs long")
+    return {"seconds": seconds, "slots": slots, "keys": keys, "basis": basis, "achieved": achieved,
+            "from_run": source or None}
+
+
 def describe_estimate(record: dict) -> str:
     """The estimate in one Markdown sentence, saying which rates it used and whether it knew the bytes."""
+    if record.get("basis"):
+        return (f"Estimated **{record['seconds']:.0f} s** for {record['slots']} slots and {record['keys']:,} keys "
+                f"under the budget pace, {record['basis']}. The batches below give the mover's own cost at full "
+                "speed; the pace adds the waits that keep the clients within their budget.")
     r = record["rates"]
     pace = record.get("max_slots_per_s", 0.0)
     text = (f"Estimated **{record['seconds']:.1f} s** for {len(record['batches'])} batches "

@@ -71,3 +71,44 @@ def batch_latency(table, baseline_p99_ms: float | None, decisions: list | None =
     ax_ops.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
+
+
+def pace_timeline(series, decisions: list[dict], baseline_p99_ms: float | None = None) -> Figure:
+    """The budget pace over time: clients' p99 per second against the budget band (top); slots/s handed over, the
+    pace the governor set and keys/s (bottom); orange lines where it backed off, grey where it paused."""
+    fig = Figure(figsize=(8, 4.6))
+    ax, ax_pace = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    t = series["t"] if len(series) else []
+    if len(series):
+        ax.plot(t, series["p99_ms"], color="#c0392b", linewidth=1, label="client p99 per second")
+        limit = series["limit_ms"].dropna()
+        if len(limit):
+            ax.fill_between(t, 0, series["limit_ms"], color="#e3f4e1", step="post", label="within the budget")
+        ax_pace.bar(t, series["slots_per_s"], width=1.0, align="edge", color="#9aa5b1", label="slots/s handed over")
+        ax_pace.step(t, series["pace_slots_per_s"], where="post", color="#2f6fb0", label="pace set (slots/s)")
+        ax_keys = ax_pace.twinx()
+        ax_keys.plot(t, series["keys_per_s"].rolling(5, min_periods=1).mean(), color="#8e44ad", linewidth=1,
+                     label="keys/s (5 s mean)")
+        ax_keys.set_ylabel("keys/s")
+        ax_keys.legend(fontsize=7, loc="upper right")
+    if baseline_p99_ms:
+        ax.axhline(baseline_p99_ms, color="#27ae60", linestyle="--", linewidth=1, label="baseline p99")
+    if len(series) and series["limit_ms"].notna().any():
+        ax.set_ylim(0, min(float(series["p99_ms"].max()) * 1.05, float(series["limit_ms"].max()) * 4))
+    start = decisions[0]["ts"] if decisions else 0.0
+    first_open = series.attrs.get("t0", start) if len(series) else start
+    labelled: set[str] = set()
+    for d in decisions:
+        if d["action"] in ("back off", "pause"):
+            name = "backed off" if d["action"] == "back off" else "paused"
+            ax_pace.axvline(d["ts"] - first_open, color="#e67e22" if name == "backed off" else "#555555",
+                            linewidth=0.7, alpha=0.6, label=None if name in labelled else name)
+            labelled.add(name)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Budget pace: client p99 against the budget, and the pace it allowed")
+    ax.legend(fontsize=7, loc="upper left")
+    ax_pace.set_ylabel("slots/s")
+    ax_pace.set_xlabel("seconds since the first slot opened")
+    ax_pace.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -25,6 +25,7 @@ from runbook_lib.run import audit
 from runbook_lib.run.audit import RESULTS_DIR
 from runbook_lib.run.inputs import check_targets
 from runbook_lib.watch.lifecycle import stop_all
+from runbook_lib.watch.progress import follow
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 ROLLBACK = "90_rollback"
@@ -203,7 +204,8 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
                 say(f"stopped before {name}: {result.stopped}")
                 break
             say(f"[{i}/{len(sections)}] {name} ...")
-            section = execute(name, params.path, run_dir, notebooks_dir)
+            with follow(run_dir / "journal.jsonl", name):
+                section = execute(name, params.path, run_dir, notebooks_dir)
             section.summary = audit.redact(section.summary, known_secrets())
             result.sections.append(section)
             say(f"[{i}/{len(sections)}] {name}: {section.status} ({section.seconds:.1f} s) {section.summary}")

@@ -271,7 +271,7 @@ class Sandbox:
             "cluster": cluster,
             "new_masters": [{"address": f"127.0.0.1:{m}", "replica": f"127.0.0.1:{r}"}
                             for m, r in zip(layout.new_master_ports, layout.new_replica_ports)],
-            "migration": {"preset": "gentle", "max_slots_per_s": 20.0},
+            "migration": {"preset": "budget"},
             "probe": {"enabled": True},
             "gates": {"baseline_s": 10.0, "latency_budget_pct": 200.0, "latency_floor_ms": 2.0},
             "validation": {"quiet": True},

@@ -13,7 +13,7 @@ from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.sections.rollback import rollback, rollback_plan
 
 if TYPE_CHECKING:
-    from runbook_lib.watch.throttle import Throttle
+    from runbook_lib.cluster.mover import Pace
 
 
 def phase(journal: Journal) -> str:
@@ -24,7 +24,7 @@ def phase(journal: Journal) -> str:
 
 def resume(seed: str, creds: Credentials, journal: Journal, settings: Migration, new_addresses: list[str], *,
            apply: bool, bigkeys: BigKeys | None = None, snapshot: dict | None = None, progress: bool = True,
-           slots: set[int] | None = None, foreign: bool = False, throttle: "Throttle | None" = None) -> dict:
+           slots: set[int] | None = None, foreign: bool = False, throttle: "Pace | None" = None) -> dict:
     """Repair this run's open slots (and another tool's only when named by `slots` or `foreign`), then go on with
     whatever the journal was doing: the expansion or a rollback. Without `apply` it only says what it would do.
 

@@ -18,7 +18,7 @@ from runbook_lib.config import BigKeys, Credentials, Migration
 from runbook_lib.exceptions import BadInput, CheckFailed
 
 if TYPE_CHECKING:
-    from runbook_lib.watch.throttle import Throttle
+    from runbook_lib.cluster.mover import Pace
 
 
 def original_owners(snapshot: dict) -> dict[str, set[int]]:
@@ -113,7 +113,7 @@ def compare_with_snapshot(snapshot: dict, topo: Topology) -> list[Check]:
 
 def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: list[str], settings: Migration,
              journal: Journal, apply: bool, bigkeys: BigKeys | None = None, progress: bool = True,
-             throttle: "Throttle | None" = None) -> dict:
+             throttle: "Pace | None" = None) -> dict:
     """Return the slots to their recorded owners, remove the new nodes, and compare with the snapshot.
 
     A `throttle` (from `watch.lifecycle.watch`) gates every batch of the slots moved back, as in the migration."""

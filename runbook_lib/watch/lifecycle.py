@@ -9,6 +9,7 @@ batch is about to move (`WatchWhenMoving`), and stop them when they end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from runbook_lib.config import Gates, Params, new_master_addresses
 from runbook_lib.watch import detached
 from runbook_lib.watch.metrics import METRICS_DIR, Sampler, write_table
 from runbook_lib.watch.metrics import STATE_FILE as SAMPLER_STATE
-from runbook_lib.watch.timeline import batch_windows, inside, label, moving_windows
+from runbook_lib.watch.timeline import MOVE_TAIL_S, batch_windows, inside, label, moving_windows
 from runbook_lib.watch.traffic import (
     PROBE_DIR,
     ProbeSummary,
@@ -39,7 +40,7 @@ from runbook_lib.watch.verdict import bootstrap_quantile, latency_check, latency
 from runbook_lib.watch.window import windowed
 
 if TYPE_CHECKING:
-    from runbook_lib.watch.throttle import Throttle
+    from runbook_lib.cluster.mover import Pace
 
 BASELINE_FILE = "latency_baseline.json"
 BASELINE_SPREAD = 0.10
@@ -135,6 +136,63 @@ def execution_table(run_dir: Path, batches: list, baseline_p99_ms: float | None)
         row |= {"requests": stats["ops"], "failed requests": stats["errors"], "p99_ms": round(stats["p99_ms"], 3),
                 "baseline_p99_ms": round(base, 3), "p99_vs_baseline_pct": round((stats["p99_ms"] / base - 1) * 100, 1)}
     return pd.DataFrame([row])
+
+
+PACE_TABLE = ["utc", "batch", "action", "slots_per_s", "slots_in_flight", "keys_per_migrate", "requests", "ratio",
+              "low", "high", "limit", "reason"]
+
+
+def pace_timeline(run_dir: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """The pace chart's data: per second, slots and keys moved, the pace set and the clients' p99 (see
+    `timeline.pace_series`), and the governor's decisions from the journal."""
+    from runbook_lib.watch.timeline import pace_series
+    entries = list(Journal(run_dir / "journal.jsonl").entries())
+    records = TrafficProbe.attach(run_dir).records() if _has_probe(run_dir) else None
+    return pace_series(entries, records), [e for e in entries if e.get("event") == "pace"]
+
+
+def last_pace(report_dir: Path, node_ids: set[str], exclude: Path | None = None) -> tuple[dict | None, str]:
+    """The pace the newest earlier migration on this cluster achieved (a run folder under `report_dir` whose
+    journal moved slots between nodes with these ids), and the folder it came from; (None, "") when there is none."""
+    from runbook_lib.watch.timeline import achieved_pace
+    best: tuple[float, dict, str] | None = None
+    for journal in Path(report_dir).glob("*/journal.jsonl"):
+        if exclude is not None and journal.parent.resolve() == Path(exclude).resolve():
+            continue
+        try:
+            pace = achieved_pace(Journal(journal).entries())
+        except (OSError, ValueError, KeyError):
+            continue
+        if pace and set(pace["nodes"]) & node_ids and (best is None or pace["ended"] > best[0]):
+            best = (pace["ended"], pace, journal.parent.name)
+    return (best[1], best[2]) if best else (None, "")
+
+
+def migration_estimate(params: Params, run_dir: Path, plan, topo, slot_bytes: dict[int, int] | None) -> dict:
+    """30_plan's estimate: under a budget pace, from the pace the last migration on this cluster achieved (else the
+    cautious start pace); under a fixed pace, from the mover's measured costs and the fixed rate."""
+    from runbook_lib.cluster import plan as planning
+    settings = params.model.migration
+    record = planning.estimate(plan, slot_bytes, pause_s=settings.pause_between_batches_s,
+                               max_slots_per_s=settings.max_slots_per_s if settings.pace == "fixed" else 0.0)
+    if settings.pace == "budget":
+        achieved, source = last_pace(params.report_dir, set(topo.nodes), exclude=run_dir)
+        record.update(planning.paced_estimate(plan, settings, achieved, source))
+    return record
+
+
+GATE_TABLE = ["utc", "batch", "action", "failing", "slots_per_batch", "slots_in_flight", "keys_per_migrate",
+              "max_slots_per_s"]
+
+
+def pace_decisions(run_dir: Path) -> pd.DataFrame:
+    """Every decision on the pace, from the journal: the budget governor's (with the measurement behind each), or
+    the fixed pace's throttle decisions before each batch."""
+    entries = list(Journal(run_dir / "journal.jsonl").entries())
+    paces = [e for e in entries if e.get("event") == "pace"]
+    if paces:
+        return pd.DataFrame(paces, columns=PACE_TABLE)
+    return pd.DataFrame([e for e in entries if e.get("event") == "gate"], columns=GATE_TABLE)
 
 
 def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
@@ -233,7 +291,8 @@ def latency_variation(records: pd.DataFrame, base: dict, moving: list[tuple[floa
         notes.append(f"the params' floor (+{gates.latency_floor_ms:g} ms, not part of the verdict): "
                      f"{'within' if within else 'beyond'} it")
     moved_s = sum(end - start for start, end in moving)
-    detail = f"{check.detail}; while slots moved ({moved_s:.1f} s)" + "".join(f"; {n}" for n in notes)
+    detail = (f"{check.detail}; while slots moved ({moved_s:.1f} s: each slot from its opening to "
+              f"{MOVE_TAIL_S:g} s after its handover)" + "".join(f"; {n}" for n in notes))
     return Check(check.name, check.status, detail)
 
 
@@ -278,9 +337,9 @@ def downtime(records: pd.DataFrame, prefix: str, limit_s: float = 0.25) -> Check
 @dataclass
 class Watch:
     """One piece of cluster work under watch: what was started (or found running), the latency baseline, and the
-    throttle that gates every batch (its `decisions` are the pace decisions to chart)."""
+    pace the mover moves at (the budget governor, or the throttle of a fixed pace; its `decisions` are charted)."""
 
-    throttle: "Throttle"
+    throttle: "Pace"
     baseline: dict
     started: dict[str, str]
 
@@ -298,15 +357,20 @@ def session_gap(prefix: str, records: pd.DataFrame) -> float:
 def watch(params: Params, run_dir: Path, journal: Journal) -> Watch:
     """The watch 40_migrate, `runbook resume` and `runbook rollback` move slots under: the sampler and probe started
     (kept when they already run for this folder), the latency baseline measured once per run folder, and a throttle
-    over the params' gates, to pass to the mover."""
+    over the params' gates, to pass to the mover: the budget governor for `migration.pace: budget`, else the
+    throttle of a fixed pace."""
     from runbook_lib.config import new_node_addresses
+    from runbook_lib.watch.pace import governor
     from runbook_lib.watch.throttle import Throttle, run_gate
-    gates = params.model.gates
+    gates, settings = params.model.gates, params.model.migration
     started = start(params, run_dir, new_node_addresses(params))
     base = baseline(run_dir, gates)
-    throttle = Throttle(params.model.migration, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
+    if settings.pace == "budget":
+        pace = governor(settings, gates, run_dir, journal, base)
+    else:
+        pace = Throttle(settings, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
                         pause_after_s=gates.pause_after_s)
-    return Watch(throttle=windowed(throttle, params.model.migration.window, journal), baseline=base, started=started)
+    return Watch(throttle=windowed(pace, settings.window, journal), baseline=base, started=started)
 
 
 class WatchWhenMoving:
@@ -342,10 +406,12 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
     Returns (plan, batches, throttle decisions, baseline).
     """
     from runbook_lib.cluster.migrate import migrate
+    from runbook_lib.watch.progress import follow
     w = watch(params, run_dir, journal)
-    plan, batches = migrate(topo, params.credentials(), new_master_addresses(params),
-                            params.model.migration, journal, bigkeys=params.model.bigkeys, progress=progress,
-                            throttle=w.throttle, max_batches=max_batches)
+    with follow(journal.path, "migrating") if progress else contextlib.nullcontext():
+        plan, batches = migrate(topo, params.credentials(), new_master_addresses(params),
+                                params.model.migration, journal, bigkeys=params.model.bigkeys, progress=False,
+                                throttle=w.throttle, max_batches=max_batches)
     return plan, batches, w.throttle.decisions, w.baseline
 
 

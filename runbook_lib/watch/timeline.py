@@ -30,10 +30,17 @@ def batch_windows(entries: Iterable[dict], now: float | None = None) -> list[Bat
     return sorted(windows, key=lambda w: w[1])
 
 
-def moving_windows(entries: Iterable[dict], now: float | None = None) -> list[tuple[float, float]]:
-    """(start, end) of the times slots were open or being handed over: from each group's `slots_open` to its
-    `slots_assigned` (or its batch's end, or `now`), merged where they overlap. Pacer sleeps and gate waits between
-    groups are not in them, so latency "during the migration" is latency while slots really moved."""
+MOVE_TAIL_S = 1.0
+"""A handover disturbs clients after it too (MOVED, a topology refresh): a slot counts as moving until this long
+after it was handed over."""
+
+
+def moving_windows(entries: Iterable[dict], now: float | None = None,
+                   tail_s: float = MOVE_TAIL_S) -> list[tuple[float, float]]:
+    """(start, end) of the times slots were moving: from each group's `slots_open` to `tail_s` after its
+    `slots_assigned` (or its batch's end, or `now`), merged where they overlap. Longer pacer sleeps and gate waits
+    between groups are not in them, so latency "during the migration" is latency while slots really moved; the
+    verdict and the budget governor judge the same windows."""
     spans: list[tuple[float, float]] = []
     opened: dict[int, float] = {}
     for entry in entries:
@@ -45,12 +52,14 @@ def moving_windows(entries: Iterable[dict], now: float | None = None) -> list[tu
             slots = entry.get("slots", [entry.get("slot")])
             starts = [opened.pop(int(s)) for s in slots if s is not None and int(s) in opened]
             if starts:
-                spans.append((min(starts), float(entry["ts"])))
+                spans.append((min(starts), float(entry["ts"]) + tail_s))
         elif event == "batch_end" and opened:
             spans.append((min(opened.values()), float(entry["ts"])))
             opened.clear()
+    end = time.time() if now is None else now
     if opened:
-        spans.append((min(opened.values()), time.time() if now is None else now))
+        spans.append((min(opened.values()), end))
+    spans = [(a, min(b, end)) for a, b in spans if a < end]
     merged: list[tuple[float, float]] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
@@ -89,3 +98,66 @@ def label(df: pd.DataFrame, windows: Iterable[BatchWindow], ts_col: str = "ts") 
     out["batch"] = pd.arrays.IntegerArray(batch, mask=batch < 0)
     out["phase"] = phase
     return out
+
+
+PACE_COLUMNS = ["t", "slots_per_s", "keys_per_s", "pace_slots_per_s", "p99_ms", "requests", "limit_ms"]
+
+
+def pace_series(entries: Iterable[dict], latencies: pd.DataFrame | None = None, bin_s: float = 1.0) -> pd.DataFrame:
+    """Per `bin_s` from the first slot opened to the last handed over: slots handed over and keys moved per second,
+    the pace the governor set (slots/s), the clients' p99 and request count (probe records with `ts` and
+    `latency_ms`), and the budget's limit in ms, for the pace chart (pure)."""
+    entries = list(entries)
+    done = [(float(e["ts"]), len(e["slots"])) for e in entries if e.get("event") == "slots_assigned"]
+    keys = [(float(e["ts"]), sum(int(n) for n in e["slots"].values())) for e in entries
+            if e.get("event") == "keys_migrated"]
+    paces = [e for e in entries if e.get("event") == "pace"]
+    starts = [float(e["ts"]) for e in entries if e.get("event") == "slots_open"]
+    if not starts or not done:
+        return pd.DataFrame(columns=PACE_COLUMNS)
+    t0, t1 = min(starts), max(t for t, _ in done)
+    edges = np.arange(t0, t1 + bin_s, bin_s)
+    out = pd.DataFrame({"t": edges[:-1] - t0 if len(edges) > 1 else [0.0]})
+    n = len(out)
+
+    def per_bin(points: list[tuple[float, int]]) -> np.ndarray:
+        idx = np.clip(((np.array([p[0] for p in points]) - t0) // bin_s).astype(int), 0, n - 1)
+        return np.bincount(idx, weights=[p[1] for p in points], minlength=n)[:n] / bin_s if points else np.zeros(n)
+    out["slots_per_s"] = per_bin(done)
+    out["keys_per_s"] = per_bin(keys)
+    mids = t0 + out["t"].to_numpy() + bin_s / 2
+    pace_ts = np.array([float(e["ts"]) for e in paces])
+    which = np.searchsorted(pace_ts, mids, side="right") - 1 if len(pace_ts) else np.full(n, -1)
+    out["pace_slots_per_s"] = [paces[i]["slots_per_s"] if i >= 0 else np.nan for i in which]
+    out["limit_ms"] = [paces[i].get("limit_ms") if i >= 0 else np.nan for i in which]
+    out["limit_ms"] = out["limit_ms"].astype(float)
+    out["p99_ms"], out["requests"] = np.nan, 0
+    if latencies is not None and len(latencies):
+        ts = latencies["ts"].to_numpy(float)
+        keep = (ts >= t0) & (ts < t0 + n * bin_s)
+        idx = ((ts[keep] - t0) // bin_s).astype(int)
+        lat = pd.Series(latencies["latency_ms"].to_numpy(float)[keep]).groupby(idx)
+        out.loc[lat.size().index, "requests"] = lat.size().to_numpy()
+        out.loc[lat.size().index, "p99_ms"] = lat.quantile(0.99).to_numpy()
+    out = out[PACE_COLUMNS]
+    out.attrs["t0"] = t0
+    return out
+
+
+def achieved_pace(entries: Iterable[dict]) -> dict | None:
+    """What a finished migration achieved while slots moved: slots and keys, the seconds from its first slot
+    opened to its last handed over, slots/s, keys/s, and the node ids it moved from and to (None when nothing was
+    handed over); pure."""
+    entries = list(entries)
+    assigned = [e for e in entries if e.get("event") == "slots_assigned"]
+    opened = [float(e["ts"]) for e in entries if e.get("event") == "slots_open"]
+    if not assigned or not opened:
+        return None
+    seconds = max(float(e["ts"]) for e in assigned) - min(opened)
+    slots = sum(len(e["slots"]) for e in assigned)
+    keys = sum(sum(int(n) for n in e["slots"].values()) for e in entries if e.get("event") == "keys_migrated")
+    if seconds <= 0 or slots < 2:
+        return None
+    nodes = sorted({e[k] for e in assigned for k in ("source", "target") if e.get(k)})
+    return {"slots": slots, "keys": keys, "seconds": round(seconds, 2), "slots_per_s": slots / seconds,
+            "keys_per_s": keys / seconds, "nodes": nodes, "ended": max(float(e["ts"]) for e in assigned)}

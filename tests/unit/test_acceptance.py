@@ -20,7 +20,9 @@ def test_moving_windows_cover_open_slots_only_not_the_pauses_between_them():
     journal = [{"event": "batch_start", "batch": 1, "ts": 9.0}, {"event": "slots_open", "slots": [1, 2], "ts": 10.0},
                {"event": "slots_assigned", "slots": [1, 2], "ts": 10.5}, {"event": "slots_open", "slots": [3], "ts": 12},
                {"event": "slots_assigned", "slots": [3], "ts": 12.2}, {"event": "batch_end", "batch": 1, "ts": 13.0}]
-    assert moving_windows(journal) == [(10.0, 10.5), (12.0, 12.2)]
+    assert moving_windows(journal, now=100.0, tail_s=0.0) == [(10.0, 10.5), (12.0, 12.2)]
+    assert moving_windows(journal, now=100.0) == [(10.0, 11.5), (12.0, 13.2)], "a second after each handover counts"
+    assert moving_windows(journal, now=12.5) == [(10.0, 11.5), (12.0, 12.5)], "nothing after now"
 
 
 def test_latency_fails_at_plus_15_percent_and_passes_at_plus_5_with_the_article_budget():

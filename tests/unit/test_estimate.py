@@ -80,3 +80,29 @@ def test_a_slot_rate_makes_each_batch_last_its_slots_over_the_rate():
     assert record["batches"] == [pytest.approx(len(b) / 10.0) for b in plan.batches]
     assert record["seconds"] == pytest.approx(len(plan.moves) / 10.0)
     assert "at most 10 slots/s" in describe_estimate(record)
+
+
+def test_a_budget_pace_estimates_from_the_last_migration_on_the_cluster_or_says_it_could_not():
+    from runbook_lib.cluster.plan import paced_estimate
+    from runbook_lib.config import Migration
+    the_plan = plan_expansion(three_masters(), ["d"], 256, keys_per_slot={s: 10 for s in range(SLOTS)})
+    settings = Migration(preset="budget", start_slots_per_s=4.0)
+    cautious = paced_estimate(the_plan, settings, None)
+    assert cautious["seconds"] == pytest.approx(len(the_plan.moves) / 4.0)
+    assert "cautious start pace" in cautious["basis"] and cautious["from_run"] is None
+    achieved = {"slots_per_s": 40.0, "keys_per_s": 200.0, "seconds": 100.0}
+    learned = paced_estimate(the_plan, settings, achieved, "20261201T000000Z")
+    assert learned["seconds"] == pytest.approx(len(the_plan.moves) * 10 / 200.0), "keys take longer than slots here"
+    assert "20261201T000000Z" in learned["basis"] and "20261201T000000Z" in describe_estimate(learned)
+
+
+def test_achieved_pace_reads_what_a_journal_moved():
+    from runbook_lib.watch.timeline import achieved_pace
+    entries = [{"event": "slots_open", "ts": 100.0, "slots": [1, 2]},
+               {"event": "keys_migrated", "ts": 101.0, "slots": {"1": 30, "2": 10}},
+               {"event": "slots_assigned", "ts": 102.0, "slots": [1, 2], "source": "a", "target": "d"},
+               {"event": "slots_assigned", "ts": 110.0, "slots": [3, 4, 5, 6], "source": "b", "target": "d"}]
+    pace = achieved_pace(entries)
+    assert pace["slots"] == 6 and pace["seconds"] == 10.0 and pace["slots_per_s"] == pytest.approx(0.6)
+    assert pace["keys_per_s"] == pytest.approx(4.0) and pace["nodes"] == ["a", "b", "d"]
+    assert achieved_pace(entries[:1]) is None

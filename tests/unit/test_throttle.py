@@ -102,7 +102,8 @@ def test_the_gate_window_covers_the_latest_moving_seconds_not_the_idle_ones(tmp_
              {"event": "slots_open", "slots": [2], "ts": now - 10}, {"event": "slots_assigned", "slots": [2], "ts": now - 8}]
     (tmp_path / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     back, spans = _moving_window(tmp_path, window_s=4.0)
-    assert 28 <= back <= 29.5, "4 s of moving time reach back into the first span, over the idle 17 s between"
-    assert len(spans) == 2 and abs(spans[-1][1] - (now - 8)) < 0.01
+    assert 26.5 <= back <= 27.5, ("4 s of moving time (each slot until a second after its handover) reach back into "
+                                  "the first span, over the idle 16 s between")
+    assert len(spans) == 2 and abs(spans[-1][1] - (now - 7)) < 0.01
     (tmp_path / "journal.jsonl").write_text("")
     assert _moving_window(tmp_path, window_s=4.0) == (4.0, None)

@@ -1,0 +1,311 @@
+"""The budget pace: a governor that sets how fast slots move from the clients' latency, about once a second.
+
+`decide` is the controller, a pure function of one measurement: the ratio of the clients' p99 in the last window
+to the baseline p99, with its bootstrap interval (the verdict's own statistic, watch/verdict.py), and the node gates
+of the article's section 1.5 (CPU, memory, replication lag, absolute latency). It is AIMD, the scheme TCP uses to
+find an unknown capacity from a noisy congestion signal:
+
+- **Back off multiplicatively** (halve the slot rate, the slots in flight and the keys per MIGRATE) as soon as one
+  window says the budget is exceeded (point estimate over it) or a node gate fails: a step up in latency is answered
+  within one interval, and halving gets back under the limit in a few steps wherever the limit is.
+- **Ramp additively** (one `step` of slots/s) only when the whole interval is within the budget, i.e. the
+  measurement is sure the clients are fine; an uncertain window holds the pace. The asymmetry is the point: the
+  clients' budget is the constraint, speed is what is left of it.
+- A window only counts samples taken since the last change of pace, so the pace is judged on what it did, and a
+  window with too few requests holds (it cannot tell): a ramp needs `MIN_REQUESTS` (about 3 s at the probe's
+  default 100 requests/s), a back-off `MIN_BACKOFF_REQUESTS`.
+
+A proportional controller on the p99 would react to its noise (a 1-second p99 on shared cores jumps by tens of
+percent between quiet windows); AIMD reacts to the sign of a sure measurement only, and its saw-tooth stays below
+the limit on average, which is what the verdict judges. `Governor` runs `decide` in a thread while slots move,
+journals every change with the measurement behind it, hands the mover the pace before each group of slots, and stops
+the run between slots when gates keep failing at the slowest pace for `gates.pause_after_s`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.config import Gates, Migration
+from runbook_lib.watch.throttle import GatePaused
+from runbook_lib.watch.timeline import inside, moving_windows
+
+MIN_REQUESTS = 300
+"""A window ramps only on at least this many client requests: a p99 rests on its few slowest (here 3)."""
+MIN_BACKOFF_REQUESTS = 100
+"""A window backs off on fewer: one over the budget on a hundred requests is reason enough to be careful."""
+
+MIN_KEYS_PER_MIGRATE = 10
+SLOTS_PER_FLIGHT = 2.0
+"""Slots in flight follow the rate: one more slot in flight per this many slots/s (at least one)."""
+
+BOOT = 300
+MOVING_REACH = 4
+"""The governor looks back at most this many `gates.window_s` for samples taken while slots moved."""
+
+
+@dataclass(frozen=True)
+class Level:
+    """The pace: slot starts per second, slots in flight per source, keys per MIGRATE."""
+
+    slots_per_s: float
+    in_flight: int
+    keys_per_migrate: int
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One window's measurement: requests, p99 ratio to the baseline with its interval (None: no probe or no
+    baseline), and the node gates that fail."""
+
+    requests: int = 0
+    ratio: float | None = None
+    low: float | None = None
+    high: float | None = None
+    p99_ms: float | None = None
+    failing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The controller's limits: the ratio the budget allows, the ceilings and floors of the pace, the ramp step."""
+
+    limit: float
+    max_slots_per_s: float
+    min_slots_per_s: float
+    max_in_flight: int
+    max_keys_per_migrate: int
+    step: float
+
+    @classmethod
+    def of(cls, settings: Migration, gates: Gates, baseline_p99_ms: float | None) -> "Bounds":
+        """Bounds from params: the budget ratio (widened by `gates.latency_floor_ms`), the ceilings of the settings,
+        and a ramp step of a sixteenth of the ceiling (about 16 quiet windows from the floor to the ceiling)."""
+        limit = 1 + gates.latency_budget_pct / 100
+        if baseline_p99_ms:
+            limit = max(limit, 1 + gates.latency_floor_ms / baseline_p99_ms)
+        return cls(limit=limit, max_slots_per_s=settings.max_slots_per_s, min_slots_per_s=settings.min_slots_per_s,
+                   max_in_flight=settings.slots_in_flight, max_keys_per_migrate=settings.keys_per_migrate,
+                   step=max(settings.min_slots_per_s, settings.max_slots_per_s / 16))
+
+
+def start_level(settings: Migration) -> Level:
+    """The cautious start: `start_slots_per_s`, with the slots in flight that rate gets and a quarter of the keys."""
+    rate = min(settings.start_slots_per_s, settings.max_slots_per_s)
+    return Level(rate, in_flight_for(rate, settings.slots_in_flight),
+                 max(MIN_KEYS_PER_MIGRATE, min(settings.keys_per_migrate, settings.keys_per_migrate // 4)))
+
+
+def in_flight_for(rate: float, ceiling: int) -> int:
+    """Slots in flight for a slot rate: enough to keep that rate without piling slots open (pure)."""
+    return max(1, min(ceiling, int(rate / SLOTS_PER_FLIGHT)))
+
+
+def decide(level: Level, reading: Reading, bounds: Bounds) -> tuple[Level, str, str]:
+    """The next pace, the action (ramp, back off, hold, slowest) and why, from one window's reading (pure)."""
+    over = reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS and reading.ratio > bounds.limit
+    if reading.failing or over:
+        why = "; ".join([*reading.failing, *([f"p99 x{reading.ratio:.2f} of baseline over the budget x"
+                                              f"{bounds.limit:.2f}"] if over else [])])
+        rate = max(bounds.min_slots_per_s, level.slots_per_s / 2)
+        lower = Level(rate, max(1, min(level.in_flight // 2, in_flight_for(rate, bounds.max_in_flight))),
+                      max(MIN_KEYS_PER_MIGRATE, level.keys_per_migrate // 2))
+        return (lower, "back off", why) if lower != level else (level, "slowest", why)
+    if reading.ratio is None:
+        if reading.requests:
+            return level, "hold", f"{reading.requests} requests in the window: too few to tell"
+        why = "node gates pass; no client latency measured (no probe or no baseline)"
+    elif reading.requests < MIN_REQUESTS:
+        return level, "hold", f"{reading.requests} requests in the window: too few to tell"
+    elif reading.high is None or reading.high > bounds.limit:
+        return level, "hold", (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of baseline: not "
+                               f"sure it is within x{bounds.limit:.2f}")
+    else:
+        why = f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of baseline, within x{bounds.limit:.2f}"
+    rate = min(bounds.max_slots_per_s, level.slots_per_s + bounds.step)
+    higher = Level(rate, in_flight_for(rate, bounds.max_in_flight),
+                   min(bounds.max_keys_per_migrate, level.keys_per_migrate * 2))
+    return (higher, "ramp", why) if higher != level else (level, "ceiling", why)
+
+
+def settings_at(settings: Migration, level: Level) -> Migration:
+    """The mover's settings at a pace: the level's rate, slots in flight and keys per MIGRATE (pure)."""
+    return settings.model_copy(update={"max_slots_per_s": level.slots_per_s, "slots_in_flight": level.in_flight,
+                                       "keys_per_migrate": level.keys_per_migrate})
+
+
+def ratio_interval(baseline_ms: np.ndarray, window_ms: np.ndarray) -> tuple[float, float, float]:
+    """p99(window) / p99(baseline) with its 95 % bootstrap interval, cheap enough to run every second."""
+    from runbook_lib.watch.verdict import p99_ratio_interval
+    return p99_ratio_interval(baseline_ms, window_ms, n_boot=BOOT)
+
+
+@dataclass
+class PaceDecision:
+    """One change of pace with the measurement behind it, for the journal, the charts and the tables."""
+
+    ts: float
+    batch: int
+    action: str
+    reason: str
+    slots_per_s: float
+    slots_in_flight: int
+    keys_per_migrate: int
+    requests: int
+    ratio: float | None
+    low: float | None
+    high: float | None
+    p99_ms: float | None
+    limit: float
+    limit_ms: float | None
+    failing: list[str]
+
+
+Measure = Callable[[float], Reading]
+"""Reads one window: the measurement of everything since the given time (at most `gates.window_s` back)."""
+
+
+def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
+    """The measurement of a run folder: the probe's latencies since the given time, while slots moved (the windows
+    the verdict judges, `timeline.moving_windows`), against the baseline window's, and the sampler's node gates."""
+    from runbook_lib.watch.metrics import evaluate, gate_values
+    from runbook_lib.watch.traffic import PROBE_DIR, TrafficProbe
+    has_probe = (Path(run_dir) / PROBE_DIR / "probe.json").exists()
+    base_ms = None
+    if has_probe and baseline.get("since") and baseline.get("p99_ms"):
+        records = TrafficProbe.attach(run_dir).records(since=baseline["since"])
+        base_ms = records[records["ts"] <= baseline["ts"]]["latency_ms"].to_numpy(float)
+
+    def measure(since: float) -> Reading:
+        now = time.time()
+        window = max(0.5, min(gates.window_s, now - since))
+        values = gate_values(run_dir, window_s=window)
+        failing = tuple(f"{c.name}: {c.detail}" for c in evaluate(values, gates) if c.status == "fail")
+        if base_ms is None or len(base_ms) < MIN_REQUESTS:
+            return Reading(failing=failing)
+        records = TrafficProbe.attach(run_dir).records(since=now - gates.window_s * MOVING_REACH)
+        moving = moving_windows(Journal(Path(run_dir) / "journal.jsonl").entries(), now)
+        ts = records["ts"].to_numpy(float)
+        lat = records["latency_ms"].to_numpy(float)[inside(ts, moving) & (ts >= since)]
+        if len(lat) < MIN_BACKOFF_REQUESTS:
+            return Reading(requests=len(lat), failing=failing)
+        ratio, low, high = ratio_interval(base_ms, lat)
+        return Reading(len(lat), ratio, low, high, float(np.percentile(lat, 99)), failing)
+    return measure
+
+
+@dataclass
+class Governor:
+    """The budget pace for the mover: a thread measures every `interval_s` while slots move and sets the level;
+    the mover reads it before every group of slots (`before_group`)."""
+
+    configured: Migration
+    bounds: Bounds
+    measure: Measure
+    journal: Journal
+    pause_after_s: float = 60.0
+    interval_s: float = 1.0
+    baseline_p99_ms: float | None = None
+    level: Level = None
+    decisions: list[PaceDecision] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _paused: str | None = None
+    _changed: float = 0.0
+    _slowest_since: float | None = None
+    _batch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.level is None:
+            self.level = start_level(self.configured)
+
+    @property
+    def settings(self) -> Migration:
+        return settings_at(self.configured, self.level)
+
+    def before_batch(self, number: int) -> Migration:
+        """Start measuring at the first batch; every batch moves at the current level."""
+        self._batch = number
+        if self._paused:
+            raise GatePaused(self._paused)
+        if self._thread is None:
+            self._changed = time.time()
+            self._record("start", "cautious start", Reading())
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="pace-governor", daemon=True)
+            self._thread.start()
+        return self.settings
+
+    def before_group(self) -> Migration:
+        """The current level; stops the run here, between slots, once the governor paused it."""
+        if self._paused:
+            raise GatePaused(self._paused)
+        return self.settings
+
+    def end(self) -> None:
+        """Stop measuring (the migration ended or stopped)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception as e:  # a measurement that fails must not kill the pace: hold, say why
+                self._record("hold", f"measurement failed: {e}", Reading())
+
+    def tick(self, now: float | None = None) -> str:
+        """One measurement and decision; returns the action."""
+        now = time.time() if now is None else now
+        reading = self.measure(self._changed)
+        level, action, why = decide(self.level, reading, self.bounds)
+        if action == "slowest":
+            self._slowest_since = self._slowest_since or now
+            if now - self._slowest_since >= self.pause_after_s:
+                self._paused = (f"paused between slots: the gates kept failing at the slowest pace for "
+                                f"{self.pause_after_s:.0f} s ({why}). No slot of this run is left open and the "
+                                "cluster is consistent. Find the cause (load, a slow node) or change the gates in "
+                                "params, then `runbook resume`")
+                self._record("pause", why, reading)
+                return "pause"
+        else:
+            self._slowest_since = None
+        if level != self.level:
+            self.level = level
+            self._changed = now
+            self._record(action, why, reading)
+        elif action == "slowest" and self.decisions[-1].action != "slowest":
+            self._record(action, why, reading)
+        return action
+
+    def _record(self, action: str, why: str, reading: Reading) -> None:
+        lv, r = self.level, reading
+        d = PaceDecision(ts=time.time(), batch=self._batch, action=action, reason=why, slots_per_s=lv.slots_per_s,
+                         slots_in_flight=lv.in_flight, keys_per_migrate=lv.keys_per_migrate, requests=r.requests,
+                         ratio=_finite(r.ratio), low=_finite(r.low), high=_finite(r.high), p99_ms=_finite(r.p99_ms),
+                         limit=self.bounds.limit, failing=list(r.failing),
+                         limit_ms=self.baseline_p99_ms * self.bounds.limit if self.baseline_p99_ms else None)
+        self.decisions.append(d)
+        self.journal.record("pace", **{k: v for k, v in asdict(d).items() if k != "ts"})
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) or math.isinf(x) else round(float(x), 4)
+
+
+def governor(settings: Migration, gates: Gates, run_dir: str | Path, journal: Journal, baseline: dict) -> Governor:
+    """The governor of a run folder, over its probe and sampler, against its baseline."""
+    return Governor(settings, Bounds.of(settings, gates, baseline.get("p99_ms")),
+                    run_measure(run_dir, gates, baseline), journal, pause_after_s=gates.pause_after_s,
+                    baseline_p99_ms=baseline.get("p99_ms"))
+

@@ -1,0 +1,174 @@
+"""The budget pace controller on synthetic measurements: it backs off on a step up, ramps on quiet, holds ceilings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.config import Gates, Migration
+from runbook_lib.watch.pace import (
+    MIN_BACKOFF_REQUESTS,
+    MIN_REQUESTS,
+    Bounds,
+    Governor,
+    Level,
+    Reading,
+    decide,
+    ratio_interval,
+    settings_at,
+    start_level,
+)
+from runbook_lib.watch.throttle import GatePaused
+
+SETTINGS = Migration(preset="budget")
+BOUNDS = Bounds.of(SETTINGS, Gates(latency_budget_pct=10.0), baseline_p99_ms=1.0)
+QUIET = Reading(requests=500, ratio=1.02, low=0.95, high=1.08, p99_ms=1.02)
+STEP_UP = Reading(requests=500, ratio=1.6, low=1.3, high=1.9, p99_ms=1.6)
+
+
+def test_a_quiet_series_ramps_to_the_ceilings_and_stays_there():
+    level = start_level(SETTINGS)
+    actions = []
+    for _ in range(40):
+        level, action, _ = decide(level, QUIET, BOUNDS)
+        actions.append(action)
+    assert level == Level(SETTINGS.max_slots_per_s, SETTINGS.slots_in_flight, SETTINGS.keys_per_migrate)
+    assert actions[0] == "ramp" and actions[-1] == "ceiling"
+    rates = []
+    level = start_level(SETTINGS)
+    for _ in range(5):
+        level, _, _ = decide(level, QUIET, BOUNDS)
+        rates.append(level.slots_per_s)
+    assert np.allclose(np.diff(rates), BOUNDS.step), "the ramp is additive: one step per quiet window"
+
+
+def test_a_step_up_in_p99_backs_off_within_one_interval_and_halves():
+    level = Level(32.0, 16, 1000)
+    lower, action, why = decide(level, STEP_UP, BOUNDS)
+    assert action == "back off" and "over the budget" in why
+    assert lower == Level(16.0, 8, 500)
+
+
+def test_a_failing_node_gate_backs_off_even_when_latency_is_fine():
+    lower, action, why = decide(Level(8.0, 4, 1000), Reading(500, 1.0, 0.9, 1.05, 1.0, ("CPU: 91 % >= 70 %",)),
+                                BOUNDS)
+    assert action == "back off" and "CPU" in why and lower.slots_per_s == 4.0
+
+
+def test_back_off_stops_at_the_floors():
+    level = Level(32.0, 16, 1000)
+    for _ in range(20):
+        level, action, _ = decide(level, STEP_UP, BOUNDS)
+    assert level == Level(SETTINGS.min_slots_per_s, 1, 10) and action == "slowest"
+
+
+def test_an_uncertain_or_thin_window_holds():
+    unsure = Reading(requests=500, ratio=1.05, low=0.9, high=1.25, p99_ms=1.05)
+    assert decide(Level(4.0, 2, 500), unsure, BOUNDS)[1] == "hold"
+    thin = Reading(requests=MIN_BACKOFF_REQUESTS - 1, ratio=3.0, low=2.0, high=4.0, p99_ms=3.0)
+    assert decide(Level(4.0, 2, 500), thin, BOUNDS)[1] == "hold", "too few requests to judge either way"
+    quiet_but_thin = Reading(requests=MIN_REQUESTS - 1, ratio=1.0, low=0.9, high=1.05, p99_ms=1.0)
+    assert decide(Level(4.0, 2, 500), quiet_but_thin, BOUNDS)[1] == "hold", "a ramp needs a surer window"
+    over_on_fewer = Reading(requests=MIN_BACKOFF_REQUESTS, ratio=3.0, low=2.0, high=4.0, p99_ms=3.0)
+    assert decide(Level(4.0, 2, 500), over_on_fewer, BOUNDS)[1] == "back off"
+
+
+def test_without_client_latency_only_node_gates_govern():
+    assert decide(Level(4.0, 2, 500), Reading(), BOUNDS)[1] == "ramp"
+    assert decide(Level(4.0, 2, 500), Reading(failing=("memory: 85 %",)), BOUNDS)[1] == "back off"
+
+
+def test_the_budget_and_its_floor_set_the_limit():
+    assert Bounds.of(SETTINGS, Gates(latency_budget_pct=10.0), 1.0).limit == pytest.approx(1.1)
+    assert Bounds.of(SETTINGS, Gates(latency_budget_pct=10.0, latency_floor_ms=2.0), 1.0).limit == pytest.approx(3.0)
+
+
+def test_settings_at_a_level_never_exceed_the_ceilings():
+    s = settings_at(SETTINGS, Level(SETTINGS.max_slots_per_s, SETTINGS.slots_in_flight, SETTINGS.keys_per_migrate))
+    assert (s.max_slots_per_s, s.slots_in_flight, s.keys_per_migrate) == (64.0, 16, 1000)
+    first = start_level(Migration(preset="budget", start_slots_per_s=100.0))
+    assert first.slots_per_s == 64.0, "the start is capped by the ceiling"
+
+
+def test_budget_pace_needs_a_ceiling():
+    with pytest.raises(ValueError, match="needs a ceiling"):
+        Migration(preset="budget", max_slots_per_s=0.0)
+
+
+def test_ratio_interval_sees_a_step_in_a_few_hundred_samples():
+    rng = np.random.default_rng(1)
+    base = rng.gamma(4.0, 0.25, 3000)
+    same = rng.gamma(4.0, 0.25, 400)
+    worse = same * 1.5
+    r, lo, hi = ratio_interval(base, same)
+    assert lo <= 1.0 <= hi * 1.05
+    r2, lo2, _ = ratio_interval(base, worse)
+    assert lo2 > 1.1 and r2 > r
+
+
+class Series:
+    """A synthetic measurement: `readings[i]` at tick i."""
+
+    def __init__(self, readings):
+        self.readings, self.i = list(readings), 0
+
+    def __call__(self, since: float) -> Reading:
+        r = self.readings[min(self.i, len(self.readings) - 1)]
+        self.i += 1
+        return r
+
+
+def test_the_governor_journals_every_change_with_its_measurement(tmp_path):
+    journal = Journal(tmp_path / "journal.jsonl")
+    g = Governor(SETTINGS, BOUNDS, Series([QUIET, QUIET, STEP_UP]), journal, baseline_p99_ms=1.0)
+    g.before_batch(1)
+    g.end()
+    assert [g.tick(now=t) for t in (1.0, 2.0, 3.0)] == ["ramp", "ramp", "back off"]
+    paces = [e for e in journal.entries() if e["event"] == "pace"]
+    assert [e["action"] for e in paces] == ["start", "ramp", "ramp", "back off"]
+    assert paces[-1]["ratio"] == pytest.approx(1.6) and paces[-1]["limit_ms"] == pytest.approx(1.1)
+    assert g.before_group().max_slots_per_s == g.level.slots_per_s
+
+
+def test_the_governor_pauses_between_slots_when_gates_keep_failing_at_the_slowest_pace(tmp_path):
+    journal = Journal(tmp_path / "journal.jsonl")
+    slow = Level(SETTINGS.min_slots_per_s, 1, 10)
+    g = Governor(SETTINGS, BOUNDS, Series([STEP_UP]), journal, pause_after_s=5.0, level=slow)
+    g.before_batch(1)
+    g.end()
+    assert g.tick(now=100.0) == "slowest"
+    assert g.tick(now=103.0) == "slowest"
+    assert g.tick(now=106.0) == "pause"
+    with pytest.raises(GatePaused, match="slowest pace for 5 s.*runbook resume"):
+        g.before_group()
+    assert [e["action"] for e in journal.entries() if e["event"] == "pace"] == ["start", "slowest", "pause"]
+
+
+def test_a_gate_that_recovers_at_the_slowest_pace_does_not_pause(tmp_path):
+    slow = Level(SETTINGS.min_slots_per_s, 1, 10)
+    g = Governor(SETTINGS, BOUNDS, Series([STEP_UP, STEP_UP, QUIET, STEP_UP]), Journal(tmp_path / "j.jsonl"),
+                 pause_after_s=5.0, level=slow)
+    g.before_batch(1)
+    g.end()
+    assert [g.tick(now=t) for t in (100.0, 103.0, 104.0, 106.0)] == ["slowest", "slowest", "ramp", "back off"]
+    g.before_group()
+
+
+def test_the_pace_series_bins_what_moved_against_the_pace_set_and_the_clients_p99():
+    import pandas as pd
+
+    from runbook_lib.watch.timeline import pace_series
+    entries = [{"event": "slots_open", "ts": 100.0, "slots": [1]},
+               {"event": "pace", "ts": 100.0, "slots_per_s": 2.0, "limit_ms": 1.1},
+               {"event": "keys_migrated", "ts": 100.5, "slots": {"1": 50}},
+               {"event": "slots_assigned", "ts": 100.6, "slots": [1]},
+               {"event": "pace", "ts": 101.2, "slots_per_s": 6.0, "limit_ms": 1.1},
+               {"event": "slots_assigned", "ts": 102.5, "slots": [2, 3, 4]}]
+    records = pd.DataFrame({"ts": [100.1, 100.2, 102.1, 102.2], "latency_ms": [1.0, 1.0, 3.0, 3.0]})
+    s = pace_series(entries, records)
+    assert s["slots_per_s"].tolist() == [1.0, 0.0, 3.0]
+    assert s["keys_per_s"].tolist() == [50.0, 0.0, 0.0]
+    assert s["pace_slots_per_s"].tolist() == [2.0, 6.0, 6.0]
+    assert s["p99_ms"].iloc[2] == pytest.approx(3.0) and s["requests"].tolist() == [2, 0, 2]
+    assert pace_series(entries[:1], records).empty
