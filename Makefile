@@ -6,19 +6,19 @@ SANDBOX_DIR ?= .sandbox
 PARAMS ?= params/sandbox.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup redis test unit demo demo-down clean
+.PHONY: help setup redis browser test unit demo demo-down clean
 
 help:
 	@echo "make demo       start the sandbox cluster (3+3 with data) and run the whole 3+3 -> 4+4 expansion"
 	@echo "make demo-down  stop the sandbox"
-	@echo "make test       unit, notebook and integration tests against real redis-server processes"
+	@echo "make test       unit, notebook, integration and browser tests (real redis-server, Debian's chromium)"
 	@echo "make unit       only the fast unit tests"
 	@echo "make setup      create $(VENV), install the project, and make sure redis-server/redis-cli exist"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 redis:
@@ -33,9 +33,22 @@ redis:
 		exit 1; \
 	fi
 
+# The browser tests drive Debian's chromium (Playwright never downloads one); `make demo` does not need it.
+browser:
+	@if [ -n "$$RUNBOOK_CHROMIUM" ] || command -v chromium >/dev/null; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium with apt-get (for the browser tests)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "chromium is needed for the browser tests: 'sudo apt-get install chromium' (Debian/Ubuntu)," >&2; \
+		echo "or set RUNBOOK_CHROMIUM to a chromium binary." >&2; \
+		exit 1; \
+	fi
+
 setup: $(STAMP) redis
 
-test: setup
+test: setup browser
 	$(BIN)/pytest -q
 
 unit: $(STAMP)

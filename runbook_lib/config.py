@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -107,6 +108,46 @@ PRESETS = {
 DEFAULT_PRESET = "budget"
 
 
+CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"
+"""A wall-clock time in params: HH:MM, or HH:MM:SS."""
+
+
+class Window(_Section):
+    """The off-peak window slots move in (the article runs expansions at night, e.g. 02:00-04:00): wall-clock `start`
+    and `end` (HH:MM, quoted; `end` before `start` crosses midnight) in the IANA `timezone`. Outside it the mover
+    starts no slot; `outside: wait` pauses between slots (none open) until it opens, `outside: stop` stops the run
+    for `runbook resume`."""
+
+    start: str = Field(pattern=CLOCK_TIME)
+    end: str = Field(pattern=CLOCK_TIME)
+    timezone: str = "UTC"
+    outside: Literal["wait", "stop"] = "wait"
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value):
+        if isinstance(value, int):
+            raise ValueError(f"write the time in quotes, e.g. '02:00' (YAML reads an unquoted 02:00 as the number "
+                             f"120; got {value!r})")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin' or 'UTC')") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if self.start == self.end:
+            raise ValueError("start and end are the same time: the window would be empty (leave `window` out to "
+                             "move at any time)")
+        return self
+
+
 class Migration(_Section):
     """How slots move: batch size, keys per MIGRATE, timeouts, pacing; `preset` fills the keys not given.
 
@@ -124,6 +165,7 @@ class Migration(_Section):
     as on the least connected old master, from its CLIENT LIST) its slots move one at a time, each ASK window short:
     stock redis-py fails a request on an ASK to a master it does not know (redis-py#4015); after
     `client_learn_wait_s` (0: no wait) the run goes on at its pace and the journal says the clients were not seen.
+    `window` (absent: any time) limits slot moves to an off-peak window.
     """
 
     preset: str = DEFAULT_PRESET
@@ -142,6 +184,7 @@ class Migration(_Section):
     convergence_timeout_s: float = Field(60.0, gt=0)
     allow_master_without_replica: bool = False
     client_learn_wait_s: float = Field(30.0, ge=0)
+    window: Window | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,8 @@ from runbook_lib.config import Credentials
 from runbook_lib.exceptions import BadInput, RunLocked
 
 LOCK_KEY = "runbook:lock"
+RUN_ID_ENV = "RUNBOOK_RUN_ID"
+"""Set by `runbook run` for the kernels it starts: the id of the run that holds the lock (and seals the folder)."""
 TTL_S = 60.0
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 20.0

@@ -67,8 +67,9 @@ def current_plan(topo: Topology, creds: Credentials, addresses: list[str], setti
 
 def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: Migration, journal: Journal,
             bigkeys: BigKeys | None = None, progress: bool = True, throttle: "Pace | None" = None,
-            partners: dict[str, str] | None = None) -> tuple[Plan, list[BatchResult]]:
-    """Observe, finish the slots this journal left open, rescue stranded keys, plan what remains, move it.
+            partners: dict[str, str] | None = None, max_batches: int | None = None) -> tuple[Plan, list[BatchResult]]:
+    """Observe, finish the slots this journal left open, rescue stranded keys, plan what remains, move it (at most
+    `max_batches` batches of it: a later call goes on with what remains).
 
     Open slots this run did not open (another tool, an operator) are refused: `runbook resume` repairs those. No
     slot moves to a master without a replica in sync unless `settings.allow_master_without_replica`.
@@ -81,8 +82,11 @@ def migrate(topo: Topology, creds: Credentials, addresses: list[str], settings: 
     replicas = require_replicas(topo, creds, targets, settings.allow_master_without_replica)
     journal.record("migration_start", moves=len(plan.moves), batches=len(plan.batches),
                    replicas=[c.__dict__ for c in replicas], notes=shard_notes(topo, addresses))
-    results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle)
-    journal.record("migration_end", keys=sum(r.keys for r in results), slots=sum(r.slots for r in results))
+    results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle,
+                                                                 max_batches=max_batches)
+    moved = sum(r.slots for r in results)
+    journal.record("migration_end", keys=sum(r.keys for r in results), slots=moved,
+                   remaining=len(plan.moves) - moved)
     return plan, results
 
 
@@ -94,6 +98,9 @@ def summary(plan: Plan, batches: list[BatchResult], applied: bool) -> str:
         return f"Dry run: would move {len(plan.moves)} slots in {len(plan.batches)} batches."
     seconds = sum(b.seconds for b in batches)
     keys = sum(b.keys for b in batches)
+    moved = sum(b.slots for b in batches)
     rate = keys / seconds if seconds else 0.0
-    return (f"Moved {sum(b.slots for b in batches)} slots and {keys} keys in {len(batches)} batches, "
-            f"{seconds:.1f} s of migration ({rate:,.0f} keys/s).")
+    left = len(plan.moves) - moved
+    return (f"Moved {moved} slots and {keys} keys in {len(batches)} batches, "
+            f"{seconds:.1f} s of migration ({rate:,.0f} keys/s)."
+            + (f" {left} slots remain: run this section again to go on." if left > 0 else ""))

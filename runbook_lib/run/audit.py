@@ -26,6 +26,8 @@ from runbook_lib.exceptions import BadInput
 from runbook_lib.files import sha256_file
 
 PROVENANCE = "provenance.json"
+RESULTS_DIR = "results"
+"""In a run folder: each section's verdict as <section>.json."""
 PARAMS_COPY = "params.redacted.yaml"
 MANIFEST = "manifest.json"
 REDACTED = "[redacted]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -67,6 +68,30 @@ def _verify_report(args) -> int:
     return 0 if result.ok else 1
 
 
+def _seal(args) -> int:
+    """Seal a run folder by hand: the interactive run it holds ends (the next notebook starts a new one)."""
+    from runbook_lib.cluster.lock import new_run_id
+    from runbook_lib.run.interactive import RUN_RECORD
+    from runbook_lib.run.report import seal_folder
+    run_dir = Path(args.dir).resolve()
+    if not (run_dir / "results").is_dir():
+        raise BadInput(f"{run_dir} holds no section results (results/); give a run folder")
+    record = {}
+    for name in (RUN_RECORD, "provenance.json"):
+        if (run_dir / name).exists():
+            record = json.loads((run_dir / name).read_text())
+            break
+    params_file = args.params or record.get("params_file")
+    if not params_file:
+        raise BadInput(f"{run_dir} does not say which params file it ran with; give it with --params")
+    params = load_params(params_file)
+    started = float(record.get("started") or time.time())
+    sealed = seal_folder(run_dir, params, "runbook seal", record.get("run_id") or new_run_id(), started)
+    print(f"sealed {run_dir}: index {run_dir / 'index.html'}, manifest {sealed['manifest']} (sha256 "
+          f"{sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
+    return 0
+
+
 def _acl(args) -> int:
     from runbook_lib.sections.acl import setuser_command
     print(setuser_command(args.user, args.section or None))
@@ -77,13 +102,15 @@ def _holding_lock(name: str, params, run_dir: Path | None, take_over: bool, work
     """Run `work()` (it changes the cluster) holding the cluster's run lock, then re-seal the run folder it used."""
     from runbook_lib.cluster.lock import holding
     from runbook_lib.run.audit import invocation, seal
+    from runbook_lib.watch.detached import Heartbeat
     started, code = time.time(), 1
     with holding(params.model.cluster.seed, params.credentials(), f"runbook {name}", take_over,
                  run_dir=str(run_dir or "")) as lock:
         if lock.taken_over is not None:
             print(f"took over the stale run lock of {lock.taken_over.describe()}")
         try:
-            code = work()
+            with Heartbeat(run_dir) if run_dir is not None else contextlib.nullcontext():
+                code = work()
         finally:
             if run_dir is not None and (run_dir / "manifest.json").exists():
                 seal(run_dir, params, invocation(f"runbook {name}", lock.holder.run_id, params, started,
@@ -375,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=EPILOG)
     vr.add_argument("dir", metavar="DIR", help="the run folder (holding manifest.json)")
     vr.set_defaults(func=_verify_report)
+    seal = sub.add_parser("seal", help="end a run stepped through by hand: index, provenance and manifest; watchers "
+                                       "stopped", description="seal a run folder: stop its traffic probe and metrics "
+                          "sampler, write index.html, provenance.json, params.redacted.yaml and, last, manifest.json "
+                          "(as `runbook run` does at its end). The interactive run it holds ends: the next notebook "
+                          "opened without run_dir starts a new run folder.", epilog=EPILOG)
+    seal.add_argument("dir", metavar="DIR", help="the run folder")
+    seal.add_argument("--params", help="params file (default: the one the run folder records)")
+    seal.set_defaults(func=_seal)
     acl = sub.add_parser("acl", help="print the ACL SETUSER command for the runbook's least-privilege user",
                          description="print the ACL SETUSER command for the runbook's least-privilege user "
                                      "(docs/acl.md explains every rule)", epilog=EPILOG)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import getpass
 import json
 import platform
@@ -17,41 +18,100 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.topology import Topology, observe
 from runbook_lib.config import Credentials, Params, load_params
 from runbook_lib.exceptions import BadInput, CheckFailed
-from runbook_lib.run.audit import git_commit
+from runbook_lib.run import interactive
+from runbook_lib.run.audit import RESULTS_DIR, git_commit
 from runbook_lib.run.confirm import confirm as confirm_cluster
+from runbook_lib.run.inputs import check_seed
 
-__all__ = ["BadInput", "Check", "Section", "checks_frame", "open_section", "step_markdown", "step_summary"]
+__all__ = ["BadInput", "Check", "RESULTS_DIR", "Section", "checks_frame", "open_section", "step_markdown",
+           "step_summary"]
 
 PARAMETERS = {"params_file": str, "run_dir": str}
-RESULTS_DIR = "results"
+"""The parameters every notebook declares; a notebook may declare more of its own (40_migrate: max_batches)."""
+KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+INJECTED = "# Parameters"
+"""How papermill's injected-parameters cell begins."""
 CHARTS_DIR = "charts"
 
 
-def check_parameters(namespace: dict, hidden: set[str]) -> dict:
-    """Type-check the notebook's parameters and refuse names papermill injected that the notebook does not know."""
-    user = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in hidden}
-    unknown = sorted(set(user) - set(PARAMETERS))
+def _literal_assignments(source: str) -> list[ast.stmt] | None:
+    """The statements of a cell made only of `name = literal` or `name: type = literal`, else None."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    for node in body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if not isinstance(target, ast.Name) or node.value is None:
+            return None
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            return None
+    return body or None
+
+
+def parameter_cells(history: list[str]) -> tuple[dict[str, str], set[str]]:
+    """From the cells a kernel ran, oldest first: the parameters the last parameters cell declares (typed literals,
+    name -> type name) and the names injected-parameters cells (papermill's, `# Parameters`) set after it (pure).
+
+    Read from the cells, not from the kernel's globals: re-running a cell later finds the notebook's own names there
+    (section, topo, checks ...), which are no parameters."""
+    declared: dict[str, str] = {}
+    injected: set[str] = set()
+    for source in history:
+        body = _literal_assignments(source)
+        if body is None:
+            continue
+        if all(isinstance(n, ast.AnnAssign) and isinstance(n.annotation, ast.Name) for n in body):
+            declared = {n.target.id: n.annotation.id for n in body}
+            injected = set()
+        elif source.lstrip().startswith(INJECTED):
+            injected |= {(n.target if isinstance(n, ast.AnnAssign) else n.targets[0]).id for n in body}
+    return declared, injected
+
+
+def check_parameters(declared: dict[str, str], injected: set[str], namespace: dict) -> dict:
+    """Type-check the declared parameters' values in `namespace` and refuse injected names the notebook does not
+    declare (papermill only logs them); returns name -> value."""
+    if not declared:
+        raise BadInput("no parameters cell has run in this kernel: run the cell tagged `parameters` first")
+    unknown = sorted(injected - set(declared))
     if unknown:
-        raise BadInput(f"unknown notebook parameters {unknown}; the parameters are {sorted(PARAMETERS)}")
-    for name, kind in PARAMETERS.items():
-        if name not in user:
+        raise BadInput(f"unknown notebook parameters {unknown}; the parameters are {sorted(declared)}")
+    missing = sorted(set(PARAMETERS) - set(declared))
+    if missing:
+        raise BadInput(f"the parameters cell must declare {missing}")
+    values = {}
+    for name, kind in declared.items():
+        if name not in namespace:
             raise BadInput(f"notebook parameter {name} is missing")
-        if not isinstance(user[name], kind):
-            raise BadInput(f"notebook parameter {name} must be {kind.__name__}, got {type(user[name]).__name__} "
-                           f"{user[name]!r}")
-    return {k: user[k] for k in PARAMETERS}
+        value = namespace[name]
+        accepted = KINDS.get(kind)
+        if accepted is None:
+            raise BadInput(f"notebook parameter {name}: type {kind} is not one of {sorted(KINDS)}")
+        if not isinstance(value, accepted) or (kind != "bool" and isinstance(value, bool)):
+            raise BadInput(f"notebook parameter {name} must be {kind}, got {type(value).__name__} {value!r}")
+        values[name] = value
+    return values
 
 
 class Section:
     """One runbook section's context: params, credentials, run folder, journal, and where results go."""
 
-    def __init__(self, name: str, params: Params, run_dir: Path) -> None:
+    def __init__(self, name: str, params: Params, run_dir: Path, run: interactive.RunInfo | None = None,
+                 parameters: dict | None = None, session: interactive.KernelSession | None = None) -> None:
         self.name = name
         self.params = params
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = run or interactive.given_run(params, run_dir)
+        self.parameters = parameters or {}
+        self.session = session or interactive.SESSION
         self.journal = Journal(run_dir / "journal.jsonl")
         self._creds: Credentials | None = None
+        self._seed_checked = False
         self.started = time.time()
 
     @property
@@ -75,19 +135,29 @@ class Section:
         return self.params.model.apply
 
     def observe(self) -> Topology:
+        """The live cluster; the first time, through the seed checks `runbook run` makes (unreachable, wrong
+        password, not a cluster: a ParamsError naming the params key)."""
+        if not self._seed_checked:
+            topo = check_seed(self.params, self.creds)
+            self._seed_checked = True
+            return topo
         return observe(self.seed, self.creds)
 
     def confirm(self, topo: Topology) -> bool:
-        """Whether to act: apply is set and confirm_cluster names this cluster (seed address or seed node id);
-        the rule every entry point shares, `runbook_lib.run.confirm.confirm`."""
-        return confirm_cluster(self.params, topo)
+        """Whether to act: apply is set and confirm_cluster names this cluster (seed address or seed node id), the rule
+        every entry point shares (`runbook_lib.run.confirm.confirm`). When it acts, the params' new nodes are checked
+        live and the cluster's run lock is taken until the cell ends, as `runbook run` does."""
+        acting = confirm_cluster(self.params, topo)
+        if acting:
+            self.session.guard(self.params, topo, self.run, self.name)
+        return acting
 
     def provenance(self) -> dict:
         return {"section": self.name, "runbook_lib": __version__, "git_commit": git_commit(),
                 "host": platform.node(), "user": getpass.getuser(),
                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
                 "params_file": self.params.path.name, "run_dir": str(self.run_dir),
-                "mode": "apply" if self.apply else "dry run"}
+                "run": interactive.describe(self.run), "mode": "apply" if self.apply else "dry run"}
 
     def save_json(self, name: str, data) -> Path:
         """Write a result other steps and tests read (never scraped from outputs)."""
@@ -138,6 +208,11 @@ class Section:
         folder = self.run_dir / RESULTS_DIR
         folder.mkdir(exist_ok=True)
         (folder / f"{self.name}.json").write_text(json.dumps(verdict, indent=2, default=str))
+        self.session.release()
+        if not self.run.headless and (interactive.sealed(self.run_dir) or
+                                      (not failed and self.name in interactive.RUN_ENDS)):
+            sealed = interactive.seal_run(self.params, self.run, f"notebook {self.name}")
+            verdict["sealed"] = str(sealed["manifest"])
         if failed:
             raise CheckFailed(f"{self.name}: {summary}")
         return verdict
@@ -191,24 +266,26 @@ def _plain(obj):
     return obj
 
 
-def default_run_dir(params: Params) -> Path:
-    """Where a notebook stepped through by hand writes: one folder per UTC day under the report folder."""
-    return params.report_dir / time.strftime("interactive-%Y%m%d", time.gmtime())
+def _history(shell) -> list[str]:
+    """The cells this kernel ran, oldest first (IPython's input history)."""
+    return [str(source) for source in shell.user_ns.get("In", [])] if shell is not None else []
 
 
 def open_section(name: str, namespace: dict) -> Section:
-    """Check the parameters of the calling notebook, load its params file, and open its run folder."""
+    """Check the calling notebook's parameters (as its parameters cell declares them), load its params file, and open
+    its run folder: the one given, else the interactive run's (see `runbook_lib.run.interactive`). Re-runnable."""
     try:
         from IPython import get_ipython
         shell = get_ipython()
-        hidden = set(shell.user_ns_hidden) if shell is not None else set()
     except ImportError:
-        hidden = set()
-    values = check_parameters({k: v for k, v in namespace.items() if not callable(v) and not _is_module(v)}, hidden)
+        shell = None
+    if shell is None:
+        declared, injected = {k: v.__name__ for k, v in PARAMETERS.items()}, set()
+    else:
+        declared, injected = parameter_cells(_history(shell))
+    values = check_parameters(declared, injected, namespace)
     params = load_params(values["params_file"])
-    run_dir = Path(values["run_dir"]).resolve() if values["run_dir"] else default_run_dir(params)
-    return Section(name, params, run_dir)
-
-
-def _is_module(value) -> bool:
-    return type(value).__name__ == "module"
+    session = interactive.SESSION
+    run = session.run_for(params, values["run_dir"])
+    session.hook(shell)
+    return Section(name, params, run.run_dir, run=run, parameters=values, session=session)

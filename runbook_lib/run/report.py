@@ -18,12 +18,12 @@ from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 
 from runbook_lib import exceptions, progress
-from runbook_lib.cluster.lock import LOCK_KEY, RunLock, new_run_id
+from runbook_lib.cluster.lock import LOCK_KEY, RUN_ID_ENV, RunLock, new_run_id
 from runbook_lib.config import known_secrets, load_params
 from runbook_lib.exceptions import BadInput, RunLocked
 from runbook_lib.run import audit, verdict_table
+from runbook_lib.run.audit import RESULTS_DIR
 from runbook_lib.run.inputs import check_targets
-from runbook_lib.run.notebook import RESULTS_DIR
 from runbook_lib.watch.journal_progress import follow
 from runbook_lib.watch.lifecycle import ACCEPTANCE_FILE, stop_all
 
@@ -196,6 +196,8 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
                                      if continued is not None else ""))
     if lock is not None and lock.taken_over is not None:
         say(f"took over the stale run lock of {lock.taken_over.describe()}")
+    outer_run_id = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = run_id
     try:
         for i, name in enumerate(sections, start=1):
             if lock is not None and lock.lost is not None:
@@ -215,6 +217,10 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
         result.stopped = f"interrupted: {type(e).__name__}"
         raise
     finally:
+        if outer_run_id is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = outer_run_id
         released = lock.release() if lock is not None else False
         if lock is not None and not released:
             say(f"warning: the run lock {LOCK_KEY!r} was not ours any more or could not be deleted; it expires by "
@@ -238,6 +244,20 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
         say(f"report: {run_dir / 'index.html'}")
         say(f"manifest: {sealed['manifest']} (sha256 {sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
     return result
+
+
+def seal_folder(run_dir: Path, params, command: str, run_id: str, started: float) -> dict:
+    """Seal a folder no runner sealed (a run stepped through by hand, `runbook seal`): stop its watchers, write
+    index.html from the verdicts recorded, provenance and the params copy, then the manifest last."""
+    stop_all(run_dir)
+    done = earlier_results(run_dir)
+    failed = any(s.status == "fail" for s in done)
+    record = audit.invocation(command, run_id, params, started, time.time(), exit_code=1 if failed else 0,
+                              sections=[{"name": s.name, "status": s.status, "summary": s.summary,
+                                         "seconds": round(s.seconds, 2)} for s in done])
+    audit.record(run_dir, params, record, known_secrets())
+    write_index(RunResult(run_dir=run_dir), available())
+    return audit.finish(run_dir, run_id, known_secrets())
 
 
 def execute(name: str, params_path: Path, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> SectionResult:

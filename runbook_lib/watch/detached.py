@@ -2,7 +2,8 @@
 
 A worker runs as `python -m <module> <args>` in its own session (a kernel shutdown or Ctrl-C does not reach it),
 gets its settings and secrets as JSON on stdin (never in argv, the environment or a file), stops when a flag file
-appears, when its folder disappears or at a deadline, and is identified by its command line, not by pid alone.
+appears, when its folder disappears, at a deadline, or when no live run has touched the run folder's heartbeat file
+for its idle limit (a notebook left open, a kernel killed), and is identified by its command line, not by pid alone.
 """
 
 from __future__ import annotations
@@ -13,12 +14,85 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+
+HEARTBEAT_FILE = "watch.heartbeat"
+IDLE_ENV = "RUNBOOK_WATCH_IDLE_S"
+IDLE_S = 1800.0
+"""Watchers stop by themselves after this long without a heartbeat from a live run (env RUNBOOK_WATCH_IDLE_S)."""
+HEARTBEAT_EVERY_S = 10.0
+
+
+def idle_limit_s() -> float:
+    """The idle limit new watchers get: RUNBOOK_WATCH_IDLE_S when set (seconds, > 0), else IDLE_S."""
+    raw = os.environ.get(IDLE_ENV, "")
+    try:
+        value = float(raw) if raw else IDLE_S
+    except ValueError:
+        value = IDLE_S
+    return value if value > 0 else IDLE_S
+
+
+def start_heartbeat(run_dir: Path, idle_s: float) -> Path:
+    """Create (or renew) a run folder's heartbeat file, holding the idle limit its watchers obey."""
+    path = Path(run_dir) / HEARTBEAT_FILE
+    path.write_text(json.dumps({"idle_stop_s": idle_s, "created": time.time()}))
+    return path
+
+
+def touch_heartbeat(run_dir: Path) -> bool:
+    """A live run is working in this folder: renew its heartbeat, when its watchers have one; whether it had."""
+    try:
+        os.utime(Path(run_dir) / HEARTBEAT_FILE)
+        return True
+    except OSError:
+        return False
+
+
+def end_heartbeat(run_dir: Path) -> None:
+    """The run's watchers stopped: remove the heartbeat file (nothing touches a sealed folder)."""
+    (Path(run_dir) / HEARTBEAT_FILE).unlink(missing_ok=True)
+
+
+class Heartbeat:
+    """Touches a run folder's heartbeat every `every_s` from a thread while something works there (a notebook cell,
+    a CLI command); `start`/`stop`, or use it as a context manager."""
+
+    def __init__(self, run_dir: Path, every_s: float = HEARTBEAT_EVERY_S) -> None:
+        self.run_dir, self.every_s = Path(run_dir), every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Heartbeat":
+        if self._thread is None:
+            self._stop.clear()
+            touch_heartbeat(self.run_dir)
+            self._thread = threading.Thread(target=self._beat, name="runbook-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            touch_heartbeat(self.run_dir)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=self.every_s + 1)
+            self._thread = None
+            touch_heartbeat(self.run_dir)
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def spawn(module: str, args: list[str], payload: dict, log_path: Path) -> subprocess.Popen:
@@ -90,15 +164,29 @@ def _wait_gone(pids: list[int], marker: str, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-class StopFlag:
-    """In a worker: set once the stop file exists, its folder is gone, SIGTERM arrived or the deadline passed."""
+def idle_for(heartbeat: Path, now: float) -> tuple[float, float] | None:
+    """(seconds since the heartbeat was touched, its idle limit), or None without a readable heartbeat file."""
+    try:
+        limit = float(json.loads(heartbeat.read_text())["idle_stop_s"])
+        return now - heartbeat.stat().st_mtime, limit
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
-    def __init__(self, stop_file: Path, deadline: float, check_every_s: float = 0.1) -> None:
+
+class StopFlag:
+    """In a worker: set once the stop file exists, its folder is gone, SIGTERM arrived, the deadline passed, or the
+    run folder's `heartbeat` file (when given and present) went untouched for its idle limit."""
+
+    def __init__(self, stop_file: Path, deadline: float, check_every_s: float = 0.1,
+                 heartbeat: Path | None = None, heartbeat_every_s: float = 2.0) -> None:
         self.stop_file = stop_file
         self.deadline = deadline
         self.check_every_s = check_every_s
+        self.heartbeat = heartbeat
+        self.heartbeat_every_s = heartbeat_every_s
         self.reason = ""
         self._next_check = 0.0
+        self._next_heartbeat = 0.0
         signal.signal(signal.SIGTERM, self._on_term)
 
     def _on_term(self, signum, frame) -> None:
@@ -118,6 +206,12 @@ class StopFlag:
             self.reason = f"{self.stop_file.parent} was removed"
         elif time.time() > self.deadline:
             self.reason = "maximum run time reached"
+        elif self.heartbeat is not None and now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_every_s
+            idle = idle_for(self.heartbeat, time.time())
+            if idle is not None and idle[0] > idle[1]:
+                self.reason = (f"idle: no live run touched {self.heartbeat.name} for {idle[0]:.0f} s (limit "
+                               f"{idle[1]:.0f} s, {IDLE_ENV})")
         return bool(self.reason)
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from runbook_lib.checks import Check
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Params, new_master_addresses
+from runbook_lib.watch import detached
 from runbook_lib.watch.metrics import METRICS_DIR, Sampler, write_table
 from runbook_lib.watch.metrics import STATE_FILE as SAMPLER_STATE
 from runbook_lib.watch.timeline import MOVE_TAIL_S, batch_windows, inside, label, moving_windows
@@ -36,6 +37,7 @@ from runbook_lib.watch.traffic import (
 )
 from runbook_lib.watch.traffic import STATE_FILE as PROBE_STATE
 from runbook_lib.watch.verdict import bootstrap_quantile, latency_check, latency_verdict, p99_ratio_interval
+from runbook_lib.watch.window import windowed
 
 if TYPE_CHECKING:
     from runbook_lib.cluster.mover import Pace
@@ -52,6 +54,7 @@ ARTICLE_BUDGET_PCT = 10.0
 def start(params: Params, run_dir: Path, extra_nodes: list[str]) -> dict[str, str]:
     """Start the sampler, and the probe when params enable it, unless they already run for this run folder."""
     status = {}
+    detached.start_heartbeat(run_dir, detached.idle_limit_s())
     if (run_dir / METRICS_DIR / SAMPLER_STATE).exists() and Sampler.attach(run_dir).alive():
         status["sampler"] = "already running"
     else:
@@ -119,6 +122,24 @@ def batch_table(run_dir: Path) -> pd.DataFrame:
     return per_batch(TrafficProbe.attach(run_dir).records(), windows)
 
 
+def execution_table(run_dir: Path, batches: list, baseline_p99_ms: float | None) -> pd.DataFrame:
+    """What one execution of 40_migrate moved and how the clients fared meanwhile: slots, keys, seconds, and from
+    the probe's requests between its first batch's start and its last batch's end, the p99 against the baseline's
+    and the failed requests (one row; empty when nothing moved)."""
+    if not batches:
+        return pd.DataFrame()
+    start, end = min(b.started for b in batches), max(b.ended for b in batches)
+    row = {"batches": len(batches), "slots": sum(b.slots for b in batches), "keys": sum(b.keys for b in batches),
+           "seconds": round(end - start, 1)}
+    if _has_probe(run_dir):
+        records = TrafficProbe.attach(run_dir).records(since=start)
+        stats = latency_stats(records[records["ts"] < end], seconds=end - start)
+        base = baseline_p99_ms or float("nan")
+        row |= {"requests": stats["ops"], "failed requests": stats["errors"], "p99_ms": round(stats["p99_ms"], 3),
+                "baseline_p99_ms": round(base, 3), "p99_vs_baseline_pct": round((stats["p99_ms"] / base - 1) * 100, 1)}
+    return pd.DataFrame([row])
+
+
 PACE_TABLE = ["utc", "batch", "action", "slots_per_s", "slots_in_flight", "keys_per_migrate", "requests", "ratio",
               "low", "high", "limit", "reason"]
 
@@ -177,10 +198,15 @@ def pace_decisions(run_dir: Path) -> pd.DataFrame:
 
 
 def finish_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
-    """Stop the probe, read back every acknowledged write, delete the probe's keys; None when no probe ran."""
+    """Stop the probe, read back every acknowledged write, delete the probe's keys; None when no probe ran. Once its
+    keys are deleted, the summary of that verification is the answer (a re-run of 60_validate gives the same verdict,
+    instead of finding every deleted write lost)."""
     if not _has_probe(run_dir):
         return None
     probe = TrafficProbe.attach(run_dir, params.credentials())
+    done = probe.verified()
+    if done is not None:
+        return done
     probe.stop()
     summary = probe.verify()
     probe.cleanup()
@@ -217,6 +243,7 @@ def stop_all(run_dir: Path) -> list[str]:
         TrafficProbe.attach(run_dir).stop()
     if "sampler" in found:
         Sampler.attach(run_dir).stop()
+    detached.end_heartbeat(run_dir)
     return list(found)
 
 
@@ -431,7 +458,7 @@ def watch(params: Params, run_dir: Path, journal: Journal) -> Watch:
     else:
         pace = Throttle(settings, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
                         pause_after_s=gates.pause_after_s)
-    return Watch(throttle=pace, baseline=base, started=started)
+    return Watch(throttle=windowed(pace, settings.window, journal), baseline=base, started=started)
 
 
 class WatchWhenMoving:
@@ -459,9 +486,11 @@ class WatchWhenMoving:
             self.watch.throttle.end()
 
 
-def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool | None = None):
+def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, progress: bool | None = None,
+                      max_batches: int | None = None):
     """The migration under watch: observers started, baseline measured, the pace set by the governor (or the
-    throttle of a fixed pace), progress fed by the journal where someone watches (`runbook_lib.progress.wanted`).
+    throttle of a fixed pace), at most `max_batches` batches (None: all that remain), progress fed by the journal
+    where someone watches (`runbook_lib.progress.wanted`).
 
     Returns (plan, batches, pace decisions, baseline).
     """
@@ -472,7 +501,7 @@ def watched_migration(params: Params, run_dir: Path, topo, journal: Journal, pro
     with follow(journal.path, "migrating") if shown.wanted(progress) else contextlib.nullcontext():
         plan, batches = migrate(topo, params.credentials(), new_master_addresses(params),
                                 params.model.migration, journal, bigkeys=params.model.bigkeys, progress=False,
-                                throttle=w.throttle)
+                                throttle=w.throttle, max_batches=max_batches)
     return plan, batches, w.throttle.decisions, w.baseline
 
 

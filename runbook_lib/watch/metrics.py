@@ -279,7 +279,8 @@ class Sampler:
 
 
 def _run_sampler(metrics_dir: Path, state: dict, creds: Credentials) -> str:
-    flag = detached.StopFlag(metrics_dir / STOP_FILE, deadline=state["started"] + state["max_runtime_s"])
+    flag = detached.StopFlag(metrics_dir / STOP_FILE, deadline=state["started"] + state["max_runtime_s"],
+                             heartbeat=metrics_dir.parent / detached.HEARTBEAT_FILE)
     poller = NodePoller(state["seed"], creds, extra=state["extra"])
     path = metrics_dir / SAMPLES_FILE
     new_file = not path.exists()

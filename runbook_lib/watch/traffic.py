@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -243,6 +243,13 @@ class ProbeSummary:
         return {**{k: _json_safe(v) for k, v in asdict(self).items()}, "stock_errors": self.stock_errors,
                 "ok": self.ok}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeSummary":
+        """The summary `to_dict` wrote (None back to NaN where a float was not measured)."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: (float("nan") if v is None and kinds[k] == "float" else v)
+                      for k, v in data.items() if k in kinds})
+
 
 def _json_safe(value):
     if isinstance(value, float) and value != value:
@@ -404,6 +411,15 @@ class TrafficProbe:
         (self.dir / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
         return summary
 
+    def verified(self) -> ProbeSummary | None:
+        """The summary of the verification whose keys `cleanup` then deleted, or None when the probe's keys were not
+        deleted since it started: read back after cleanup, every write would look lost."""
+        state = self.state()
+        path = self.dir / SUMMARY_FILE
+        if not state.get("cleaned") or not path.exists():
+            return None
+        return ProbeSummary.from_dict(json.loads(path.read_text()))
+
     def cleanup(self, chunk: int = 500) -> int:
         """Delete every key the probe tried to write (acknowledged or not); returns how many existed."""
         if self.alive():
@@ -422,6 +438,9 @@ class TrafficProbe:
                     deleted += int(client.delete(key) if isinstance(result, Exception) else result)
         finally:
             client.close()
+        state = self.state()
+        state["cleaned"] = time.time()
+        self._write_state(state)
         return deleted
 
 
@@ -720,7 +739,8 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
     s = state["settings"]
     kinds = state.get("clients") or [PATCHED] * s["processes"]
     kind = kinds[index]
-    flag = detached.StopFlag(probe_dir / STOP_FILE, deadline=state["started"] + state["max_runtime_s"])
+    flag = detached.StopFlag(probe_dir / STOP_FILE, deadline=state["started"] + state["max_runtime_s"],
+                             heartbeat=probe_dir.parent / detached.HEARTBEAT_FILE)
     if kind == STOCK:
         client = cluster_client(state["seeds"], creds, timeout=state["timeout_s"])
     else:

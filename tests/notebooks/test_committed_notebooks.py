@@ -8,12 +8,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from runbook_lib.run.notebook import PARAMETERS
+from runbook_lib.run.notebook import KINDS, PARAMETERS
 from runbook_lib.run.report import available
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_preflight", "10_backup", "20_add_masters", "25_add_replicas", "30_plan", "40_migrate",
             "60_validate", "70_monitoring", "90_rollback"]
+EXTRA = {"40_migrate": {"max_batches"}}
+"""Parameters a notebook declares beyond the common ones (`runbook run` passes only those, so each has a default)."""
 
 
 def test_every_section_has_a_notebook():
@@ -39,7 +41,9 @@ def test_notebook_is_clean(path):
     for node in tree.body:
         assert isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant), "parameters: literals with a type only"
         names[node.target.id] = node.annotation.id
-    assert names == {k: v.__name__ for k, v in PARAMETERS.items()}
+    assert {k: names.get(k) for k in PARAMETERS} == {k: v.__name__ for k, v in PARAMETERS.items()}
+    assert set(names.values()) <= set(KINDS), f"parameter types must be one of {sorted(KINDS)}"
+    assert set(names) - set(PARAMETERS) == EXTRA.get(path.stem, set()), "a parameter of its own: list it in EXTRA"
     assert all("#" in line for line in tagged[0].source.splitlines()), "each parameter needs a # help comment"
     assert "open_section(" in nb.cells[nb.cells.index(tagged[0]) + 1].source, "the next cell must validate the parameters"
     for cell in nb.cells:

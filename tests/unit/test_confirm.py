@@ -72,11 +72,28 @@ def test_apply_true_without_confirm_is_refused_when_the_params_load(tmp_path):
         params(tmp_path, True, None)
 
 
-def test_the_notebook_section_uses_the_same_rule(tmp_path):
-    ok = Section("20_add_masters", params(tmp_path, True, SEED_ID[:8]), tmp_path / "run")
+class Guard:
+    """The kernel session's guard (live input checks and the run lock, tested against real clusters in
+    tests/integration/test_interactive.py), recording when a section would take them."""
+
+    def __init__(self) -> None:
+        self.guarded: list[str] = []
+
+    def guard(self, params, topo, run, section) -> None:
+        self.guarded.append(section)
+
+    def release(self) -> None:
+        pass
+
+
+def test_the_notebook_section_uses_the_same_rule_and_guards_only_when_it_acts(tmp_path):
+    guard = Guard()
+    ok = Section("20_add_masters", params(tmp_path, True, SEED_ID[:8]), tmp_path / "run", session=guard)
     assert ok.confirm(topology()) is True
-    dry = Section("20_add_masters", params(tmp_path, False, ""), tmp_path / "run")
+    assert guard.guarded == ["20_add_masters"]
+    dry = Section("20_add_masters", params(tmp_path, False, ""), tmp_path / "run", session=guard)
     assert dry.confirm(topology()) is False
-    wrong = Section("20_add_masters", params(tmp_path, True, SEED_ID[:7]), tmp_path / "run")
+    wrong = Section("20_add_masters", params(tmp_path, True, SEED_ID[:7]), tmp_path / "run", session=guard)
     with pytest.raises(BadInput, match="does not name the cluster"):
         wrong.confirm(topology())
+    assert guard.guarded == ["20_add_masters"], "a dry run and a refused confirm take no lock"
