@@ -106,13 +106,15 @@ def _text(value) -> str:
 
 def node_roles(topo: Topology, params: Params) -> dict[str, tuple[str, bool]]:
     """Every node preflight looks at, cluster members first: address → (role, added by this expansion)."""
-    added = set(new_node_addresses(params))
+    added = {e.id for e in map(topo.by_address, new_node_addresses(params)) if e is not None}
     members = sorted(topo.nodes.values(), key=lambda e: (not e.is_master, e.address))
-    roles = {e.address: ("master" if e.is_master else "replica", e.address in added) for e in members}
+    roles = {e.address: ("master" if e.is_master else "replica", e.id in added) for e in members}
     for addr in new_master_addresses(params):
-        roles.setdefault(addr, ("master", True))
+        if topo.by_address(addr) is None:
+            roles.setdefault(addr, ("master", True))
     for addr, _ in replica_pairs(params):
-        roles.setdefault(addr, ("replica", True))
+        if topo.by_address(addr) is None:
+            roles.setdefault(addr, ("replica", True))
     return roles
 
 
