@@ -95,3 +95,15 @@ def same_node(written: str, ip: str, port: int, hostname: str = "") -> bool:
     if is_ip(host):
         return is_ip(ip) and canonical_ip(host) == canonical_ip(ip)
     return bool(ip) and is_ip(ip) and canonical_ip(ip) in resolve(host)
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether two addresses as written (names, IPs, bracketed IPv6) name one node: the same port and a common
+    resolved IP."""
+    if a == b:
+        return True
+    try:
+        (host_a, port_a), (host_b, port_b) = parse_address(a), parse_address(b)
+    except ValueError:
+        return False
+    return port_a == port_b and bool(set(resolve(host_a)) & set(resolve(host_b)))

@@ -119,3 +119,32 @@ def test_known_as_names_both_spellings(resolver):
     assert topo.known_as("10.0.0.5:7000") == "10.0.0.5:7000"
     assert topo.known_as("localhost:7000") == "localhost:7000 (10.0.0.7:7000 in the cluster)"
     assert topo.known_as("new.prod.example:7000") == "new.prod.example:7000"
+
+
+def test_same_address_by_resolution(resolver):
+    from runbook_lib.addresses import same_address
+    assert same_address("redis-1.prod.example:7000", "10.0.0.5:7000")
+    assert same_address("redis-1.prod.example:7000", "[2001:db8::5]:7000")
+    assert not same_address("redis-1.prod.example:7000", "10.0.0.5:7001")
+    assert not same_address("redis-6.prod.example:7000", "10.0.0.5:7000")
+    assert not same_address("no-such-host.invalid:7000", "10.0.0.5:7000")
+
+
+def test_monitoring_lists_a_joined_node_once_however_params_spell_it(resolver):
+    from runbook_lib.sections.monitoring import monitored_nodes
+    members = [{"address": "10.0.0.5:7000", "role": "master", "new": True}]
+    rows = monitored_nodes(members, ["redis-1.prod.example:7000", "redis-6.prod.example:7000"], [])
+    assert [(r["address"], r["joined"]) for r in rows] == [("10.0.0.5:7000", True), ("redis-6.prod.example:7000", False)]
+
+
+def test_other_hosts_grouped_by_machine_with_both_spellings(resolver):
+    from runbook_lib.sections import preflight
+    from runbook_lib.sections.host import machines, rdb_copy_hint
+    grouped = machines(["10.0.0.5:7000", "redis-1.prod.example:7001", "redis-6.prod.example:7000"])
+    assert grouped == {"redis-1.prod.example (10.0.0.5)": ["10.0.0.5:7000", "redis-1.prod.example:7001"],
+                       "redis-6.prod.example (2001:db8::6)": ["redis-6.prod.example:7000"]}
+    check = preflight.kernel_checks(["10.0.0.5:7000", "redis-1.prod.example:7001"])[-1]
+    assert check.status == "warn" and "Not checked on these 1 hosts" in check.detail
+    assert "redis-1.prod.example (10.0.0.5) (nodes 10.0.0.5:7000, redis-1.prod.example:7001)" in check.detail
+    assert rdb_copy_hint("[2001:db8::6]:7000", "/data/dump.rdb", "/backup") == \
+        "`scp [2001:db8::6]:/data/dump.rdb /backup/` and compare `sha256sum` on both hosts"
