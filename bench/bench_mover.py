@@ -9,7 +9,8 @@ Prints, per tool: keys/s, probe p50 and p99 during the migration divided by the 
 bootstrap interval with the +10 % verdict (p pass, f fail, i inconclusive), failed requests (all clients, and the
 stock redis-py workers' alone: what applications see) and lost writes, and the ratios between the tools.
 Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--rounds 2] [--preset fast|gentle] [--baseline-s 10]
-     [--max-slots-per-s N]
+     [--max-slots-per-s N] [--hosts 4 --rtt-ms 0.5]
+With --hosts N the sandbox spreads its nodes over N network namespaces (root, iproute2), --rtt-ms apart (tc netem).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.migrate import migrate
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import BigKeys, Migration
+from runbook_lib.exceptions import SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import balance, health, key_count
@@ -35,18 +37,18 @@ from runbook_lib.watch.verdict import latency_verdict, p99_ratio_interval
 
 
 def one_round(tool: str, port: int, keys: int, settings: Migration, workdir: Path, probe_rate: float = 200.0,
-              baseline_s: float = 10.0) -> dict:
+              baseline_s: float = 10.0, hosts: int = 1, rtt_ms: float = 0.0) -> dict:
     """Start the sandbox, join the new master and its replica, time one tool's rebalance, check the end state, stop
     the sandbox."""
     sb = Sandbox(workdir / f"{tool}-{port}")
-    layout = SandboxLayout(port=port)
+    layout = SandboxLayout(port=port, hosts=hosts, rtt_ms=rtt_ms)
     sb.up(layout, keys=keys, progress=False)
     try:
         creds = sb.credentials()
-        seed, new = f"127.0.0.1:{port}", f"127.0.0.1:{layout.new_master_ports[0]}"
+        seed, new = sb.address(port), sb.address(layout.new_master_ports[0])
         journal = Journal(sb.root / "journal.jsonl")
         nodes.add_masters(seed, creds, [new], journal, apply=True)
-        nodes.add_replicas(seed, creds, [(f"127.0.0.1:{layout.new_replica_ports[0]}", new)], journal, apply=True)
+        nodes.add_replicas(seed, creds, [(sb.address(layout.new_replica_ports[0]), new)], journal, apply=True)
         before = key_count(observe(seed, creds), creds)
         probe = TrafficProbe([seed], creds, sb.root / "run", rate=probe_rate)
         probe.start()
@@ -103,6 +105,8 @@ def main() -> None:
                         help="seconds of probe at rest before and again after the move (default 10)")
     parser.add_argument("--max-slots-per-s", type=float, default=None,
                         help="override the preset's migration.max_slots_per_s (0: no limit)")
+    parser.add_argument("--hosts", type=int, default=1, help="emulated hosts (default 1: loopback)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="round trip between hosts (default 0)")
     args = parser.parse_args()
     overrides = {} if args.max_slots_per_s is None else {"max_slots_per_s": args.max_slots_per_s}
     settings = Migration.model_validate({"preset": args.preset, **overrides})
@@ -111,8 +115,11 @@ def main() -> None:
         for r in range(args.rounds):
             order = ("redis-cli", "runbook") if r % 2 == 0 else ("runbook", "redis-cli")
             for tool in order:
-                res = one_round(tool, args.port, args.keys, settings, Path(tmp), probe_rate=args.probe_rate,
-                                baseline_s=args.baseline_s)
+                try:
+                    res = one_round(tool, args.port, args.keys, settings, Path(tmp), probe_rate=args.probe_rate,
+                                    baseline_s=args.baseline_s, hosts=args.hosts, rtt_ms=args.rtt_ms)
+                except SandboxError as e:
+                    raise SystemExit(f"cannot start the sandbox: {e}") from None
                 results[tool].append(res)
                 print(f"round {r + 1} {tool:9}: {res['keys']} keys in {res['seconds']:.2f} s = "
                       f"{res['keys_per_s']:,.0f} keys/s; p50 x{res['p50_ratio']:.2f}, p99 x{res['p99_ratio']:.2f} "
@@ -128,7 +135,8 @@ def main() -> None:
           f"{settings.slots_in_flight} in flight, {settings.migrates_per_round_trip} MIGRATEs per round trip, "
           f"{settings.keys_per_migrate} keys per MIGRATE, {settings.pause_between_batches_s} s pause, "
           f"{settings.max_slots_per_s or 'no'} slots/s limit); medians of "
-          f"{args.rounds} rounds")
+          f"{args.rounds} rounds; "
+          + (f"{args.hosts} hosts, {args.rtt_ms:g} ms round trip" if args.hosts > 1 else "loopback"))
     print(f"{'tool':10} {'keys/s':>10} {'p50/base':>9} {'p99/base':>9} {'p99 95% interval, each round':>30} "
           f"{'failed':>7} {'stock':>6} {'lost':>5}")
     for t in ("redis-cli", "runbook"):

@@ -205,6 +205,10 @@ class Sandbox:
         if taken:
             raise SandboxError(f"ports {taken} (or their cluster bus ports +10000) are in use on 127.0.0.1; "
                                "stop what holds them or choose another --port")
+        if layout.hosts > 1 and (missing := network.unavailable()):
+            raise SandboxError(f"--hosts {layout.hosts} needs network namespaces: {missing}")
+        if layout.rtt_ms and (missing := network.netem_unavailable()):
+            raise SandboxError(f"--rtt-ms needs tc netem (the kernel's sch_netem), which this machine lacks: {missing}")
         server = redis_binary()
         if self.root.exists():
             network.remove(self.root)
