@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import redis
 
-from runbook_lib.addresses import same_node
+from runbook_lib.addresses import same_address, same_node
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import NodeClients
 from runbook_lib.cluster.topology import read_view
@@ -106,7 +106,7 @@ class NodePoller:
             self.groups = sorted(groups.values(), key=lambda group: group[0])
             break
         listed = {a for group in self.groups for a in group}
-        self.groups += [[a] for a in self.extra if a not in listed]
+        self.groups += [[a] for a in self.extra if not any(same_address(a, known) for known in listed)]
         self._discovered = time.monotonic()
         return [a for group in self.groups for a in group]
 
