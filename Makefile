@@ -6,7 +6,7 @@ SANDBOX_DIR ?= .sandbox
 PARAMS ?= params/sandbox.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup redis browser test unit demo demo-down clean
+.PHONY: help setup redis iproute browser test unit demo demo-down clean
 
 help:
 	@echo "make demo       start the sandbox cluster (3+3 with data) and run the whole 3+3 -> 4+4 expansion"
@@ -46,7 +46,13 @@ browser:
 		exit 1; \
 	fi
 
-setup: $(STAMP) redis
+iproute:
+	@if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null && ! [ -x /usr/sbin/ip ] && command -v apt-get >/dev/null; then \
+		echo "installing iproute2 (ip netns, tc) with apt-get for the multi-host sandbox"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2; \
+	fi
+
+setup: $(STAMP) redis iproute
 
 test: setup browser
 	$(BIN)/pytest -q

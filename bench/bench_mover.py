@@ -17,6 +17,8 @@ and keys moved, keys/s, the p99 ratio during the move with its 95 % bootstrap in
 `--budget-pct` (pass, fail, inconclusive), failed requests (stock redis-py workers and the patched ones) and lost
 writes; then whether the budget pace passed and its keys/s against the best fixed rate that passed.
 Run: .venv/bin/python bench/bench_mover.py [--keys 200000] [--slots 512] [--rates 2.5,5,10,20] [--budget-pct 10]
+     [--only budget,redis-cli rebalance] [--hosts 4 --rtt-ms 0.5]
+With --hosts N the sandbox spreads its nodes over N network namespaces (root, iproute2), --rtt-ms apart (tc netem).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from runbook_lib.cluster.migrate import current_plan
 from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import BigKeys, Gates, Migration
-from runbook_lib.exceptions import PaceStop
+from runbook_lib.exceptions import PaceStop, SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import health, key_count
@@ -98,21 +100,21 @@ def move_reshard(seed: str, creds, new_id: str, slots: int, pause_s: float) -> i
 
 
 def one_round(config: str, port: int, keys: int, workdir: Path, slots: int, budget_pct: float,
-              probe_rate: float, baseline_s: float, pause_s: float) -> dict:
+              probe_rate: float, baseline_s: float, pause_s: float, hosts: int = 1, rtt_ms: float = 0.0) -> dict:
     """Start the sandbox, join the new master and its replica, time one configuration's move, check the end state
     (every key still there, no open slot), stop the sandbox."""
     sb = Sandbox(workdir / f"{config.replace(' ', '-')}-{port}")
-    layout = SandboxLayout(port=port)
+    layout = SandboxLayout(port=port, hosts=hosts, rtt_ms=rtt_ms)
     sb.up(layout, keys=keys, progress=False)
     sampler = None
     try:
         creds = sb.credentials()
-        seed, new = f"127.0.0.1:{port}", f"127.0.0.1:{layout.new_master_ports[0]}"
+        seed, new = sb.address(port), sb.address(layout.new_master_ports[0])
         run_dir = sb.root / "run"
         run_dir.mkdir()
         journal = Journal(run_dir / "journal.jsonl")
         nodes.add_masters(seed, creds, [new], journal, apply=True)
-        nodes.add_replicas(seed, creds, [(f"127.0.0.1:{layout.new_replica_ports[0]}", new)], journal, apply=True)
+        nodes.add_replicas(seed, creds, [(sb.address(layout.new_replica_ports[0]), new)], journal, apply=True)
         before = key_count(observe(seed, creds), creds)
         sampler = Sampler(seed, creds, run_dir)
         sampler.start()
@@ -178,6 +180,8 @@ def main() -> None:
     parser.add_argument("--pause-s", type=float, default=5.0, help="pause between reshard batches (default 5)")
     parser.add_argument("--workdir", default="", help="keep each configuration's sandbox folder (journal, probe "
                                                       "records, metrics) here (default: a temporary folder)")
+    parser.add_argument("--hosts", type=int, default=1, help="emulated hosts (default 1: loopback)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="round trip between hosts (default 0)")
     args = parser.parse_args()
     configs = ["budget", *[f"fixed-{float(r):g}" for r in args.rates.split(",") if r],
                "redis-cli rebalance", "redis-cli reshard x100"]
@@ -186,15 +190,19 @@ def main() -> None:
     results: list[dict] = []
     with contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for config in configs:
-            res = one_round(config, args.port, args.keys, Path(tmp), args.slots, args.budget_pct, args.probe_rate,
-                            args.baseline_s, args.pause_s)
+            try:
+                res = one_round(config, args.port, args.keys, Path(tmp), args.slots, args.budget_pct, args.probe_rate,
+                                args.baseline_s, args.pause_s, hosts=args.hosts, rtt_ms=args.rtt_ms)
+            except SandboxError as e:
+                raise SystemExit(f"cannot start the sandbox: {e}") from None
             results.append(res)
             print(f"{config:22}: {res['slots']} slots, {res['keys']} keys in {res['seconds']:.1f} s = "
                   f"{res['keys_per_s']:,.0f} keys/s; p99 x{res['ratio']:.2f} [{res['low']:.2f}, {res['high']:.2f}] "
                   f"of baseline ({res['base_p99_ms']:.2f} ms) -> {res['verdict']} at +{args.budget_pct:g} %; failed "
                   f"{res['stock_failed']} stock / {res['patched_failed']} patched, lost {res['lost']}", flush=True)
     print(f"\n{args.keys} keys, 3+3 -> 4+4, {args.slots} slots per configuration (rebalance: all), probe "
-          f"{args.probe_rate:g} req/s, budget +{args.budget_pct:g} %")
+          f"{args.probe_rate:g} req/s, budget +{args.budget_pct:g} %; "
+          + (f"{args.hosts} hosts, {args.rtt_ms:g} ms round trip" if args.hosts > 1 else "loopback"))
     print(f"{'configuration':22} {'slots':>6} {'keys/s':>9} {'p99 ratio [95 % interval]':>27} {'verdict':>12} "
           f"{'stock':>6} {'patched':>8} {'lost':>5}")
     for r in results:

@@ -19,15 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from runbook_lib.addresses import parse_address
 from runbook_lib.exceptions import BadInput, ParamsError
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """Split "host:port" (IPv6 as "[::1]:7000") into host and port; raise ValueError when malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 class _Section(BaseModel):

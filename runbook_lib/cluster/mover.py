@@ -150,12 +150,14 @@ class Mover:
         self._known: set[str] = set()
         self._learning: dict[str, tuple[float, float]] = {}
         self.address: dict[str, str] = {}
+        self.migrate_to: dict[str, tuple[str, int]] = {}
         self.shards = Shards(journal_pairs(journal))
         self._adopt(topology)
 
     def _adopt(self, topo: Topology) -> None:
         self.topo = topo
         self.address.update({e.id: e.address for e in topo.nodes.values()})
+        self.migrate_to.update({e.id: (e.ip, e.port) for e in topo.nodes.values() if e.ip and e.port})
         self.masters = [m.id for m in topo.masters()]
         self._master_of = {e.id: e.master_id for e in topo.nodes.values() if not e.is_master and e.master_id}
         learned = self.shards.learn({r: m for r, m in self._master_of.items() if m})
@@ -173,6 +175,11 @@ class Mover:
         if found is None:
             raise TopologyChanged(f"{self.name(node_id)} is not a healthy master and no replica has taken over yet")
         return found
+
+    def _migrate_endpoint(self, node_id: str) -> tuple[str, int]:
+        """Where a source's MIGRATE reaches a node: the IP and port the cluster knows it by (node to node, like the
+        bus), not the announced hostname, which only the clients may be able to resolve."""
+        return self.migrate_to.get(node_id) or parse_address(self.address[node_id])
 
     def name(self, node_id: str) -> str:
         return self.address.get(node_id, node_id[:8])
@@ -439,7 +446,7 @@ class Mover:
         slot_keys = dict(zip(slots, listed))
         sizes = self._sizes(s, slot_keys)
         self._guard(s, slot_keys, is_open=True, sizes=sizes)
-        host, port = parse_address(self.address[t])
+        host, port = self._migrate_endpoint(t)
         limit = self.migrate_bytes(s)
         migrates = [(slot, keys, ("MIGRATE", host, port, "", 0, timeout, *self._auth, "KEYS", *keys))
                     for slot in slots for keys, timeout in self._groups(slot_keys[slot], sizes, limit)]
@@ -514,7 +521,7 @@ class Mover:
         if states[slot].importing.get(holder) != owner:
             self._check(holder, self._pipeline(holder, [("CLUSTER", "SETSLOT", slot, "IMPORTING", owner)],
                                                raise_on_error=False))
-        host, port = parse_address(self.address[owner])
+        host, port = self._migrate_endpoint(owner)
         moved = 0
         while True:
             keys = self._pipeline(holder, [("CLUSTER", "GETKEYSINSLOT", slot, self.settings.keys_per_migrate)])[0]

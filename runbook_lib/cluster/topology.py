@@ -8,6 +8,7 @@ from pathlib import Path
 
 import redis
 
+from runbook_lib.addresses import format_address, parse_address, resolve, same_node
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.config import Credentials
 from runbook_lib.exceptions import BadInput
@@ -29,6 +30,9 @@ class NodeEntry:
     migrating: dict[int, str] = field(default_factory=dict)
     importing: dict[int, str] = field(default_factory=dict)
     bus_port: int = 0
+    ip: str = ""
+    port: int = 0
+    hostname: str = ""
 
     @property
     def is_master(self) -> bool:
@@ -40,15 +44,22 @@ class NodeEntry:
 
 
 def parse_cluster_nodes(text: str) -> dict[str, NodeEntry]:
-    """Parse CLUSTER NODES output into entries by node id (slot ranges expanded, open-slot markers kept)."""
+    """Parse CLUSTER NODES output into entries by node id (slot ranges expanded, open-slot markers kept).
+
+    A node that announces a hostname (`ip:port@cport,hostname`, cluster-announce-hostname) that resolves here is
+    addressed by it, so TLS certificates that name hosts verify; otherwise by its IP (IPv6 in brackets)."""
     entries: dict[str, NodeEntry] = {}
     for line in text.strip().splitlines():
         parts = line.split()
         if len(parts) < 8:
             continue
         node_id, addr, flags, master, _ping, _pong, epoch, link, *slot_fields = parts
-        address = addr.split("@")[0].split(",")[0]
-        cport = addr.partition("@")[2].split(",")[0]
+        endpoint, _, rest = addr.partition(",")
+        ip_port, _, cport = endpoint.partition("@")
+        hostname = rest.split(",")[0] if rest else ""
+        ip, port = _split_ip_port(ip_port)
+        named = hostname and port and resolve(hostname)
+        address = format_address(hostname, port) if named else (format_address(ip, port) if ip else ip_port)
         slots: set[int] = set()
         migrating: dict[int, str] = {}
         importing: dict[int, str] = {}
@@ -70,8 +81,15 @@ def parse_cluster_nodes(text: str) -> dict[str, NodeEntry]:
             id=node_id, address=address, flags=frozenset(flags.split(",")),
             master_id=None if master == "-" else master, config_epoch=int(epoch), link_state=link,
             slots=frozenset(slots), migrating=migrating, importing=importing,
-            bus_port=int(cport) if cport.isdigit() else 0)
+            bus_port=int(cport) if cport.isdigit() else 0, ip=ip, port=port, hostname=hostname)
     return entries
+
+
+def _split_ip_port(ip_port: str) -> tuple[str, int]:
+    """"10.0.0.5:7000" or "2001:db8::5:7000" (Redis writes IPv6 without brackets) into IP and port; a node
+    without an address yet (":0", noaddr) gives ("", port)."""
+    ip, _, port = ip_port.rpartition(":")
+    return ip.strip("[]"), int(port) if port.isdigit() else 0
 
 
 def slot_ranges(slots) -> list[tuple[int, int]]:
@@ -134,7 +152,21 @@ class Topology:
         return out
 
     def by_address(self, address: str) -> NodeEntry | None:
-        return next((e for e in self.nodes.values() if e.address == address), None)
+        """The node an address as written in params names: the same string, its announced hostname, or a name that
+        resolves (IPv4 or IPv6) to the IP the cluster knows it by, on the same port."""
+        nodes = list(self.nodes.values())
+        exact = next((e for e in nodes if e.address == address), None)
+        return exact or next((e for e in nodes if same_node(address, e.ip, e.port, e.hostname)), None)
+
+    def known_as(self, address: str) -> str:
+        """How the cluster knows the node params call `address`, for messages: "name:port (10.0.0.5:7000 in the
+        cluster)"; the address alone when the cluster spells it alike or the node is not a member."""
+        entry = self.by_address(address)
+        if entry is None:
+            return address
+        spellings = [a for a in dict.fromkeys((entry.address, format_address(entry.ip, entry.port) if entry.ip else ""))
+                     if a and a != address]
+        return f"{address} ({', '.join(spellings)} in the cluster)" if spellings else address
 
     def masters(self) -> list[NodeEntry]:
         """Masters that are part of the cluster and healthy, sorted by address."""
@@ -215,8 +247,10 @@ class Topology:
 
 
 def _addr_key(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
+    try:
+        return parse_address(address)
+    except ValueError:
+        return address, 0
 
 
 def read_view(client: redis.Redis, address: str) -> NodeView:
@@ -237,8 +271,11 @@ def observe(seed: str, creds: Credentials, extra: list[str] | None = None) -> To
     except redis.ResponseError as e:
         raise BadInput(f"seed {seed}: {e} (is it a cluster-mode node and the password right?)") from None
     topo = Topology(seed=seed, views={seed: seed_view})
-    addresses = [e.address for e in seed_view.entries.values() if e.healthy and e.address != seed]
-    for addr in addresses + [a for a in (extra or []) if a not in addresses and a != seed]:
+    me = seed_view.myself.id
+    addresses = [e.address for e in seed_view.entries.values() if e.healthy and e.id != me]
+    written = [a for a in (extra or []) if a not in addresses and a != seed
+               and not any(same_node(a, e.ip, e.port, e.hostname) for e in seed_view.entries.values())]
+    for addr in addresses + written:
         try:
             topo.views[addr] = read_view(node_client(addr, creds, timeout=5.0), addr)
         except (redis.RedisError, OSError) as e:
@@ -287,11 +324,12 @@ def nodes_table(topo: Topology, new_addresses: list[str] | tuple = ()) -> list[d
     """One row per node: address, role, master, slots, flags, and whether the expansion adds it."""
     owned = topo.slots_by_master()
     addr = {e.id: e.address for e in topo.nodes.values()}
+    added = {e.id for e in map(topo.by_address, new_addresses) if e is not None}
     rows = []
     for e in sorted(topo.nodes.values(), key=lambda e: _addr_key(e.address)):
         rows.append({"address": e.address, "id": e.id[:12], "role": "master" if e.is_master else "replica",
                      "master": addr.get(e.master_id or "", ""), "slots": len(owned.get(e.id, ())),
-                     "flags": ",".join(sorted(e.flags - {"myself"})), "new": e.address in new_addresses})
+                     "flags": ",".join(sorted(e.flags - {"myself"})), "new": e.id in added})
     return rows
 
 

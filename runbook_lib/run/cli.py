@@ -31,7 +31,9 @@ SAFEGUARDS = ("With apply: false (or --dry-run) a dry run: it prints exactly wha
 
 def _sandbox_up(args) -> int:
     from runbook_lib.sandbox import Sandbox, SandboxLayout
-    layout = SandboxLayout(port=args.port, masters=args.masters, replicas=args.replicas, new_masters=args.new_masters)
+    layout = SandboxLayout(port=args.port, masters=args.masters, replicas=args.replicas, new_masters=args.new_masters,
+                           hosts=args.hosts, rtt_ms=args.rtt_ms, ipv6=args.ipv6,
+                           announce_hostnames=args.announce_hostnames or (args.tls and args.hosts > 1))
     sb = Sandbox(args.dir)
     sb.up(layout, keys=args.keys, persistence=args.persistence, progress=not args.quiet, acl=args.acl, tls=args.tls)
     print(f"sandbox up in {sb.root}: masters {layout.master_ports}, replicas {layout.replica_ports}, "
@@ -42,13 +44,24 @@ def _sandbox_up(args) -> int:
               f"the sandbox's own admin password is in {sb.admin_password_path}")
     if args.tls:
         print(f"TLS only: a throwaway CA and certificates in {sb.root / 'tls'}")
+    for h in sb.hosts():
+        ports = [p for p in layout.all_ports if layout.host_index(p) == sb.hosts().index(h)]
+        print(f"host {h.name} ({h.ip}, network namespace {h.namespace}): ports {ports}")
+    if layout.hosts > 1:
+        print(f"round trip between hosts: {layout.rtt_ms:g} ms (tc netem)" if layout.rtt_ms else
+              "round trip between hosts: not emulated (--rtt-ms 0)")
     return 0
 
 
 def _sandbox_down(args) -> int:
     from runbook_lib.sandbox import Sandbox
-    stopped = Sandbox(args.dir).down()
+    sb = Sandbox(args.dir)
+    hosts = sb.hosts()
+    stopped = sb.down()
     print(f"stopped {len(stopped)} redis-server processes" + (f" on ports {stopped}" if stopped else ""))
+    if hosts:
+        print(f"removed {len(hosts)} network namespaces ({', '.join(h.namespace for h in hosts)}), their links and "
+              "/etc/hosts entries")
     return 0
 
 
@@ -377,8 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default user off; the runbook connects as a least-privilege ACL user `runbook`")
     up.add_argument("--tls", action="store_true",
                     help="TLS only (clients, cluster bus, replication, MIGRATE), with a throwaway CA and certificates")
+    up.add_argument("--hosts", type=int, default=1,
+                    help="emulated hosts (default 1: everything on 127.0.0.1); more put the nodes, in turn, on that "
+                         "many network namespaces with their own address and host name (needs root)")
+    up.add_argument("--rtt-ms", type=float, default=0.0,
+                    help="round-trip time between hosts, emulated with tc netem (default 0; needs --hosts 2+)")
+    up.add_argument("--ipv6", action="store_true", help="the hosts get IPv6 addresses (needs --hosts 2+)")
+    up.add_argument("--announce-hostnames", action="store_true",
+                    help="nodes announce their host names and send clients there (cluster-announce-hostname, "
+                         "cluster-preferred-endpoint-type hostname); on with --tls --hosts 2+, whose "
+                         "certificates name hosts only")
     up.set_defaults(func=_sandbox_up)
-    down = ssub.add_parser("down", help="stop exactly this sandbox's redis-server processes")
+    down = ssub.add_parser("down", help="stop exactly this sandbox's redis-server processes and remove the network "
+                                        "namespaces, links and host names it made")
     down.add_argument("--dir", default=".sandbox", help="sandbox folder (default .sandbox)")
     down.set_defaults(func=_sandbox_down)
 

@@ -3,9 +3,10 @@
 from runbook_lib.sandbox.local import (
     Sandbox,
     SandboxLayout,
+    changed_keys,
     load_data,
     redis_binary,
     sample_keys,
 )
 
-__all__ = ["Sandbox", "SandboxLayout", "load_data", "redis_binary", "sample_keys"]
+__all__ = ["Sandbox", "SandboxLayout", "changed_keys", "load_data", "redis_binary", "sample_keys"]

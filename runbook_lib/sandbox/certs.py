@@ -37,10 +37,10 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise SandboxError(f"openssl {args[0]} failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
-def _issue(folder: Path, name: str, subject: str, days: int) -> None:
-    """A prime256v1 key and a certificate for 127.0.0.1/localhost, signed by the CA in `folder`."""
+def _issue(folder: Path, name: str, subject: str, days: int, hosts: str) -> None:
+    """A prime256v1 key and a certificate for `hosts` (subjectAltName entries), signed by the CA in `folder`."""
     ext = folder / f"{name}.ext"
-    ext.write_text(f"subjectAltName={HOSTS}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
+    ext.write_text(f"subjectAltName={hosts}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
     _openssl("req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=folder)
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
@@ -50,16 +50,20 @@ def _issue(folder: Path, name: str, subject: str, days: int) -> None:
     ext.unlink()
 
 
-def make_certificates(folder: Path, days: int = 7) -> TLSFiles:
-    """Create a throwaway CA and sign a node and a client certificate with it; private keys are mode 0600."""
+def make_certificates(folder: Path, days: int = 7, names: list[str] | None = None) -> TLSFiles:
+    """Create a throwaway CA and sign a node and a client certificate with it; private keys are mode 0600.
+
+    The certificates name 127.0.0.1, ::1 and localhost, or with `names` those DNS names only (no IP), so a client
+    verifies the nodes by host name as it must when certificates name hosts."""
+    hosts = ",".join(f"DNS:{n}" for n in names) if names else HOSTS
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     _openssl("req", "-x509", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-keyout", "ca.key", "-out", "ca.crt", "-days", str(days), "-subj", "/CN=runbook sandbox CA",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              cwd=folder)
-    _issue(folder, "redis", "/CN=runbook sandbox node", days)
-    _issue(folder, "client", "/CN=runbook operator", days)
+    _issue(folder, "redis", "/CN=runbook sandbox node", days, hosts)
+    _issue(folder, "client", "/CN=runbook operator", days, hosts)
     (folder / "ca.key").unlink()
     for key in ("redis.key", "client.key"):
         os.chmod(folder / key, 0o600)

@@ -1,4 +1,7 @@
-"""A real local Redis Cluster on 127.0.0.1 for demos and tests: existing masters + replicas with data, new nodes unjoined."""
+"""A real local Redis Cluster for demos and tests: existing masters + replicas with data, new nodes unjoined.
+
+On 127.0.0.1 by default; with `hosts` > 1 the nodes are spread over that many emulated hosts, each a network
+namespace with its own address and host name (sandbox/network.py), optionally a round trip apart."""
 
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import yaml
 from redis.crc import key_slot
 from tqdm.auto import tqdm
 
-from runbook_lib.cluster.connection import node_client
+import runbook_lib.sandbox.network as network
+from runbook_lib.addresses import meet_address
+from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import SLOTS, cluster_info, read_view
 from runbook_lib.config import Credentials
 from runbook_lib.exceptions import SandboxError
@@ -37,12 +42,22 @@ REPLICATION_USER = "replicator"
 
 @dataclass
 class SandboxLayout:
-    """Ports of every role; new nodes follow the existing ones."""
+    """Ports of every role (new nodes follow the existing ones) and the hosts they run on.
+
+    `hosts` 1 is one loopback interface; more spread the nodes over that many network namespaces, node k (in
+    `all_ports` order) on host k mod hosts, `rtt_ms` apart (tc netem), on IPv6 addresses with `ipv6`. With
+    `announce_hostnames` each node announces its host name (cluster-announce-hostname) and clients are sent there
+    (cluster-preferred-endpoint-type hostname).
+    """
 
     port: int = 7000
     masters: int = 3
     replicas: int = 1
     new_masters: int = 1
+    hosts: int = 1
+    rtt_ms: float = 0.0
+    ipv6: bool = False
+    announce_hostnames: bool = False
 
     @property
     def master_ports(self) -> list[int]:
@@ -67,6 +82,10 @@ class SandboxLayout:
     def all_ports(self) -> list[int]:
         return self.master_ports + self.replica_ports + self.new_master_ports + self.new_replica_ports
 
+    def host_index(self, port: int) -> int:
+        """Which host a node runs on: nodes take the hosts in turn, so a master and its replica stay apart."""
+        return self.all_ports.index(port) % self.hosts
+
 
 def redis_binary(name: str = "redis-server") -> str:
     """Find redis-server (or redis-cli) via RUNBOOK_REDIS_SERVER / RUNBOOK_REDIS_CLI or PATH."""
@@ -88,16 +107,20 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _node_config(port: int, node_dir: Path, security: list[str], persistence: bool, tls: bool = False) -> str:
-    """redis.conf for one node; with TLS it listens only on a TLS port (the cluster bus and replication too)."""
+def _node_config(port: int, node_dir: Path, security: list[str], persistence: bool, tls: bool = False,
+                 bind: str = "127.0.0.1", hostname: str = "") -> str:
+    """redis.conf for one node; with TLS it listens only on a TLS port (the cluster bus and replication too); with a
+    hostname it announces it and sends clients there."""
     lines = [
         *(["port 0", f"tls-port {port}"] if tls else [f"port {port}"]),
-        "bind 127.0.0.1", f"dir {node_dir}", "daemonize yes",
+        f"bind {bind}", f"dir {node_dir}", "daemonize yes",
         f"pidfile {node_dir / 'redis.pid'}", f"logfile {node_dir / 'redis.log'}",
         "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000",
         "maxmemory 1gb", "maxmemory-policy noeviction", "enable-debug-command local",
         *security,
     ]
+    if hostname:
+        lines += [f"cluster-announce-hostname {hostname}", "cluster-preferred-endpoint-type hostname"]
     lines += ["appendonly yes", "save 3600 1"] if persistence else ["appendonly no", 'save ""']
     return "\n".join(lines) + "\n"
 
@@ -143,6 +166,18 @@ class Sandbox:
     def state(self) -> dict | None:
         return json.loads(self.state_path.read_text()) if self.state_path.exists() else None
 
+    def address(self, port: int) -> str:
+        """How params and the runbook name the node on `port`: 127.0.0.1:port, or its host's name and the port."""
+        hosts = (self.state() or {}).get("hosts") or []
+        if not hosts:
+            return f"127.0.0.1:{port}"
+        layout = SandboxLayout(**self.state()["layout"])
+        return f"{hosts[layout.host_index(port)]['name']}:{port}"
+
+    def hosts(self) -> list[network.Host]:
+        """The emulated hosts (empty for the loopback sandbox)."""
+        return [network.Host(**h) for h in (self.state() or {}).get("hosts") or []]
+
     def running_pids(self) -> dict[int, int]:
         """Port → pid of this sandbox's redis-server processes that are still alive."""
         alive = {}
@@ -161,20 +196,34 @@ class Sandbox:
         """
         if self.running_pids():
             raise SandboxError(f"a sandbox is already up in {self.root}; run `runbook sandbox down --dir {self.root}` first")
-        taken = [p for p in layout.all_ports if not _port_free(p) or not _port_free(p + 10000)]
+        if layout.hosts < 1 or layout.rtt_ms < 0:
+            raise SandboxError("--hosts must be at least 1 and --rtt-ms at least 0")
+        if layout.hosts == 1 and (layout.rtt_ms or layout.ipv6 or layout.announce_hostnames):
+            raise SandboxError("--rtt-ms, --ipv6 and --announce-hostnames need several hosts (--hosts 2 or more); "
+                               "--hosts 1 is the loopback sandbox")
+        taken = [p for p in layout.all_ports if not _port_free(p) or not _port_free(p + 10000)] if layout.hosts == 1 else []
         if taken:
             raise SandboxError(f"ports {taken} (or their cluster bus ports +10000) are in use on 127.0.0.1; "
                                "stop what holds them or choose another --port")
+        if layout.hosts > 1 and (missing := network.unavailable()):
+            raise SandboxError(f"--hosts {layout.hosts} needs network namespaces: {missing}")
+        if layout.rtt_ms and (missing := network.netem_unavailable()):
+            raise SandboxError(f"--rtt-ms needs tc netem (the kernel's sch_netem), which this machine lacks: {missing}")
         server = redis_binary()
         if self.root.exists():
+            network.remove(self.root)
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         password = _secret_file(self.password_path)
-        state = {"layout": asdict(layout), "ports": layout.all_ports, "started": time.time(), "acl": acl, "tls": tls}
+        hosts = network.plan(layout.port, layout.hosts, layout.ipv6) if layout.hosts > 1 else []
+        state = {"layout": asdict(layout), "ports": layout.all_ports, "started": time.time(), "acl": acl, "tls": tls,
+                 "hosts": [asdict(h) for h in hosts]}
         self.state_path.write_text(json.dumps(state, indent=2))
+        if hosts:
+            network.create(self.root, layout.port, hosts, layout.rtt_ms)
         security = (self._acl_config(password) if acl else [f'requirepass "{password}"', f'masterauth "{password}"'])
         if tls:
-            files = make_certificates(self.root / TLS_DIR)
+            files = make_certificates(self.root / TLS_DIR, names=[h.name for h in hosts] or None)
             security += [f"tls-cert-file {files.node_cert}", f"tls-key-file {files.node_key}",
                          f"tls-ca-cert-file {files.ca_cert}", "tls-cluster yes", "tls-replication yes",
                          "tls-auth-clients yes"]
@@ -183,8 +232,11 @@ class Sandbox:
             node_dir.mkdir()
             conf = node_dir / "redis.conf"
             conf.touch(mode=0o600)
-            conf.write_text(_node_config(port, node_dir, security, persistence, tls))
-            proc = subprocess.run([server, str(conf)], capture_output=True, text=True)
+            host = hosts[layout.host_index(port)] if hosts else None
+            conf.write_text(_node_config(port, node_dir, security, persistence, tls, bind=host.ip if host else "127.0.0.1",
+                                         hostname=host.name if host and layout.announce_hostnames else ""))
+            prefix = network.exec_prefix(host.namespace) if host else []
+            proc = subprocess.run([*prefix, server, str(conf)], capture_output=True, text=True)
             if proc.returncode != 0:
                 self.down()
                 raise SandboxError(f"redis-server on port {port} failed to start: {proc.stderr or proc.stdout}")
@@ -193,7 +245,7 @@ class Sandbox:
             self._wait_ready(layout.all_ports, creds)
             self._create_cluster(layout, creds)
             if keys:
-                load_data(f"127.0.0.1:{layout.port}", creds, keys, progress=progress)
+                load_data(self.address(layout.port), creds, keys, progress=progress)
         except BaseException:
             self.down()
             raise
@@ -211,7 +263,8 @@ class Sandbox:
                 f"masteruser {REPLICATION_USER}", f'masterauth "{replication}"']
 
     def down(self) -> list[int]:
-        """Stop exactly this sandbox's processes (pids from its own pidfiles) and return the ports stopped."""
+        """Stop exactly this sandbox's processes (pids from its own pidfiles), remove the namespaces, links and host
+        names it made, and return the ports stopped."""
         alive = self.running_pids()
         for pid in alive.values():
             os.kill(pid, signal.SIGTERM)
@@ -221,6 +274,7 @@ class Sandbox:
         for port, pid in alive.items():
             if _is_our_redis(pid, port):
                 os.kill(pid, signal.SIGKILL)
+        network.remove(self.root)
         return sorted(alive)
 
     def _wait_ready(self, ports: list[int], creds: Credentials, timeout: float = 10.0) -> None:
@@ -228,7 +282,7 @@ class Sandbox:
         for port in ports:
             while True:
                 try:
-                    node_client(f"127.0.0.1:{port}", creds, timeout=1.0).ping()
+                    node_client(self.address(port), creds, timeout=1.0).ping()
                     break
                 except (redis.RedisError, OSError):
                     if time.time() > deadline:
@@ -238,7 +292,7 @@ class Sandbox:
 
     def _create_cluster(self, layout: SandboxLayout, creds: Credentials) -> None:
         """Assign even slot ranges, meet every node, attach replicas, wait for cluster_state:ok everywhere."""
-        masters = [node_client(f"127.0.0.1:{p}", creds) for p in layout.master_ports]
+        masters = [node_client(self.address(p), creds) for p in layout.master_ports]
         share = SLOTS // layout.masters
         for i, m in enumerate(masters):
             lo = i * share
@@ -247,20 +301,21 @@ class Sandbox:
             m.execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
         members = layout.master_ports + layout.replica_ports
         for port in members[1:]:
-            masters[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
-        _wait(lambda: all(len(read_view(node_client(f"127.0.0.1:{p}", creds), str(p)).entries) == len(members)
+            masters[0].execute_command("CLUSTER MEET", *meet_address(self.address(port)))
+        _wait(lambda: all(len(read_view(node_client(self.address(p), creds), str(p)).entries) == len(members)
                           for p in members), 20, "the sandbox nodes to meet")
         ids = [read_view(m, "").myself.id for m in masters]
         for k, port in enumerate(layout.replica_ports):
-            node_client(f"127.0.0.1:{port}", creds).execute_command("CLUSTER REPLICATE", ids[k % layout.masters])
-        _wait(lambda: all(_cluster_state(p, creds) == "ok" for p in members)
-              and all(_info(p, creds, "replication").get("master_link_status") == "up" for p in layout.replica_ports),
+            node_client(self.address(port), creds).execute_command("CLUSTER REPLICATE", ids[k % layout.masters])
+        _wait(lambda: all(_cluster_state(self.address(p), creds) == "ok" for p in members)
+              and all(_info(self.address(p), creds, "replication").get("master_link_status") == "up"
+                      for p in layout.replica_ports),
               30, "the sandbox cluster to reach cluster_state:ok with replicas in sync")
 
     def write_params(self, layout: SandboxLayout) -> Path:
         """Write params.yaml for this sandbox into its folder (same schema as params/sandbox.yaml)."""
         state = self.state() or {}
-        cluster: dict = {"seed": f"127.0.0.1:{layout.port}"}
+        cluster: dict = {"seed": self.address(layout.port)}
         if state.get("acl"):
             cluster["username"] = OPERATOR_USER
         cluster["password_file"] = PASSWORD_FILE
@@ -269,7 +324,7 @@ class Sandbox:
                               "key_file": f"{TLS_DIR}/client.key"}
         params = {
             "cluster": cluster,
-            "new_masters": [{"address": f"127.0.0.1:{m}", "replica": f"127.0.0.1:{r}"}
+            "new_masters": [{"address": self.address(m), "replica": self.address(r)}
                             for m, r in zip(layout.new_master_ports, layout.new_replica_ports)],
             "migration": {"preset": "budget"},
             "probe": {"enabled": True},
@@ -277,7 +332,7 @@ class Sandbox:
             "validation": {"quiet": True},
             "report": {"dir": str(self.root.parent / "reports")},
             "apply": True,
-            "confirm_cluster": f"127.0.0.1:{layout.port}",
+            "confirm_cluster": self.address(layout.port),
         }
         path = self.root / "params.yaml"
         path.write_text("# Written by `runbook sandbox up`; the password stays in ./password (mode 0600).\n"
@@ -292,16 +347,16 @@ def _secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
-def _cluster_state(port: int, creds: Credentials) -> str | None:
+def _cluster_state(address: str, creds: Credentials) -> str | None:
     try:
-        return cluster_info(node_client(f"127.0.0.1:{port}", creds, timeout=2.0)).get("cluster_state")
+        return cluster_info(node_client(address, creds, timeout=2.0)).get("cluster_state")
     except (redis.RedisError, OSError):
         return None
 
 
-def _info(port: int, creds: Credentials, section: str) -> dict:
+def _info(address: str, creds: Credentials, section: str) -> dict:
     try:
-        return node_client(f"127.0.0.1:{port}", creds, timeout=2.0).info(section)
+        return node_client(address, creds, timeout=2.0).info(section)
     except (redis.RedisError, OSError):
         return {}
 
@@ -380,3 +435,29 @@ def load_data(seed: str, creds: Credentials, count: int, progress: bool = True, 
     bar.update(pending)
     bar.close()
     return count
+
+
+def changed_keys(seed: str, creds: Credentials, count: int, limit: int = 10) -> list[str]:
+    """The sample keys (as `load_data` wrote `count` of them) whose value now differs or is missing, read through a
+    cluster client: a value-level check that an expansion left the data unchanged. At most `limit` are named."""
+    client = cluster_client([seed], creds)
+    changed: list[str] = []
+    try:
+        for key, kind, value in sample_keys(count):
+            if kind == "string":
+                same = client.get(key) == value
+            elif kind == "hash":
+                same = client.hgetall(key) == value
+            elif kind == "list":
+                same = client.lrange(key, 0, -1) == value
+            elif kind == "set":
+                same = client.smembers(key) == set(value)
+            else:
+                same = dict(client.zrange(key, 0, -1, withscores=True)) == value
+            if not same:
+                changed.append(key)
+                if len(changed) >= limit:
+                    break
+    finally:
+        client.close()
+    return changed

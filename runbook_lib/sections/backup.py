@@ -19,7 +19,7 @@ from runbook_lib.config import Credentials, parse_address
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.files import sha256_file
 from runbook_lib.progress import wanted
-from runbook_lib.sections.host import is_local
+from runbook_lib.sections.host import is_local, rdb_copy_hint
 
 POLL_S = 0.2
 
@@ -202,7 +202,7 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
         if rdb_path is None:
             record.status = f"ok (CONFIG GET refused: {config_problem}; find and copy the RDB yourself)"
         elif not is_local(host):
-            record.status = "ok (remote: copy it yourself)"
+            record.status = (f"ok (on another host, not copied: {rdb_copy_hint(node.address, rdb_path, str(dest))})")
         else:
             target = dest / f"{host}_{port}.rdb"
             try:

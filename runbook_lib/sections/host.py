@@ -7,6 +7,8 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from runbook_lib.addresses import format_address, parse_address, resolve
+
 LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}
 KERNEL_FILES = {
     "vm.overcommit_memory": "proc/sys/vm/overcommit_memory",
@@ -78,3 +80,28 @@ def tcp_open_all(targets: list[tuple[str, int]], timeout: float = 2.0) -> dict[t
     with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
         results = pool.map(lambda t: tcp_open(t[0], t[1], timeout), targets)
         return dict(zip(targets, results))
+
+
+def machines(addresses: list[str]) -> dict[str, list[str]]:
+    """Node addresses grouped by the machine they run on (a name and the IP it resolves to are one machine), keyed
+    by a label naming the host as written and its IP: "redis-3.example (10.0.0.7)"."""
+    groups: dict[str, list[str]] = {}
+    spellings: dict[str, set[str]] = {}
+    for address in addresses:
+        host_name = parse_address(address)[0]
+        ips = resolve(host_name)
+        key = ips[0] if ips else host_name
+        groups.setdefault(key, []).append(address)
+        spellings.setdefault(key, set()).add(host_name)
+    labels = {}
+    for key, names in spellings.items():
+        written = sorted(n for n in names if n != key)
+        labels[key] = f"{', '.join(written)} ({key})" if written else key
+    return {labels[key]: nodes for key, nodes in groups.items()}
+
+
+def rdb_copy_hint(address: str, rdb_path: str, dest: str) -> str:
+    """How to copy a node's RDB from another host by hand, and check it arrived whole."""
+    host_name = parse_address(address)[0]
+    remote = format_address(host_name, 0).rsplit(":", 1)[0]
+    return f"`scp {remote}:{rdb_path} {dest}/` and compare `sha256sum` on both hosts"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from runbook_lib.addresses import same_address
 from runbook_lib.config import parse_address
 from runbook_lib.exceptions import BadInput
 
@@ -75,10 +76,12 @@ def monitored_nodes(members: list[dict], new_masters: list[str], new_replicas: l
     """Every node to monitor: the members (rows of topology.nodes_table) and the new nodes not joined yet, each
     with the role it will take; `new` marks the nodes this expansion adds, `joined` those in the cluster now."""
     rows = [{"address": r["address"], "role": r["role"], "new": bool(r.get("new")), "joined": True} for r in members]
-    known = {r["address"] for r in rows}
-    rows += [{"address": a, "role": "master", "new": True, "joined": False} for a in new_masters if a not in known]
-    known.update(new_masters)
-    rows += [{"address": a, "role": "replica", "new": True, "joined": False} for a in new_replicas if a not in known]
+    known = [r["address"] for r in rows]
+    for role, addresses in (("master", new_masters), ("replica", new_replicas)):
+        for a in addresses:
+            if not any(same_address(a, k) for k in known):
+                rows.append({"address": a, "role": role, "new": True, "joined": False})
+                known.append(a)
     return rows
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import redis
 
+from runbook_lib.addresses import meet_address
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client, ping
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.topology import NodeEntry, Topology, cluster_info, observe, read_view
-from runbook_lib.config import Credentials, parse_address
+from runbook_lib.config import Credentials
 from runbook_lib.exceptions import BadInput, CheckFailed
 
 
@@ -32,9 +32,13 @@ def check_fresh(address: str, creds: Credentials) -> str:
 
 
 def _meet(seed: str, address: str, creds: Credentials) -> None:
-    host, port = parse_address(address)
-    ip = socket.gethostbyname(host)
-    node_client(seed, creds).execute_command("CLUSTER MEET", ip, port)
+    """CLUSTER MEET the node at `address` (a name, IPv4 or IPv6) by the IP it resolves to: Redis 7.0 takes no names."""
+    client = node_client(seed, creds)
+    try:
+        ip, port = meet_address(address, like=read_view(client, seed).myself.ip)
+    except ValueError as e:
+        raise BadInput(f"cannot meet {address}: {e}") from None
+    client.execute_command("CLUSTER MEET", ip, port)
 
 
 def wait_known(seed: str, creds: Credentials, node_ids: list[str], timeout: float) -> Topology:
@@ -63,8 +67,8 @@ def add_masters(seed: str, creds: Credentials, addresses: list[str], journal: Jo
         entry = topo.by_address(address)
         if entry is not None:
             if not entry.is_master:
-                raise BadInput(f"{address} is already in the cluster as a replica, not a master")
-            notes.append(f"{address} is already a master of the cluster ({entry.id[:8]}); nothing to do")
+                raise BadInput(f"{topo.known_as(address)} is already in the cluster as a replica, not a master")
+            notes.append(f"{topo.known_as(address)} is already a master of the cluster ({entry.id[:8]}); nothing to do")
             new_ids.append(entry.id)
             continue
         node_id = check_fresh(address, creds)
@@ -94,11 +98,11 @@ def add_replicas(seed: str, creds: Credentials, pairs: list[tuple[str, str]], jo
             raise BadInput(f"{master} is not a master of the cluster; add it (20_add_masters) before its replica")
         r = topo.by_address(replica)
         if r is not None and r.master_id == m.id:
-            notes.append(f"{replica} already replicates {master}; nothing to do")
+            notes.append(f"{topo.known_as(replica)} already replicates {topo.known_as(master)}; nothing to do")
             waits.append((replica, m.id))
             continue
         if r is not None and r.is_master and r.slots:
-            raise BadInput(f"{replica} is a master owning {len(r.slots)} slots; it cannot become a replica")
+            raise BadInput(f"{topo.known_as(replica)} is a master owning {len(r.slots)} slots; it cannot become a replica")
         rid = r.id if r is not None else check_fresh(replica, creds)
         if r is None:
             actions.append(f"CLUSTER MEET {replica} (node {rid[:8]}) via {seed}")
@@ -161,9 +165,10 @@ def verify_members(topo: Topology, addresses: list[str], role: str, masters: dic
             checks.append(Check(f"{role} {address}", "fail", "not in the cluster"))
         elif (role == "master") != e.is_master:
             checks.append(Check(f"{role} {address}", "fail", f"in the cluster as {'master' if e.is_master else 'replica'}"))
-        elif masters and topo.nodes.get(e.master_id or "") is not None and topo.nodes[e.master_id].address != masters[address]:
+        elif masters and topo.nodes.get(e.master_id or "") is not None \
+                and getattr(topo.by_address(masters[address]), "id", None) != e.master_id:
             checks.append(Check(f"{role} {address}", "fail", f"replicates {topo.nodes[e.master_id].address}, "
-                                                               f"expected {masters[address]}"))
+                                                               f"expected {topo.known_as(masters[address])}"))
         else:
             checks.append(Check(f"{role} {address}", "pass", f"member as {role} ({e.id[:8]}), seen by every node"))
     return checks

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,13 +106,15 @@ def _text(value) -> str:
 
 def node_roles(topo: Topology, params: Params) -> dict[str, tuple[str, bool]]:
     """Every node preflight looks at, cluster members first: address → (role, added by this expansion)."""
-    added = set(new_node_addresses(params))
+    added = {e.id for e in map(topo.by_address, new_node_addresses(params)) if e is not None}
     members = sorted(topo.nodes.values(), key=lambda e: (not e.is_master, e.address))
-    roles = {e.address: ("master" if e.is_master else "replica", e.address in added) for e in members}
+    roles = {e.address: ("master" if e.is_master else "replica", e.id in added) for e in members}
     for addr in new_master_addresses(params):
-        roles.setdefault(addr, ("master", True))
+        if topo.by_address(addr) is None:
+            roles.setdefault(addr, ("master", True))
     for addr, _ in replica_pairs(params):
-        roles.setdefault(addr, ("replica", True))
+        if topo.by_address(addr) is None:
+            roles.setdefault(addr, ("replica", True))
     return roles
 
 
@@ -267,12 +269,11 @@ def host_memory(facts: list[NodeFacts], memory_pct: float, ram_here: int | None 
     """Per host: the memory its nodes use against its RAM (fail at the gate) and their maxmemory added up (warn
     above its RAM). RAM is MemTotal where the nodes run on this host, else INFO's total_system_memory."""
     ram_here = host.mem_total() if ram_here is None else ram_here
-    by_host: dict[str, list[NodeFacts]] = defaultdict(list)
-    for f in facts:
-        by_host[parse_address(f.address)[0]].append(f)
+    by_address = {f.address: f for f in facts}
+    by_host = {label: [by_address[a] for a in nodes] for label, nodes in host.machines(list(by_address)).items()}
     checks = []
     for name, nodes in by_host.items():
-        local = host.is_local(name)
+        local = host.is_local(parse_address(nodes[0].address)[0])
         ram, source = ((ram_here, "MemTotal here") if local else
                        (max(f.total_system_memory for f in nodes), "total_system_memory in INFO"))
         if not ram:
@@ -387,8 +388,12 @@ def kernel_checks(addresses: list[str], root: Path = Path("/")) -> list[Check]:
             status, reason = judge_kernel(name, value)
             checks.append(Check(f"kernel {name}", status, f"{reason} (this host, {here} nodes)"))
     if remote:
-        checks.append(Check("kernel settings on other hosts", "warn", "not verifiable from here: " + ", ".join(remote)
-                            + ". On each, `sysctl vm.overcommit_memory vm.swappiness` and `cat "
+        elsewhere = host.machines([a for a in addresses if parse_address(a)[0] in remote])
+        listed = ", ".join(f"{label} (nodes {', '.join(nodes)})" for label, nodes in elsewhere.items())
+        checks.append(Check("kernel settings on other hosts", "warn", "not verifiable from here: " + listed
+                            + f". Not checked on these {len(elsewhere)} hosts: "
+                            + ", ".join(host.KERNEL_FILES) + " (read from /proc and /sys of the host a node runs on). "
+                            "By hand on each: `sysctl vm.overcommit_memory vm.swappiness` and `cat "
                             "/sys/kernel/mm/transparent_hugepage/enabled` should show 1, at most "
                             f"{SWAPPINESS_MAX}, and [never]"))
     return checks

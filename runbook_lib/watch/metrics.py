@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from runbook_lib.addresses import same_address, same_node
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import NodeClients
 from runbook_lib.cluster.topology import read_view
@@ -105,7 +106,7 @@ class NodePoller:
             self.groups = sorted(groups.values(), key=lambda group: group[0])
             break
         listed = {a for group in self.groups for a in group}
-        self.groups += [[a] for a in self.extra if a not in listed]
+        self.groups += [[a] for a in self.extra if not any(same_address(a, known) for known in listed)]
         self._discovered = time.monotonic()
         return [a for group in self.groups for a in group]
 
@@ -157,15 +158,15 @@ class NodePoller:
         link_up = info.get("master_link_status") == "up"
         rows = [_row(ts, address, "replica", "repl_offset", offset),
                 _row(ts, address, "replica", "master_link_up", int(link_up))]
-        master = f"{info.get('master_host')}:{info.get('master_port')}"
-        if master not in masters:
+        master_port = int(info.get("master_port") or 0)
+        master = next((a for a in masters if same_node(a, str(info.get("master_host", "")), master_port)), None)
+        if master is None:
             return rows
         t_master, master_info = masters[master]
         target = int(master_info.get("master_repl_offset", 0))
-        host, _, port = address.rpartition(":")
         for key, value in master_info.items():
-            if key.startswith("slave") and isinstance(value, dict) and value.get("ip") == host \
-                    and str(value.get("port")) == port:
+            if key.startswith("slave") and isinstance(value, dict) \
+                    and same_node(address, str(value.get("ip", "")), int(value.get("port") or 0)):
                 rows.append(_row(ts, address, "replica", "repl_ack_lag_s", int(value.get("lag", 0))))
         rows.append(_row(ts, address, "replica", "repl_lag_bytes", max(0, target - offset)))
         if link_up:

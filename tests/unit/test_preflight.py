@@ -119,7 +119,8 @@ def test_kernel_checks_read_this_host(tmp_path):
 def test_kernel_checks_of_other_hosts_are_not_verifiable(tmp_path):
     checks = preflight.kernel_checks(["203.0.113.7:7000", "203.0.113.8:7000"], fake_host(tmp_path))
     assert len(checks) == 1 and checks[0].status == "warn"
-    assert "not verifiable from here: 203.0.113.7, 203.0.113.8" in checks[0].detail
+    assert ("not verifiable from here: 203.0.113.7 (nodes 203.0.113.7:7000), 203.0.113.8 (nodes 203.0.113.8:7000). "
+            "Not checked on these 2 hosts: vm.overcommit_memory, transparent_hugepage, vm.swappiness") in checks[0].detail
 
 
 def test_mem_total_reads_meminfo(tmp_path):
