@@ -114,6 +114,8 @@ def pace_timeline(series, decisions: list[dict], baseline_p99_ms: float | None =
     ax_pace.set_ylabel("slots/s")
     ax_pace.set_xlabel("seconds since the first slot opened")
     ax_pace.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
 
 
 def acceptance_latency(latency: dict) -> Figure:

@@ -182,3 +182,21 @@ def test_the_pace_series_bins_what_moved_against_the_pace_set_and_the_clients_p9
     assert s["pace_slots_per_s"].tolist() == [2.0, 6.0, 6.0]
     assert s["p99_ms"].iloc[2] == pytest.approx(3.0) and s["requests"].tolist() == [2, 0, 2]
     assert pace_series(entries[:1], records).empty
+
+
+def test_the_pace_chart_draws_the_series_and_the_back_offs():
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from runbook_lib.run.charts import pace_timeline
+    from runbook_lib.watch.timeline import pace_series
+    entries = [{"event": "slots_open", "ts": 100.0, "slots": [1]},
+               {"event": "pace", "ts": 100.0, "slots_per_s": 2.0, "limit_ms": 1.1, "action": "start"},
+               {"event": "slots_assigned", "ts": 100.6, "slots": [1]},
+               {"event": "pace", "ts": 101.2, "slots_per_s": 1.0, "limit_ms": 1.1, "action": "back off"},
+               {"event": "slots_assigned", "ts": 102.5, "slots": [2, 3, 4]}]
+    records = pd.DataFrame({"ts": [100.1, 102.1], "latency_ms": [1.0, 3.0]})
+    fig = pace_timeline(pace_series(entries, records), [e for e in entries if e["event"] == "pace"], 1.0)
+    assert isinstance(fig, Figure)
+    lines = fig.axes[1].get_lines()
+    assert any(line.get_label() == "backed off" for line in lines)
