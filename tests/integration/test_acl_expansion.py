@@ -66,7 +66,7 @@ def admin(sandbox, port: int) -> redis.Redis:
 def test_expansion_completes_as_the_acl_user(run, sandbox):
     proc, out = run
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Verdict: <strong>PASS</strong>" in (out / "index.html").read_text()
+    assert "sections: <strong>PASS</strong>" in (out / "index.html").read_text()
     creds = sandbox.credentials()
     assert creds.username == "runbook"
     topo = observe(f"127.0.0.1:{PORT}", creds)
