@@ -51,6 +51,12 @@ class FailOverBeforeBatch:
             assert self.done_before, f"{self.replica} did not take over from {self.source} within 60 s"
         return self.settings
 
+    def before_group(self) -> Migration:
+        return self.settings
+
+    def end(self) -> None:
+        """Nothing to stop."""
+
     def _switched(self) -> bool:
         replica_role = node_client(self.replica, self.creds).execute_command("ROLE")[0]
         source_role = node_client(self.source, self.creds).execute_command("ROLE")[0]

@@ -183,6 +183,12 @@ class PauseTargetWritesBefore:
             node_client(self.target, self.creds).execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         return self.settings
 
+    def before_group(self) -> Migration:
+        return self.settings
+
+    def end(self) -> None:
+        """Nothing to stop."""
+
 
 def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster):
     sb, seed, new, journal = cluster
