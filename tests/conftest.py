@@ -36,6 +36,16 @@ def loosen(path: Path) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def run_expansion(sandbox: Sandbox, runbook_bin: str, name: str):
+    """`runbook run` of the whole expansion on a sandbox's own params into `<sandbox's folder>/<name>`; returns
+    (the finished process, the run folder)."""
+    import subprocess
+    out = sandbox.root.parent / name
+    proc = subprocess.run([runbook_bin, "run", "--params", str(sandbox.root / "params.yaml"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    return proc, out
+
+
 @pytest.fixture(scope="session")
 def redis_cli() -> str:
     found = os.environ.get("RUNBOOK_REDIS_CLI") or shutil.which("redis-cli")

@@ -64,6 +64,23 @@ class Journal:
                 except json.JSONDecodeError:
                     continue
 
+    def read_from(self, offset: int) -> tuple[list[dict], int]:
+        """The complete entries appended from byte `offset` on, and the offset after them: a line still being
+        written waits for the next read, so followers (progress, the pace governor) read each entry once."""
+        if not self.path.exists():
+            return [], offset
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        entries = []
+        for line in chunk[:end].splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return entries, offset + end
+
     def open_slots(self) -> dict[int, dict]:
         """Slots this journal opened and never assigned or closed: slot → its slot_open entry."""
         opened: dict[int, dict] = {}

@@ -7,7 +7,6 @@ The journal is the one source: the mover, the governor and every section write t
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import IO
 
 from tqdm.auto import tqdm
+
+from runbook_lib.cluster.journal import Journal
 
 
 @dataclass
@@ -90,14 +91,8 @@ class JournalFollower:
 
     def read(self) -> list[dict]:
         """Complete journal lines appended since the last read."""
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1
-        self._offset += end
-        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        entries, self._offset = Journal(self.path).read_from(self._offset)
+        return entries
 
     def poll(self) -> None:
         """Feed new entries and redraw the bar."""

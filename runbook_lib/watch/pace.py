@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,8 @@ SLOTS_PER_FLIGHT = 2.0
 BOOT = 300
 MOVING_REACH = 4
 """The governor looks back at most this many `gates.window_s` for samples taken while slots moved."""
+RECENT_ENTRIES = 20000
+"""The journal entries the governor keeps (read once each, as they are appended) to find when slots moved."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,10 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
         records = TrafficProbe.attach(run_dir).records(since=baseline["since"])
         base_ms = records[records["ts"] <= baseline["ts"]]["latency_ms"].to_numpy(float)
 
+    journal = Journal(Path(run_dir) / "journal.jsonl")
+    journal_at = [0]
+    recent: deque[dict] = deque(maxlen=RECENT_ENTRIES)
+
     def measure(since: float) -> Reading:
         now = time.time()
         values = gate_values(run_dir, window_s=gates.window_s)
@@ -195,7 +202,9 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
         if base_ms is None or len(base_ms) < MIN_REQUESTS:
             return Reading(failing=failing)
         records = TrafficProbe.attach(run_dir).records(since=now - gates.window_s * MOVING_REACH)
-        moving = moving_windows(Journal(Path(run_dir) / "journal.jsonl").entries(), now)
+        fresh, journal_at[0] = journal.read_from(journal_at[0])
+        recent.extend(fresh)
+        moving = moving_windows(recent, now)
         ts = records["ts"].to_numpy(float)
         lat = records["latency_ms"].to_numpy(float)[inside(ts, moving) & (ts >= since)]
         if len(lat) < MIN_BACKOFF_REQUESTS:

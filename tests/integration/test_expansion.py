@@ -9,7 +9,7 @@ import pytest
 
 from runbook_lib.cluster.topology import observe
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import PORT_OFFSET, run_expansion, start_sandbox
 
 pytestmark = pytest.mark.integration
 PORT = 7100 + PORT_OFFSET
@@ -25,10 +25,7 @@ def sandbox(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(sandbox, runbook_bin):
-    out = sandbox.root.parent / "run1"
-    proc = subprocess.run([runbook_bin, "run", "--params", str(sandbox.root / "params.yaml"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    return proc, out
+    return run_expansion(sandbox, runbook_bin, "run1")
 
 
 def test_run_succeeds_in_order(run):

@@ -16,7 +16,7 @@ from runbook_lib.config import load_params
 from runbook_lib.exceptions import SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout, changed_keys, network
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import PORT_OFFSET, run_expansion, start_sandbox
 
 pytestmark = pytest.mark.integration
 PORT = 8100 + PORT_OFFSET
@@ -38,10 +38,7 @@ def sandbox(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(sandbox, runbook_bin):
-    out = sandbox.root.parent / "run1"
-    proc = subprocess.run([runbook_bin, "run", "--params", str(sandbox.root / "params.yaml"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    return proc, out
+    return run_expansion(sandbox, runbook_bin, "run1")
 
 
 def test_each_host_has_its_own_namespace_address_and_name(sandbox):

@@ -13,7 +13,7 @@ from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import observe, read_view
 from runbook_lib.sandbox import Sandbox, SandboxLayout, changed_keys, network
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, loosen
+from tests.conftest import PORT_OFFSET, loosen, run_expansion
 
 pytestmark = pytest.mark.integration
 PORT = 8200 + PORT_OFFSET
@@ -35,10 +35,7 @@ def sandbox(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(sandbox, runbook_bin):
-    out = sandbox.root.parent / "run-tls6"
-    proc = subprocess.run([runbook_bin, "run", "--params", str(sandbox.root / "params.yaml"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    return proc, out
+    return run_expansion(sandbox, runbook_bin, "run-tls6")
 
 
 def test_hosts_are_ipv6_and_certificates_name_hosts_only(sandbox):

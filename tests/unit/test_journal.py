@@ -34,3 +34,18 @@ def test_failpoint_does_nothing_unless_named(monkeypatch):
     failpoint("after_migrate")
     monkeypatch.setenv("RUNBOOK_FAILPOINT", "somewhere_else")
     failpoint("after_migrate")
+
+
+def test_read_from_gives_each_complete_entry_once_and_waits_for_a_torn_line(tmp_path):
+    from runbook_lib.cluster.journal import Journal
+    j = Journal(tmp_path / "journal.jsonl")
+    j.record("a")
+    first, at = j.read_from(0)
+    assert [e["event"] for e in first] == ["a"]
+    with open(j.path, "ab") as raw:
+        raw.write(b'{"event": "b"')
+    assert j.read_from(at) == ([], at), "a line still being written waits"
+    with open(j.path, "ab") as raw:
+        raw.write(b"}\n")
+    second, _ = j.read_from(at)
+    assert [e["event"] for e in second] == ["b"]
