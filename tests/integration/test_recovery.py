@@ -101,7 +101,7 @@ def test_master_killed_while_its_slot_is_open_resume_finishes_towards_the_promot
         fill_slot(sb, seed, slot, 40)
         before = data_snapshot(seed, creds)
         killer = params_variant(sb, "killer", slots_per_batch=1, keys_per_migrate=5, warmup_slot=False)
-        killed = cli("run", "--params", str(killer), "--out", str(run_dir), failpoint="after_migrate:3")
+        killed = cli("run", "--params", str(killer), "--out", str(run_dir), failpoint="drain.migrated:3")
         assert killed.returncode == 1, killed.stdout + killed.stderr
         topo = observe(seed, creds)
         assert {o["slot"] for o in topo.open_slots()} == {slot}, killed.stdout + killed.stderr
@@ -236,7 +236,7 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
         sb.down()
 
 
-@pytest.mark.parametrize("point", ["after_importing", "after_migrate:2", "before_setslot_node:2"])
+@pytest.mark.parametrize("point", ["open.importing", "drain.migrated:2", "handover.journaled:2"])
 def test_whole_run_killed_on_the_batched_path_then_resumed(tmp_path, point):
     """The default (batched) path: SIGKILL of `runbook run` at each protocol step, then resume and the rest."""
     port = PORT + 80

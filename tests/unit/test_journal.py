@@ -31,9 +31,9 @@ def test_journal_file_is_owner_only(tmp_path):
 
 def test_failpoint_does_nothing_unless_named(monkeypatch):
     monkeypatch.delenv("RUNBOOK_FAILPOINT", raising=False)
-    failpoint("after_migrate")
+    failpoint("drain.migrated")
     monkeypatch.setenv("RUNBOOK_FAILPOINT", "somewhere_else")
-    failpoint("after_migrate")
+    failpoint("drain.migrated")
 
 
 def test_read_from_gives_each_complete_entry_once_and_waits_for_a_torn_line(tmp_path):
