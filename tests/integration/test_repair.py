@@ -151,7 +151,16 @@ def test_open_slot_left_by_killed_redis_cli_reshard_is_repaired(cluster, redis_c
     assert {o["slot"] for o in observe(seed, creds).open_slots()} == {0}
     assert cli("check", "--params", str(sb.root / "params.yaml")).returncode == 1
 
-    resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
+    on_target_before = tgt.execute_command("CLUSTER", "COUNTKEYSINSLOT", 0)
+    left = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
+    assert left.returncode == 1, left.stdout + left.stderr
+    assert "slot 0 is open" in left.stdout and "left alone" in left.stdout, left.stdout
+    assert f"{on_target_before} on 127.0.0.1:{port + 6}" in left.stdout, "the note says which keys sit where"
+    assert "--slot 0" in left.stdout
+    assert {o["slot"] for o in observe(seed, creds).open_slots()} == {0}, "another tool's slot is left as it was"
+    assert tgt.execute_command("CLUSTER", "COUNTKEYSINSLOT", 0) == on_target_before
+
+    resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir), "--slot", "0")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "repaired slot 0: finish" in resumed.stdout
     done = cli("run", "--params", str(sb.root / "params.yaml"), "--out", str(run_dir), "--from", "60_validate")
