@@ -154,6 +154,21 @@ def chunk_by_bytes(keys: list[bytes], sizes: dict[bytes, int], limit: int | None
     return runs
 
 
+def next_group(moves: list[Move], in_flight: int, knows: Callable[[str], bool]) -> list[Move]:
+    """The next `in_flight` moves, cut before the first whose target the applications do not know yet (`knows`, asked
+    of every target in the group): towards such a target one slot goes alone, so that its hand-over teaches the
+    clients the new master before more slots open towards it (an ASK to an unknown node fails stock redis-py,
+    redis-py#4015) (pure)."""
+    if not knows(moves[0].target):
+        return moves[:1]
+    group = [moves[0]]
+    for m in moves[1: max(1, in_flight)]:
+        if m.target != moves[0].target and not knows(m.target):
+            break
+        group.append(m)
+    return group
+
+
 def journal_pairs(journal: Journal) -> list[tuple[str, str]]:
     """Every (replica, master) pair the journal recorded, so a failover before a resume is still followed."""
     return [tuple(p) for e in journal.entries() if e["event"] == "replication" for p in e.get("pairs", [])]
@@ -327,17 +342,8 @@ class Mover:
         return keys
 
     def next_group(self, moves: list[Move]) -> list[Move]:
-        """The next `slots_in_flight` moves, cut before the first whose target the applications do not know yet:
-        towards such a target one slot goes alone, so that its hand-over teaches the clients the new master before
-        more slots open towards it (an ASK to an unknown node fails stock redis-py, redis-py#4015)."""
-        if not self.clients_know(moves[0].target):
-            return moves[:1]
-        group = [moves[0]]
-        for m in moves[1: self.settings.slots_in_flight]:
-            if m.target != moves[0].target and not self.clients_know(m.target):
-                break
-            group.append(m)
-        return group
+        """The next group of this worker's moves (see `next_group`), asking CLIENT LIST which targets are known."""
+        return next_group(moves, self.settings.slots_in_flight, self.clients_know)
 
     def clients_know(self, target: str) -> bool:
         """Whether the applications know the new master `target`: it has as many application connections as the least

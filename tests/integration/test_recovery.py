@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -169,6 +170,58 @@ def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
     assert done.actions
     assert misplaced_keys(observe(seed, creds), creds) == {}
     assert node_client(seed, creds).get(f"{{{tag}}}:stranded:7") == b"v7"
+
+
+REPAIR_IN_A_PROCESS = """
+import os
+import sys
+from pathlib import Path
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.repair import repair
+from runbook_lib.cluster.topology import observe
+from runbook_lib.config import Credentials, Migration
+creds = Credentials(password=os.environ["RUNBOOK_TEST_PASSWORD"])
+repair(observe(sys.argv[1], creds), creds, Journal(Path(sys.argv[2])), Migration(preset="fast", keys_per_migrate=5),
+       apply=True)
+"""
+
+
+def test_an_interrupted_rescue_is_finished_towards_the_owner(cluster, tmp_path):
+    """A rescue killed after its first MIGRATE round leaves the holder IMPORTING from the owner, keys on both: the
+    next repair finishes it towards the owner (the journal kept its intent), never reads the marker as a move to the
+    holder, and every key ends on the owner with its value."""
+    sb, seed, new, _ = cluster
+    creds = sb.credentials()
+    topo = observe(seed, creds)
+    owner = topo.by_address(seed)
+    other = next(m for m in topo.masters() if m.id != owner.id and m.address != new)
+    slot = sorted(topo.slots_by_master()[owner.id])[5]
+    tag = tag_for_slot(slot)
+    client = node_client(other.address, creds)
+    client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner.id)
+    for i in range(30):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.set(f"{{{tag}}}:interrupted:{i}", f"v{i}")
+        pipe.execute()
+    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    journal = tmp_path / "journal.jsonl"
+    env = {**os.environ, "RUNBOOK_FAILPOINT": "rescue.round", "RUNBOOK_TEST_PASSWORD": creds.password}
+    killed = subprocess.run([sys.executable, "-c", REPAIR_IN_A_PROCESS, seed, str(journal)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    on_holder = client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+    assert 0 < on_holder < 30 and {o["slot"] for o in observe(seed, creds).open_slots()} == {slot}
+    assert set(Journal(journal).open_slots()) == {slot}, "the rescue's intent is in the journal"
+
+    done = repair(observe(seed, creds), creds, Journal(journal), Migration(preset="fast"), apply=True)
+    assert done.actions, done
+    topo = observe(seed, creds)
+    assert topo.open_slots() == [] and misplaced_keys(topo, creds) == {}
+    assert topo.reference.owners()[slot] == owner.id, "the slot stays with its owner"
+    assert [node_client(seed, creds).get(f"{{{tag}}}:interrupted:{i}") for i in range(30)] == \
+        [f"v{i}".encode() for i in range(30)]
+    assert Journal(journal).open_slots() == {}
 
 
 class PauseTargetWritesBefore:
