@@ -21,7 +21,7 @@ from runbook_lib.cluster.migrate import current_plan, migrate
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.config import BigKeys, Migration
-from runbook_lib.exceptions import MigrationError
+from runbook_lib.exceptions import MigrationError, PaceStop
 from runbook_lib.sandbox import redis_binary
 from runbook_lib.sections import nodes
 from tests.conftest import PORT_OFFSET, start_sandbox
@@ -241,6 +241,41 @@ class PauseTargetWritesBefore:
 
     def end(self) -> None:
         """Nothing to stop."""
+
+
+class KillBefore(PauseTargetWritesBefore):
+    """Throttle-shaped hook: before batch `at`, SIGKILL the node at `target` (here the new master's replica)."""
+
+    def __init__(self, settings: Migration, creds, target: str, sb, at: int = 2) -> None:
+        super().__init__(settings, creds, target, at)
+        self.sb = sb
+
+    def before_batch(self, batch: int) -> Migration:
+        if batch == self.at:
+            kill(self.sb, self.target)
+        return self.settings
+
+
+def test_a_replica_lost_mid_run_stops_the_next_batch_with_nothing_open(cluster):
+    """The new master's replica dies after the first batch: the second batch does not start (keys moved to the new
+    master would have one copy), no slot is left open, and once the replica is back the migration goes on."""
+    sb, seed, new, journal = cluster
+    creds = sb.credentials()
+    replica = f"127.0.0.1:{int(new.rsplit(':', 1)[1]) + 1}"
+    settings = Migration(preset="fast", slots_per_batch=8, slots_in_flight=8, warmup_slot=False)
+    started = len(list(journal.entries()))
+    with pytest.raises(PaceStop, match="replica") as stopped:
+        migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
+                throttle=KillBefore(settings, creds, replica, sb))
+    assert "before batch 2" in str(stopped.value)
+    events = list(journal.entries())[started:]
+    assert [e["batch"] for e in events if e["event"] == "batch_start"] == [1]
+    assert any(e["event"] == "replica_stop" for e in events)
+    assert observe(seed, creds).open_slots() == []
+    restart(sb, replica, creds)
+    wait_caught_up(creds, new, replica)
+    _, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False, max_batches=1)
+    assert batches and batches[0].slots == 8
 
 
 def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster):
