@@ -17,10 +17,11 @@ from runbook_lib.cluster.mover import SAME_COPY_DEL_SCRIPT, Mover
 from runbook_lib.cluster.slots import HANDOVER, SlotState, Transition, repair_step
 from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.config import Migration
-from runbook_lib.exceptions import MigrationError
+from runbook_lib.cluster.repair import repair
+from runbook_lib.exceptions import CheckFailed, MigrationError
 from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import fill_slot, tag_for_slot
-from tests.integration.test_recovery import joined
+from tests.integration.test_recovery import joined, kill
 
 pytestmark = pytest.mark.integration
 PORT = 8940 + PORT_OFFSET
@@ -215,3 +216,15 @@ def test_a_slot_that_stops_the_run_leaves_the_rest_of_its_group_closed_or_finish
     for slot in slots:
         assert key_slot(f"{{{tag_for_slot(slot)}}}:group:2".encode()) == slot
         assert read(sb, seed, f"{{{tag_for_slot(slot)}}}:group:2")[0] is not None
+
+
+def test_a_master_that_does_not_answer_stops_a_repair_with_a_message(cluster, tmp_path):
+    """Runs last: it kills a master. A repair cannot see where keys are without every master: it says which one did
+    not answer and what to do, instead of ending in a traceback."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    victim = next(m.address for m in observe(seed, creds).masters() if m.address not in (seed, new))
+    kill(sb, victim)
+    with pytest.raises(CheckFailed, match="repair stopped") as stopped:
+        repair(observe(seed, creds), creds, Journal(tmp_path / "journal.jsonl"), SETTINGS, apply=True)
+    assert victim.rsplit(":", 1)[1] in str(stopped.value) and "runbook resume" in str(stopped.value)
