@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Iterable
 
 from runbook_lib.checks import Check
-from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.connection import CLIENT_NAME, cluster_client, node_client
 from runbook_lib.cluster.lock import lock_keys
 from runbook_lib.cluster.topology import SLOTS, Topology, misplaced_keys
 from runbook_lib.config import Credentials
@@ -122,7 +122,7 @@ def key_count_change(topo: Topology, creds: Credentials, baseline: dict, quiet: 
 
 def round_trip(topo: Topology, creds: Credentials, count: int = 16) -> Check:
     """Write test keys through a cluster client, read them back, and check CLUSTER KEYSLOT against their owner."""
-    client = cluster_client([m.address for m in topo.masters()], creds)
+    client = cluster_client([m.address for m in topo.masters()], creds, name=CLIENT_NAME)
     owners = topo.owners()
     address = {e.id: e.address for e in topo.nodes.values()}
     stamp = f"{time.time():.6f}"
