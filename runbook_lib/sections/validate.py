@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Iterable
 
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import CLIENT_NAME, cluster_client, node_client
@@ -83,21 +82,6 @@ def keys_where_they_belong(topo: Topology, creds: Credentials) -> Check:
                   f"every master holds keys only of its own slots ({SLOTS} slots checked on {len(topo.masters())} "
                   "masters)" if not misplaced else f"{len(misplaced)} slots have keys on a master that does not own "
                                                    f"them: {detail}; `runbook resume` moves them to their owner")
-
-
-def handovers_clean(entries: Iterable[dict]) -> Check:
-    """Every slot this run handed over was empty on its source at hand-over (from the journal)."""
-    handed, dirty = 0, []
-    for e in entries:
-        if e["event"] != "slots_handover":
-            continue
-        handed += len(e["slots"])
-        dirty += [(int(s), n) for s, n in e.get("source_keys", {}).items() if n]
-    if not handed:
-        return Check("hand-overs left no key behind", "pass", "this run handed no slot over")
-    return _check("hand-overs left no key behind", not dirty,
-                  f"{handed} slots handed over, each with 0 keys left on its source" if not dirty
-                  else f"{len(dirty)} slots handed over with keys on the source: {dirty[:5]}")
 
 
 def key_count_change(topo: Topology, creds: Credentials, baseline: dict, quiet: bool) -> Check:
