@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import redis
 
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.mover import Mover
+from runbook_lib.cluster.mover import Mover, journal_pairs
 from runbook_lib.cluster.plan import Move, Plan
 from runbook_lib.cluster.repair import settle_own_open_slots
+from runbook_lib.cluster.slots import Shards
 from runbook_lib.cluster.topology import SLOTS, Topology, observe, parse_ranges
 from runbook_lib.config import BigKeys, Credentials, Migration
 from runbook_lib.exceptions import BadInput, CheckFailed
@@ -26,23 +27,45 @@ def original_owners(snapshot: dict) -> dict[str, set[int]]:
     return {m["id"]: parse_ranges(m["slots"]) for m in snapshot["masters"]}
 
 
-def rollback_plan(snapshot: dict, topo: Topology, slots_per_batch: int) -> Plan:
-    """Moves that return every slot whose owner changed to its recorded owner, in batches."""
+def serving_masters(snapshot: dict, topo: Topology, pairs: Iterable[tuple[str, str]] = ()) -> dict[str, str | None]:
+    """Each recorded master's id -> the healthy master now serving its shard: itself, or the replica promoted in its
+    place (a failover since the snapshot); None while no replica has taken over. Who replicated whom comes from the
+    snapshot's replicas, `pairs` (the journal's `replication` records, `mover.journal_pairs`) and the live cluster."""
+    shards = Shards(pairs)
+    shards.learn({e.id: m["id"] for m in snapshot["masters"] for e in map(topo.by_address, m.get("replicas", []))
+                  if e is not None and e.id != m["id"]})
+    live = {e.id: e.master_id for e in topo.nodes.values() if not e.is_master and e.master_id}
+    shards.learn(live)
+    masters = {m.id for m in topo.masters()}
+    return {m["id"]: shards.current(m["id"], masters, live) for m in snapshot["masters"]}
+
+
+def rollback_plan(snapshot: dict, topo: Topology, slots_per_batch: int,
+                  pairs: Iterable[tuple[str, str]] = ()) -> Plan:
+    """Moves that return every slot to its recorded shard (the master now serving it, see `serving_masters`), in
+    batches."""
     owners = topo.owners()
     current = {m.id: 0 for m in topo.masters()}
     for o in owners:
         if o is not None:
             current[o] = current.get(o, 0) + 1
+    serving = serving_masters(snapshot, topo, pairs)
+    names = {e.id: e.address for e in topo.nodes.values()}
+    shared = [m for m in serving.values() if m is not None and list(serving.values()).count(m) > 1]
+    if shared:
+        raise BadInput(f"{names.get(shared[0], shared[0][:8])} now serves the shards of several original masters; "
+                       "the recorded layout cannot be restored (check `runbook check` and the nodes' roles)")
     moves = []
-    for master_id, slots in original_owners(snapshot).items():
-        if master_id not in current:
-            raise BadInput(f"original master {master_id[:8]} is no longer in the cluster; rollback needs every "
-                           "original master (check `runbook check` and the node's state)")
-        for s in sorted(slots):
+    for m in snapshot["masters"]:
+        target = serving[m["id"]]
+        if target is None:
+            raise BadInput(f"original master {m['address']} ({m['id'][:8]}) is not a healthy master and no replica "
+                           "has taken over its shard; wait for the failover or bring the node back, then roll back")
+        for s in sorted(parse_ranges(m["slots"])):
             if owners[s] is None:
                 raise BadInput(f"slot {s} has no owner; repair the cluster before rolling back")
-            if owners[s] != master_id:
-                moves.append(Move(slot=s, source=owners[s], target=master_id))
+            if owners[s] != target:
+                moves.append(Move(slot=s, source=owners[s], target=target))
     after = dict(current)
     for m in moves:
         after[m.source] -= 1
@@ -92,17 +115,23 @@ def _wait_forgotten(seed: str, creds: Credentials, ids: set[str], timeout: float
         time.sleep(0.2)
 
 
-def compare_with_snapshot(snapshot: dict, topo: Topology) -> list[Check]:
-    """Prove the original layout: same masters, same slots each, no extra node in any view."""
+def compare_with_snapshot(snapshot: dict, topo: Topology, pairs: Iterable[tuple[str, str]] = ()) -> list[Check]:
+    """Prove the original layout: each recorded shard (its master, or the replica promoted in its place) holds the
+    same slots as before, no other master holds any, no extra node in any view."""
     checks = []
     owned = topo.slots_by_master()
     original = original_owners(snapshot)
+    serving = serving_masters(snapshot, topo, pairs)
+    names = {e.id: e.address for e in topo.nodes.values()}
     for m in snapshot["masters"]:
-        now = owned.get(m["id"], set())
+        now = owned.get(serving[m["id"]] or m["id"], set())
         ok = now == original[m["id"]]
+        moved = serving[m["id"]] not in (None, m["id"])
+        where = f", on {names.get(serving[m['id']])}, its replica promoted in its place" if moved else ""
         checks.append(Check(f"slots of {m['address']}", "pass" if ok else "fail",
-                            f"{len(now)} slots, as before" if ok else f"{len(now)} slots now, {len(original[m['id']])} before"))
-    known = {m["id"] for m in snapshot["masters"]}
+                            (f"{len(now)} slots, as before" if ok else
+                             f"{len(now)} slots now, {len(original[m['id']])} before") + where))
+    known = {serving[m["id"]] or m["id"] for m in snapshot["masters"]}
     extra = sorted({e.address for e in topo.masters() if e.id not in known})
     checks.append(Check("no extra masters", "pass" if not extra else "fail",
                         "only the original masters" if not extra else "still present: " + ", ".join(extra)))
@@ -121,7 +150,8 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
         topo = settle_own_open_slots(topo, creds, journal, settings, bigkeys)
     elif topo.open_slots():
         raise CheckFailed("open slots in the cluster; `runbook check` shows them, `runbook resume` repairs them")
-    plan = rollback_plan(snapshot, topo, settings.slots_per_batch)
+    pairs = journal_pairs(journal)
+    plan = rollback_plan(snapshot, topo, settings.slots_per_batch, pairs)
     results = []
     if apply:
         journal.record("rollback_start", moves=len(plan.moves))
@@ -129,5 +159,6 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
         results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle)
     removal = remove_nodes(topo.seed, creds, new_addresses, journal, apply=apply) if apply or not plan.moves else \
         StepReport(actions=[f"remove {a}" for a in new_addresses], notes=["after the slots are back"])
-    checks = compare_with_snapshot(snapshot, observe(topo.seed, creds)) if apply else []
+    checks = compare_with_snapshot(snapshot, observe(topo.seed, creds), journal_pairs(journal)) if apply else []
     return {"plan": plan, "batches": results, "removal": removal, "checks": checks}
+
