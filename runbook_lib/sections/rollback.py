@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TYPE_CHECKING, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import redis
 
+from runbook_lib import progress as shown
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
@@ -15,8 +18,9 @@ from runbook_lib.cluster.plan import Move, Plan
 from runbook_lib.cluster.repair import settle_own_open_slots
 from runbook_lib.cluster.slots import Shards
 from runbook_lib.cluster.topology import SLOTS, Topology, observe, parse_ranges
-from runbook_lib.config import BigKeys, Credentials, Migration
+from runbook_lib.config import BigKeys, Credentials, Migration, Params, new_node_addresses
 from runbook_lib.exceptions import BadInput, CheckFailed
+from runbook_lib.watch import lifecycle
 
 if TYPE_CHECKING:
     from runbook_lib.cluster.mover import Pace
@@ -162,3 +166,56 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
     checks = compare_with_snapshot(snapshot, observe(topo.seed, creds), journal_pairs(journal)) if apply else []
     return {"plan": plan, "batches": results, "removal": removal, "checks": checks}
 
+
+def watched_rollback(params: Params, run_dir: Path, topo: Topology, journal: Journal, apply: bool,
+                     tell: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
+    """The rollback every entry point runs (90_rollback, `runbook rollback`), so each moves slots under the same watch.
+
+    The run's before-picture must predate the expansion. With `apply` (the caller has confirmed the cluster and holds
+    the run lock) the watchers an interrupted run left in `run_dir` are stopped, the slots go back under the pace,
+    gates, probe and sampler of 40_migrate (started before the first batch), the probe's keys are deleted and the
+    watchers stopped at the end; `tell` hears each of these as a line; a progress bar where someone watches
+    (`runbook_lib.progress.wanted`). Returns `rollback`'s outcome and `leftover`
+    (the line on the watchers found running, "" when none), `watch` (None when no slot moved), `probe_keys` (deleted)
+    and `stopped` (the watchers stopped at the end)."""
+    say = tell or (lambda line: None)
+    path = run_dir / "baseline.json"
+    if not path.exists():
+        raise BadInput(f"{path} is missing; rollback needs the before-picture 00_preflight takes in this run folder")
+    snapshot = json.loads(path.read_text())
+    if not snapshot.get("pre_expansion"):
+        raise BadInput(f"{path} was taken after the new nodes joined; roll back from the run folder whose preflight "
+                       "ran before the expansion")
+    leftover = lifecycle.stop_leftovers(run_dir, acting=apply)
+    if leftover:
+        say(leftover)
+    creds, model, progress = params.credentials(), params.model, shown.wanted(progress)
+    if not apply:
+        out = rollback(topo, creds, snapshot, new_node_addresses(params), model.migration, journal, apply=False,
+                       bigkeys=model.bigkeys, progress=progress)
+        return out | {"leftover": leftover, "watch": None, "probe_keys": 0, "stopped": []}
+    pace = lifecycle.WatchWhenMoving(params, run_dir, journal, on_start=lambda w: say(lifecycle.watching(w)))
+    try:
+        out = rollback(observe(model.cluster.seed, creds), creds, snapshot, new_node_addresses(params),
+                       model.migration, journal, apply=True, bigkeys=model.bigkeys, progress=progress, throttle=pace)
+        probe_keys = lifecycle.discard_probe(params, run_dir)
+    finally:
+        stopped = lifecycle.stop_all(run_dir)
+    return out | {"leftover": leftover, "watch": pace.watch, "probe_keys": probe_keys, "stopped": stopped}
+
+
+def outcome_rows(outcome: dict, apply: bool) -> list[dict]:
+    """What `watched_rollback` did, or in a dry run would do, one step a row, for a table."""
+    plan, watch = outcome["plan"], outcome["watch"]
+    rows = [{"step": "watchers left running", "detail": outcome["leftover"]}] if outcome["leftover"] else []
+    if watch is not None:
+        rows.append({"step": "watch", "detail": lifecycle.watching(watch)})
+    rows.append({"step": "slots moved back" if apply else "slots to move back",
+                 "detail": f"{len(plan.moves)} slots to their shards in "
+                           f"{len(outcome['batches']) if apply else len(plan.batches)} batches"})
+    rows += [{"step": "removal" if apply else "removal (would do)", "detail": a} for a in outcome["removal"].actions]
+    rows += [{"step": "note", "detail": n} for n in outcome["removal"].notes]
+    if apply:
+        rows.append({"step": "probe keys deleted", "detail": f"{outcome['probe_keys']} keys the run's traffic probe "
+                                                             "had written"})
+    return rows

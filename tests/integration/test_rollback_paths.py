@@ -1,5 +1,6 @@
-"""Rollback on a real sandbox after a whole `runbook run`: after an original master failed over it returns each slot
-to its shard, now served by the promoted replica.
+"""Rollback on a real sandbox after a whole `runbook run`: from the notebook (90_rollback) it moves the slots under the
+same pace and watchers as `runbook rollback`, and after an original master failed over it returns each slot to its
+shard, now served by the promoted replica.
 
 One sandbox for the module; the tests run in order and each leaves the cluster as the next one expects."""
 
@@ -13,7 +14,7 @@ from runbook_lib.cluster.topology import observe, parse_ranges
 from runbook_lib.sections.nodes import wait_replica_synced
 from runbook_lib.watch import lifecycle
 from tests.conftest import PORT_OFFSET, run_expansion, start_sandbox
-from tests.integration.faults import assert_sound, cli, data_snapshot, params_variant
+from tests.integration.faults import assert_original, assert_sound, cli, data_snapshot, params_variant
 from tests.integration.test_recovery import kill, restart, wait_caught_up, wait_promoted
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,21 @@ def expanded(sandbox, runbook_bin: str, name: str):
     proc, run_dir = run_expansion(sandbox, runbook_bin, name)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return run_dir, json.loads((run_dir / "baseline.json").read_text())
+
+
+def test_the_notebook_rollback_moves_slots_under_the_pace_and_watchers(sandbox, runbook_bin):
+    run_dir, baseline = expanded(sandbox, runbook_bin, "notebook")
+    params = params_variant(sandbox, "notebook", warmup_slot=False)
+    back = cli("run", "--params", str(params), "--only", "90_rollback", "--out", str(run_dir))
+    assert back.returncode == 0, back.stdout + back.stderr
+    after = events(run_dir)
+    start = max(i for i, e in enumerate(after) if e["event"] == "rollback_start")
+    assert after[start]["moves"] >= 4096
+    assert [e for e in after[start:] if e["event"] in ("gate", "pace")], "the rollback's batches went through the pace"
+    executed = (run_dir / "90_rollback.ipynb").read_text()
+    assert "watching: sampler started, probe started" in executed, "the notebook's rollback started the watchers"
+    assert lifecycle.running(run_dir) == {}, "and stopped them"
+    assert_original(sandbox, SEED, baseline, baseline["keys"])
 
 
 def test_rollback_after_an_original_master_failed_over_returns_the_slots_to_its_shard(sandbox, runbook_bin):
