@@ -1,4 +1,5 @@
-"""Rollback: move every slot back to its owner in the before-snapshot, then remove the new nodes from the cluster."""
+"""Rollback: move every slot back to its shard in the before-snapshot (its master then, or the replica promoted in
+its place since), then remove the new nodes from the cluster."""
 
 from __future__ import annotations
 
