@@ -346,9 +346,10 @@ class Mover:
         return next_group(moves, self.settings.slots_in_flight, self.clients_know)
 
     def clients_know(self, target: str) -> bool:
-        """Whether the applications know the new master `target`: it has as many application connections as the least
-        connected other master (CLIENT LIST, checked at most twice a second), or `client_learn_wait_s` has passed
-        since the first check (journaled either way). A client that does not know it fails on an ASK to it."""
+        """Whether the applications know the new master `target`: it has as many application connections (not the
+        cluster's own: replication, MIGRATE from other nodes, ours) as the least connected other master (CLIENT LIST,
+        checked at most twice a second), or `client_learn_wait_s` has passed since the first check (journaled either
+        way). A client that does not know it fails on an ASK to it."""
         with self._learn_lock:
             if target in self._known or self.settings.client_learn_wait_s <= 0 or target not in self.masters:
                 return True
@@ -358,7 +359,8 @@ class Mover:
                 return False
             self._learning[target] = (deadline, now)
             try:
-                counts = {m: application_connections(self.client(m)) for m in self.masters}
+                node_ips = {ip for ip, _ in self.migrate_to.values()}
+                counts = {m: application_connections(self.client(m), node_ips) for m in self.masters}
             except (redis.RedisError, OSError):
                 return False
             others = [n for m, n in counts.items() if m != target]
