@@ -145,7 +145,9 @@ def one_round(config: str, port: int, keys: int, workdir: Path, slots: int, budg
         at_rest = ((ts >= probe_started + 1) & (ts < window_start)) | (ts >= window_end + 1)
         moving = (ts >= window_start) & (ts < window_end)
         ratio, low, high = p99_ratio_interval(records[at_rest]["latency_ms"].to_numpy(float),
-                                              records[moving]["latency_ms"].to_numpy(float))
+                                              records[moving]["latency_ms"].to_numpy(float),
+                                              baseline_ts=records[at_rest]["ts"].to_numpy(float),
+                                              during_ts=records[moving]["ts"].to_numpy(float))
         probe.cleanup()
         topo = observe(seed, creds)
         problems = [c.detail for c in health(topo) if c.status == "fail" and c.name != "slots balanced"]

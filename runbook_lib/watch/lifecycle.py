@@ -331,7 +331,8 @@ def latency_evidence(records: pd.DataFrame, base: dict, moving: list[tuple[float
     and the p99 of consecutive groups of the same samples the verdict judges, for its chart (pure)."""
     ts = records["ts"].to_numpy(float)
     since = base.get("since", (base.get("ts") or 0) - gates.baseline_s)
-    at_rest = records[(ts >= since) & (ts < (base.get("ts") or since))]["latency_ms"].to_numpy(float)
+    rest_part = records[(ts >= since) & (ts < (base.get("ts") or since))]
+    at_rest = rest_part["latency_ms"].to_numpy(float)
     moving_part = records[inside(ts, moving)]
     during = moving_part["latency_ms"].to_numpy(float)
     moved_s = sum(end - start for start, end in moving)
@@ -340,7 +341,8 @@ def latency_evidence(records: pd.DataFrame, base: dict, moving: list[tuple[float
     if not len(at_rest) or not len(during):
         return Check("latency variation", "warn", f"not measured: {len(at_rest)} baseline requests and "
                                                   f"{len(during)} while slots moved"), data
-    interval = p99_ratio_interval(at_rest, during)
+    interval = p99_ratio_interval(at_rest, during, baseline_ts=rest_part["ts"].to_numpy(float),
+                                  during_ts=moving_part["ts"].to_numpy(float))
     check = latency_check(at_rest, during, budget_pct=gates.latency_budget_pct, interval=interval)
     article = latency_verdict(interval, ARTICLE_BUDGET_PCT)
     notes = []

@@ -16,7 +16,9 @@ find an unknown capacity from a noisy congestion signal:
   clients' budget is the constraint, speed is what is left of it.
 - A window only counts samples taken since the last change of pace, so the pace is judged on what it did, and a
   window with too few requests holds (it cannot tell): a ramp needs `MIN_REQUESTS` (about 3 s at the probe's
-  default 100 requests/s), a back-off `MIN_BACKOFF_REQUESTS`.
+  default 100 requests/s), a back-off `MIN_BACKOFF_REQUESTS`. The interval resamples whole seconds (the probe's
+  slow samples come in runs), so it needs two seconds since the change: before that only a point estimate over
+  twice the limit backs off, and nothing ramps.
 
 A proportional controller on the p99 would react to its noise (a 1-second p99 on shared cores jumps by tens of
 percent between quiet windows); AIMD reacts to the sign of a sure measurement only, and its saw-tooth stays below
@@ -132,7 +134,10 @@ def decide(level: Level, reading: Reading, bounds: Bounds) -> tuple[Level, str, 
         why = "node gates pass; no client latency measured (no probe or no baseline)"
     elif reading.requests < MIN_REQUESTS:
         return level, "hold", f"{reading.requests} requests in the window: too few to tell"
-    elif reading.high is None or reading.high > bounds.limit:
+    elif reading.low is None or reading.high is None:
+        return level, "hold", (f"p99 x{reading.ratio:.2f} of baseline, no interval yet (under two seconds of "
+                               f"samples): not sure it is within x{bounds.limit:.2f}")
+    elif reading.high > bounds.limit:
         return level, "hold", (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of baseline: not "
                                f"sure it is within x{bounds.limit:.2f}")
     else:
@@ -149,10 +154,12 @@ def settings_at(settings: Migration, level: Level) -> Migration:
                                        "keys_per_migrate": level.keys_per_migrate})
 
 
-def ratio_interval(baseline_ms: np.ndarray, window_ms: np.ndarray) -> tuple[float, float, float]:
-    """p99(window) / p99(baseline) with its 95 % bootstrap interval, cheap enough to run every second."""
+def ratio_interval(baseline_ms: np.ndarray, window_ms: np.ndarray, baseline_ts: np.ndarray | None = None,
+                   window_ts: np.ndarray | None = None) -> tuple[float, float, float]:
+    """p99(window) / p99(baseline) with its 95 % bootstrap interval, by whole seconds of samples when the timestamps
+    are given (the verdict's statistic; low and high NaN under two seconds), cheap enough to run every second."""
     from runbook_lib.watch.verdict import p99_ratio_interval
-    return p99_ratio_interval(baseline_ms, window_ms, n_boot=BOOT)
+    return p99_ratio_interval(baseline_ms, window_ms, n_boot=BOOT, baseline_ts=baseline_ts, during_ts=window_ts)
 
 
 @dataclass
@@ -186,10 +193,11 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
     from runbook_lib.watch.metrics import evaluate, gate_values
     from runbook_lib.watch.traffic import PROBE_DIR, TrafficProbe
     has_probe = (Path(run_dir) / PROBE_DIR / "probe.json").exists()
-    base_ms = None
+    base_ms = base_ts = None
     if has_probe and baseline.get("since") and baseline.get("p99_ms"):
         records = TrafficProbe.attach(run_dir).records(since=baseline["since"])
-        base_ms = records[records["ts"] <= baseline["ts"]]["latency_ms"].to_numpy(float)
+        at_rest = records[records["ts"] <= baseline["ts"]]
+        base_ms, base_ts = at_rest["latency_ms"].to_numpy(float), at_rest["ts"].to_numpy(float)
 
     journal = Journal(Path(run_dir) / "journal.jsonl")
     journal_at = [0]
@@ -206,10 +214,13 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
         recent.extend(fresh)
         moving = moving_windows(recent, now)
         ts = records["ts"].to_numpy(float)
-        lat = records["latency_ms"].to_numpy(float)[inside(ts, moving) & (ts >= since)]
+        judged = inside(ts, moving) & (ts >= since)
+        lat = records["latency_ms"].to_numpy(float)[judged]
         if len(lat) < MIN_BACKOFF_REQUESTS:
             return Reading(requests=len(lat), failing=failing)
-        ratio, low, high = ratio_interval(base_ms, lat)
+        ratio, low, high = ratio_interval(base_ms, lat, base_ts, ts[judged])
+        if not (math.isfinite(low) and math.isfinite(high)):
+            low = high = None
         return Reading(len(lat), ratio, low, high, float(np.percentile(lat, 99)), failing)
     return measure
 

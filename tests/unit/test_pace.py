@@ -116,6 +116,20 @@ def test_ratio_interval_sees_a_step_in_a_few_hundred_samples():
     assert lo2 > 1.1 and r2 > r
 
 
+def test_a_window_without_an_interval_holds_and_only_a_doubled_p99_backs_off():
+    """Under two seconds of samples the interval has no ends (whole seconds are resampled): never a ramp."""
+    level = Level(8.0, 4, 1000)
+    same, action, why = decide(level, Reading(500, 1.02, None, None, 1.02), BOUNDS)
+    assert (same, action) == (level, "hold") and "no interval" in why
+    assert decide(level, Reading(500, 1.5, None, None, 1.5), BOUNDS)[1] == "hold"
+    assert decide(level, Reading(500, 2.5, None, None, 2.5), BOUNDS)[1] == "back off"
+    base_ts = 1_700_000_000.0 + np.arange(3000) / 100
+    rng = np.random.default_rng(2)
+    _, low, high = ratio_interval(rng.gamma(4.0, 0.25, 3000), rng.gamma(4.0, 0.25, 150), base_ts,
+                                  base_ts[-1] + 1 + np.arange(150) / 100)
+    assert np.isnan(low) and np.isnan(high)
+
+
 class Series:
     """A synthetic measurement: `readings[i]` at tick i."""
 
