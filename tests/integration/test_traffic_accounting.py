@@ -163,8 +163,11 @@ def test_stock_client_failures_count_and_the_patched_workers_have_none(sandbox, 
 
 
 def test_the_verdict_fails_a_paused_master_and_a_slow_window_and_not_a_quiet_one(sandbox, tmp_path):
-    """The acceptance checks on real probe records: a 300 ms CLIENT PAUSE inside the slots-moving window fails the
-    latency verdict and the per-master downtime check (limit 250 ms); a quiet window of the same length does not."""
+    """The acceptance checks on real probe records: a 300 ms CLIENT PAUSE in each second of a 3 s slots-moving window
+    fails the latency verdict and the per-master downtime check (limit 250 ms); a quiet window does not.
+
+    The verdict resamples whole seconds (a stall is a run of slow samples, not independent ones), so a single stall in
+    a 1.5 s window is one event in two blocks and honestly inconclusive; a stall in every second is sure."""
     from runbook_lib.config import Gates
     from runbook_lib.watch.lifecycle import downtime, latency_variation
     creds = sandbox.credentials()
@@ -175,8 +178,9 @@ def test_the_verdict_fails_a_paused_master_and_a_slow_window_and_not_a_quiet_one
         quiet = (time.time() - 2.5, time.time())
         time.sleep(0.5)
         start = time.time()
-        node_client(MASTERS[2], creds).execute_command("CLIENT PAUSE", PAUSE_MS, "ALL")
-        time.sleep(1.5)
+        for _ in range(3):
+            node_client(MASTERS[2], creds).execute_command("CLIENT PAUSE", PAUSE_MS, "ALL")
+            time.sleep(1.0)
         paused = (start, time.time())
     finally:
         probe.stop()
