@@ -161,9 +161,13 @@ def _finished(state: SlotState, target: str) -> Transition:
 
 
 def repair_step(state: SlotState, source: str, target: str) -> Transition:
-    """Repair of an interrupted move: close it when nothing moved under its markers, else finish it (`next_step`)."""
+    """Repair of an interrupted move: close it when nothing moved under its markers and the source never sent an ASK
+    (IMPORTING alone), else finish it (`next_step`). Once the source is MIGRATING a client's ASK may still be on its
+    way to the target, so "nothing moved" cannot be known: closing would leave that write where no client reads it."""
     moved = state.keys.get(target, 0) or state.owner == target
     if state.owner == source and not moved and not (state.holders() - {source}):
+        if state.migrating:
+            return next_step(state, source, target)
         marked = _marked(state)
         if marked:
             return Transition(CLOSE, state.slot, source, target, nodes=marked,

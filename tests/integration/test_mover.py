@@ -134,23 +134,26 @@ def test_an_expiry_set_on_the_source_copy_is_a_difference(cluster, tmp_path):
     assert misplaced_keys(observe(seed, creds), creds) == {}
 
 
-def test_a_key_created_through_ask_while_a_slot_closes_is_not_stranded(cluster, tmp_path):
-    """Both markers set, nothing moved: the repair closes the slot. A client whose ASK was already on its way creates
-    a key on the importing node just as the first STABLE is sent; the key must end on the slot's owner."""
+def test_a_key_created_through_ask_while_an_open_slot_is_repaired_is_not_stranded(cluster, tmp_path):
+    """Both markers set, nothing moved yet: a client whose ASK was already on its way creates a key on the importing
+    node while the repair works. A repair once closed such a slot (STABLE on both sides) and stranded that key; now a
+    MIGRATING source means "an ASK may be in flight", so the move is finished and the key ends where clients read it."""
     sb, seed, new = cluster
     creds = sb.credentials()
     slot, _ = owned_slot(sb, seed, 12)
     src, tgt = open_by_hand(creds, seed, new, slot)
     key = f"{{{tag_for_slot(slot)}}}:late-ask"
-    created = []
+    created, stable = [], []
 
     def ask_lands(node_id, commands):
-        if any(c[:2] == ("CLUSTER", "SETSLOT") and c[-1] == "STABLE" for c in commands) and not created:
+        stable.extend(c for c in commands if c[:2] == ("CLUSTER", "SETSLOT") and c[-1] == "STABLE")
+        if node_id == src and not created:
             assert asking(creds, new, "SET", key, "written through ASK") in (True, b"OK")
             created.append(key)
 
     fresh_mover(sb, seed, tmp_path, ask_lands).drive([slot], src, tgt, step=repair_step)
     assert created, "the race was not forced"
+    assert not stable, "a slot whose source was MIGRATING must not be closed"
     topo = observe(seed, creds)
     assert topo.open_slots() == [] and misplaced_keys(topo, creds) == {}, "the key is stranded"
     assert read(sb, seed, key)[0] == "written through ASK"
