@@ -10,8 +10,10 @@ from __future__ import annotations
 import redis
 
 TOPOLOGY = "topology"
-"""The node is not what the mover thought (failover, not a master, unreachable, loading; a source refusing a hand-over
-because it holds keys of the slot): read the cluster again, and the state machine drains what is left."""
+"""The node is not what the mover thought (failover, not a master, unreachable, loading): read the cluster again, and
+the state machine decides afresh."""
+HOLDS_KEYS = "holds_keys"
+"""A node refused SETSLOT NODE because it still holds keys of the slot: never retried silently (redis#2969)."""
 BUSYKEY = "busykey"
 """MIGRATE met a key that already exists on the target."""
 MIGRATE_FAILED = "migrate_failed"
@@ -22,7 +24,7 @@ NOT_OWNER = "not_owner"
 """SETSLOT MIGRATING on a node that no longer owns the slot."""
 FATAL = "fatal"
 
-_TOPOLOGY_MARKERS = ("still hold keys", "READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters",
+_TOPOLOGY_MARKERS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters",
                      "I don't know about node", "LOADING", "MASTERDOWN", "not a master", "NOREPLICAS")
 
 
@@ -33,6 +35,8 @@ def classify(error: BaseException, during_migrate: bool = False) -> str:
         return MIGRATE_FAILED if during_migrate else TOPOLOGY
     if isinstance(error, (redis.ConnectionError, OSError)):
         return TOPOLOGY
+    if "still hold keys" in text:
+        return HOLDS_KEYS
     if "BUSYKEY" in text:
         return BUSYKEY
     if during_migrate and ("IOERR" in text or "timeout" in text.lower()):

@@ -82,19 +82,29 @@ class Journal:
         return entries, offset + end
 
     def open_slots(self) -> dict[int, dict]:
-        """Slots this journal opened and never assigned or closed: slot → its slot_open entry."""
-        opened: dict[int, dict] = {}
+        """Slots this journal opened and never assigned, closed or found done: slot → the entry that opened it, with
+        its `source` and `target`. A rescue (keys of a slot moved from a master that does not own it back to the
+        owner) is open from its `slot_rescue` intent to its `slot_rescued`, as a move from the owner to the owner,
+        unless a move of the same slot is open too, which then comes first."""
+        moves: dict[int, dict] = {}
+        rescues: dict[int, dict] = {}
         for e in self.entries():
-            if e["event"] == "slot_open":
-                opened[e["slot"]] = e
-            elif e["event"] == "slots_open":
-                opened.update({s: e for s in e["slots"]})
-            elif e["event"] in ("slot_assigned", "slot_closed", "slot_done"):
-                opened.pop(e["slot"], None)
-            elif e["event"] == "slots_assigned":
+            event = e["event"]
+            if event == "slot_open":
+                moves[e["slot"]] = e
+            elif event == "slots_open":
+                moves.update({s: e for s in e["slots"]})
+            elif event in ("slot_assigned", "slot_closed", "slot_done"):
+                moves.pop(e["slot"], None)
+                rescues.pop(e["slot"], None)
+            elif event == "slots_assigned":
                 for s in e["slots"]:
-                    opened.pop(s, None)
-        return opened
+                    moves.pop(s, None)
+            elif event == "slot_rescue":
+                rescues[e["slot"]] = {**e, "source": e["owner"], "target": e["owner"]}
+            elif event == "slot_rescued":
+                rescues.pop(e["slot"], None)
+        return {**rescues, **moves}
 
     def last(self, *events: str) -> dict | None:
         """The latest entry of one of these events."""

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import redis
@@ -24,6 +24,7 @@ from runbook_lib.cluster import errors
 from runbook_lib.cluster.connection import NodeClients, application_connections, migrate_auth_args
 from runbook_lib.cluster.journal import Journal, failpoint
 from runbook_lib.cluster.plan import Move, Plan
+from runbook_lib.cluster.replicas import require_replicas
 from runbook_lib.cluster.slots import (
     CLOSE,
     DONE,
@@ -34,13 +35,15 @@ from runbook_lib.cluster.slots import (
     ORDER,
     RESCUE,
     Shards,
+    UNKNOWN,
     SlotState,
     Transition,
     next_step,
+    repair_step,
 )
 from runbook_lib.cluster.topology import Topology, observe_any
 from runbook_lib.config import BigKeys, Credentials, Migration, parse_address
-from runbook_lib.exceptions import BadInput, MigrationError, PaceStop
+from runbook_lib.exceptions import BadInput, CheckFailed, MigrationError, PaceStop
 
 BIG_KEYS_SCRIPT = """local out = {}
 for _, key in ipairs(KEYS) do
@@ -49,6 +52,30 @@ for _, key in ipairs(KEYS) do
 end
 return out"""
 """Sizes a slot's keys in one call; used while the slot is not migrating (then a missing key is no error)."""
+
+
+SAME_COPY_DEL_SCRIPT = """local copy = redis.call('DUMP', KEYS[1])
+if not copy then return 0 end
+if copy ~= ARGV[1] then return -1 end
+local ttl = redis.call('PTTL', KEYS[1])
+local want = tonumber(ARGV[2])
+if want < 0 then
+  if ttl ~= -1 then return -2 end
+elseif ttl < 0 or ttl > want + 5 or ttl < want - tonumber(ARGV[3]) then
+  return -2
+end
+redis.call('DEL', KEYS[1])
+return 1"""
+"""Deletes a key only while it equals the other copy: same DUMP payload (ARGV[1]) and the same expiry, its PTTL within
+the time since the other copy's PTTL (ARGV[2], -1 for none) was read (ARGV[3] ms); 1 deleted, 0 gone, -1 other value,
+-2 other expiry. One script, so no client write can fall between the comparison and the DEL."""
+
+ASK_GRACE_S = 0.5
+"""How long an ASK redirect a source sent before it stopped migrating may take to reach the importing node: a close
+waits this long before it counts that node's keys."""
+
+BUSY_TTL_SLACK_MS = 50
+"""Added to the measured time between reading the target's PTTL and the script, for the source's clock tick."""
 
 
 class Pace(Protocol):
@@ -68,6 +95,10 @@ INITIAL_MIGRATE_BYTES_PER_S = 20e6
 
 class TopologyChanged(Exception):
     """A node stopped being what the mover thought (failover, not a master, unreachable): read again and retry."""
+
+
+class Unsettled(MigrationError):
+    """The cluster did not settle within the convergence timeout: every slot of the group is left as it is."""
 
 
 @dataclass
@@ -123,6 +154,21 @@ def chunk_by_bytes(keys: list[bytes], sizes: dict[bytes, int], limit: int | None
     return runs
 
 
+def next_group(moves: list[Move], in_flight: int, knows: Callable[[str], bool]) -> list[Move]:
+    """The next `in_flight` moves, cut before the first whose target the applications do not know yet (`knows`, asked
+    of every target in the group): towards such a target one slot goes alone, so that its hand-over teaches the
+    clients the new master before more slots open towards it (an ASK to an unknown node fails stock redis-py,
+    redis-py#4015) (pure)."""
+    if not knows(moves[0].target):
+        return moves[:1]
+    group = [moves[0]]
+    for m in moves[1: max(1, in_flight)]:
+        if m.target != moves[0].target and not knows(m.target):
+            break
+        group.append(m)
+    return group
+
+
 def journal_pairs(journal: Journal) -> list[tuple[str, str]]:
     """Every (replica, master) pair the journal recorded, so a failover before a resume is still followed."""
     return [tuple(p) for e in journal.entries() if e["event"] == "replication" for p in e.get("pairs", [])]
@@ -145,6 +191,7 @@ class Mover:
         self._refresh_lock = threading.Lock()
         self._pacer = Pacer()
         self._pace: Pace | None = None
+        self._stop = threading.Event()
         self._throughput: dict[str, float] = {}
         self._learn_lock = threading.Lock()
         self._known: set[str] = set()
@@ -208,6 +255,7 @@ class Mover:
                 if len(batch) > self.settings.slots_per_batch:
                     queue.insert(0, batch[self.settings.slots_per_batch:])
                     batch = batch[: self.settings.slots_per_batch]
+                self.require_second_copies(number, batch)
                 result = self.move_batch(number, batch)
                 results.append(result)
                 bar.update(result.slots)
@@ -223,6 +271,19 @@ class Mover:
             bar.close()
         return results
 
+    def require_second_copies(self, number: int, batch: list[Move]) -> None:
+        """Before every batch, each target master the batch moves slots to has a replica in sync (a replica that died
+        mid-run would leave every later key in one copy): otherwise stop between batches, nothing open, for `runbook
+        resume` once the replica is back, unless params allow a master without a replica."""
+        self.refresh()
+        targets = list(dict.fromkeys(self.current_master(m.target) for m in batch))
+        try:
+            require_replicas(self.topo, self.creds, targets, self.settings.allow_master_without_replica)
+        except CheckFailed as e:
+            self.journal.record("replica_stop", batch=number, targets=[self.name(t) for t in targets], why=str(e))
+            raise PaceStop(f"stopped before batch {number}, no slot open: {e}. `runbook resume` goes on once the "
+                           "replica is in sync again") from None
+
     def move_batch(self, number: int, batch: list[Move]) -> BatchResult:
         """Move one batch: a worker per source master, then tell the other masters the new owners.
 
@@ -236,6 +297,7 @@ class Mover:
         keys = 0
         assigned: list[Move] = []
         failures: list[Exception] = []
+        self._stop.clear()
         with ThreadPoolExecutor(max_workers=len(by_source)) as pool:
             for worker in [pool.submit(self._move_all, moves, assigned) for moves in by_source.values()]:
                 try:
@@ -261,20 +323,27 @@ class Mover:
                            ended=ended)
 
     def _move_all(self, moves: list[Move], assigned: list[Move]) -> int:
-        """One source's worker: its slots in groups of `slots_in_flight` sharing a target, stopping at the first error;
-        one slot at a time towards a target the applications do not know yet."""
+        """One source's worker: its slots in groups of `slots_in_flight`, stopping at its first error and at any
+        other worker's (between groups, every slot of its own group closed or handed over)."""
         keys, i = 0, 0
-        while i < len(moves):
-            if self._pace is not None:
-                self.settings = self._pace.before_group()
-            k = self.settings.slots_in_flight if self.clients_know(moves[i].target) else 1
-            group = moves[i: i + k]
-            i += len(group)
-            for target in dict.fromkeys(m.target for m in group):
-                same_target = [m.slot for m in group if m.target == target]
-                self._pacer.wait(len(same_target), self.settings.max_slots_per_s)
-                keys += self.drive(same_target, group[0].source, target, assigned=assigned)
+        try:
+            while i < len(moves) and not self._stop.is_set():
+                if self._pace is not None:
+                    self.settings = self._pace.before_group()
+                group = self.next_group(moves[i:])
+                i += len(group)
+                for target in dict.fromkeys(m.target for m in group):
+                    same_target = [m.slot for m in group if m.target == target]
+                    self._pacer.wait(len(same_target), self.settings.max_slots_per_s)
+                    keys += self.drive(same_target, group[0].source, target, assigned=assigned)
+        except Exception:
+            self._stop.set()
+            raise
         return keys
+
+    def next_group(self, moves: list[Move]) -> list[Move]:
+        """The next group of this worker's moves (see `next_group`), asking CLIENT LIST which targets are known."""
+        return next_group(moves, self.settings.slots_in_flight, self.clients_know)
 
     def clients_know(self, target: str) -> bool:
         """Whether the applications know the new master `target`: it has as many application connections as the least
@@ -315,6 +384,25 @@ class Mover:
         cluster is read again, `source`/`target` are mapped to the masters now serving their shards, and the slots'
         state is observed afresh; after `convergence_timeout_s` without progress the slots are left as they are.
         """
+        try:
+            return self._drive(slots, source, target, step, assigned)
+        except MigrationError as e:
+            others = [s for s in dict.fromkeys(slots) if s != e.slot]
+            if step is next_step and others and e.slot in slots and not isinstance(e, Unsettled):
+                self._wind_down(others, source, target, e)
+            raise
+
+    def _wind_down(self, slots: list[int], source: str, target: str, cause: MigrationError) -> None:
+        """After one slot of a group stopped the run, finish or close every other slot of the group (closed when
+        nothing moved under its markers, else finished), so at most the slot that failed stays open."""
+        self.journal.record("wind_down", slots=slots, cause=str(cause))
+        try:
+            self._drive(slots, source, target, repair_step, None)
+        except (MigrationError, TopologyChanged) as e:
+            self.journal.record("wind_down_incomplete", slots=slots, error=str(e))
+
+    def _drive(self, slots: list[int], source: str, target: str, step: Callable[[SlotState, str, str], Transition],
+               assigned: list[Move] | None) -> int:
         deadline = time.time() + self.settings.convergence_timeout_s
         pending = list(dict.fromkeys(slots))
         states: dict[int, SlotState] | None = None
@@ -346,10 +434,10 @@ class Mover:
             except TopologyChanged as e:
                 self.journal.record("topology_changed", slots=pending, error=str(e))
                 if time.time() > deadline:
-                    raise MigrationError(pending[0], f"the cluster did not settle within "
-                                                     f"{self.settings.convergence_timeout_s:.0f}s ({e}); the slots "
-                                                     f"{pending[:8]} are left as they are: run `runbook check`, then "
-                                                     "`runbook resume`") from None
+                    raise Unsettled(pending[0], f"the cluster did not settle within "
+                                                f"{self.settings.convergence_timeout_s:.0f}s ({e}); the slots "
+                                                f"{pending[:8]} are left as they are: run `runbook check`, then "
+                                                "`runbook resume`") from None
                 time.sleep(0.5)
                 states = None
                 try:
@@ -424,16 +512,20 @@ class Mover:
             self._guard(s, dict(zip(fresh, first)), is_open=False)
         slots = [x.slot for x in group]
         self.journal.record("slots_open", slots=slots, source=s, target=t)
+        failpoint("open.journaled")
         unaware = [slot for slot in slots if states[slot].believed.get(t, s) not in (s, t)]
         self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "NODE", s) for slot in unaware],
                                       raise_on_error=False))
+        if unaware:
+            failpoint("open.owner_told")
         importing = [slot for slot in slots if states[slot].owner != t and states[slot].importing.get(t) != s]
         self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "IMPORTING", s) for slot in importing],
                                       raise_on_error=False), ok=(errors.ALREADY_OWNER,))
-        failpoint("after_importing")
+        failpoint("open.importing")
         migrating = [slot for slot in slots if states[slot].owner == s and states[slot].migrating.get(s) != t]
         self._check(s, self._pipeline(s, [("CLUSTER", "SETSLOT", slot, "MIGRATING", t) for slot in migrating],
                                       raise_on_error=False))
+        failpoint("open.migrating")
         for slot in slots:
             states[slot] = states[slot].opened(s, t)
 
@@ -452,6 +544,7 @@ class Mover:
                     for slot in slots for keys, timeout in self._groups(slot_keys[slot], sizes, limit)]
         self.journal.record("keys_migrating", slots={slot: len(k) for slot, k in slot_keys.items()}, source=s,
                             target=t)
+        failpoint("drain.journaled")
         weights = [sum(sizes.get(k, 0) for k in keys) for _, keys, _ in migrates]
         replies = self._migrate_rounds(s, [m[2] for m in migrates], [("CLUSTER", "COUNTKEYSINSLOT", x) for x in slots],
                                        weights)
@@ -464,7 +557,7 @@ class Mover:
             else:
                 moved[slot] += len(keys)
         self.journal.record("keys_migrated", slots=dict(moved), source=s, target=t, bytes=sum(weights))
-        failpoint("after_migrate")
+        failpoint("drain.migrated")
         for slot, left in zip(slots, counts):
             n = int(left) if isinstance(left, int) else states[slot].keys.get(s, 0)
             states[slot] = states[slot].drained(s, t, n, moved.get(slot, 0))
@@ -486,41 +579,110 @@ class Mover:
         """SETSLOT NODE on the target first, then the source (redis#10381).
 
         Only reached when no master but the target holds keys of the slot and the source is MIGRATING it (so it
-        creates no new keys of it): the source cannot lose keys when it learns the new owner (redis#2969).
+        creates no new keys of it): the source cannot lose keys when it learns the new owner (redis#2969). A source
+        that refuses because it holds keys after all stops the run loudly, its keys located.
         """
         s, t = group[0].source, group[0].target
         slots = [x.slot for x in group]
         for slot in slots:
             if states[slot].holders() - {t}:
                 raise MigrationError(slot, "refusing to hand over a slot whose keys are not all on the target")
-        self.journal.record("slots_handover", slots=slots, source=s, target=t,
-                            source_keys={slot: states[slot].keys.get(s, 0) for slot in slots})
-        failpoint("before_setslot_node")
+        self.journal.record("slots_handover", slots=slots, source=s, target=t)
+        failpoint("handover.journaled")
         self._check(t, self._pipeline(t, [("CLUSTER", "SETSLOT", slot, "NODE", t) for slot in slots],
                                       raise_on_error=False))
-        self._check(s, self._pipeline(s, [("CLUSTER", "SETSLOT", slot, "NODE", t) for slot in slots],
-                                      raise_on_error=False))
+        failpoint("handover.target")
+        replies = self._pipeline(s, [("CLUSTER", "SETSLOT", slot, "NODE", t) for slot in slots], raise_on_error=False)
+        refused = [slot for slot, r in zip(slots, replies)
+                   if isinstance(r, Exception) and errors.classify(r) == errors.HOLDS_KEYS]
+        if refused:
+            done = [slot for slot, r in zip(slots, replies) if not isinstance(r, Exception)]
+            self._assigned(done, s, t, states, assigned)
+            self._handover_refused(refused, s, t)
+        self._check(s, replies)
+        failpoint("handover.source")
+        self._assigned(slots, s, t, states, assigned)
+
+    def _assigned(self, slots: list[int], s: str, t: str, states: dict[int, SlotState],
+                  assigned: list[Move] | None) -> None:
+        """Journal and remember slots both sides of a hand-over now give to the target."""
+        if not slots:
+            return
         self.journal.record("slots_assigned", slots=slots, source=s, target=t)
         for slot in slots:
             states[slot] = states[slot].handed_over(t)
             if assigned is not None:
                 assigned.append(Move(slot, s, t))
 
+    def _handover_refused(self, slots: list[int], s: str, t: str) -> None:
+        """The source refused to give up slots the target already claims because it holds keys of them: the moment
+        redis#2969 loses keys elsewhere. Locate them, journal it and stop; the slots stay MIGRATING on the source."""
+        counts = self._pipeline(s, [("CLUSTER", "COUNTKEYSINSLOT", slot) for slot in slots], raise_on_error=False)
+        sample = self._pipeline(s, [("CLUSTER", "GETKEYSINSLOT", slots[0], 5)], raise_on_error=False)[0]
+        names = [k.decode(errors="replace") for k in sample] if isinstance(sample, list) else []
+        self.journal.record("handover_refused", slots=slots, source=s, target=t,
+                            source_keys={slot: n for slot, n in zip(slots, counts) if isinstance(n, int)},
+                            sample=names)
+        raise MigrationError(slots[0], f"{self.name(s)} refused to hand slots {slots[:8]} to {self.name(t)}, which "
+                                       f"already claims them, because it still holds keys of them "
+                                       f"({dict(zip(slots, counts))} keys, e.g. {names}); nothing was dropped. "
+                                       "`runbook check` shows them; `runbook resume` moves them to the target first")
+
     def _close(self, step: Transition, states: dict[int, SlotState]) -> None:
-        """SETSLOT STABLE where nothing was moved under a marker."""
-        self.journal.record("slot_closed", slot=step.slot, nodes=list(step.nodes), reason=step.reason)
-        for node in step.nodes:
-            self._check(node, self._pipeline(node, [("CLUSTER", "SETSLOT", step.slot, "STABLE")], raise_on_error=False))
-        states[step.slot] = states[step.slot].closed(step.nodes)
+        """Clear markers nothing was moved under: the MIGRATING side first (it then answers no more ASKs), then, once
+        ASKs already sent had time to land, each IMPORTING side only while it still holds no key of the slot,
+        counted and cleared in one transaction; a side that holds keys keeps its marker and the move is finished."""
+        slot, state = step.slot, states[step.slot]
+        first = [n for n in step.nodes if n in state.migrating]
+        then = [n for n in step.nodes if n not in state.migrating]
+        self.journal.record("slot_closing", slot=slot, nodes=list(step.nodes), reason=step.reason)
+        failpoint("close.journaled")
+        for node in first:
+            self._check(node, self._pipeline(node, [("CLUSTER", "SETSLOT", slot, "STABLE")], raise_on_error=False))
+        if first and then:
+            failpoint("close.source")
+            time.sleep(ASK_GRACE_S)
+        closed, keys = list(first), dict(state.keys)
+        for node in then:
+            count = int(self._pipeline(node, [("CLUSTER", "COUNTKEYSINSLOT", slot)])[0])
+            if count == 0:
+                count = self._stable_if_empty(node, slot)
+                closed.append(node)
+            keys[node] = count
+        kept = [n for n in then if n not in closed]
+        failpoint("close.target")
+        if kept:
+            self.journal.record("slot_close_kept", slot=slot, closed=closed, kept=kept,
+                                keys={n: keys[n] for n in kept}, reason="keys arrived under the marker: finish the move")
+        else:
+            self.journal.record("slot_closed", slot=slot, nodes=closed,
+                                stranded={n: keys[n] for n in then if keys[n]})
+        states[slot] = replace(state.closed(closed), keys=keys)
+
+    def _stable_if_empty(self, node: str, slot: int) -> int:
+        """SETSLOT STABLE on a node in one transaction with its key count of the slot; returns that count (a key that
+        slipped in between is then stranded, and the next step rescues it to the owner)."""
+        pipe = self.client(node).pipeline(transaction=True)
+        pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+        pipe.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        try:
+            count, reply = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise TopologyChanged(f"{self.name(node)} unreachable: {e}") from e
+        self._check(node, [reply])
+        return int(count) if isinstance(count, int) else UNKNOWN
 
     def _rescue(self, step: Transition, states: dict[int, SlotState]) -> int:
         """Keys on a master that does not own their slot go to the owner: IMPORTING on the holder lets it serve an
-        ASKING MIGRATE of them; then the marker goes. Equal copies on both sides keep the owner's."""
+        ASKING MIGRATE of them; then the marker goes. Equal copies on both sides keep the owner's. The rescue is
+        journaled as an intent first, so an interrupted one is finished towards the owner."""
         slot, holder, owner = step.slot, step.source, step.target
         self.journal.record("slot_rescue", slot=slot, holder=holder, owner=owner, keys=states[slot].keys.get(holder))
+        failpoint("rescue.journaled")
         if states[slot].importing.get(holder) != owner:
             self._check(holder, self._pipeline(holder, [("CLUSTER", "SETSLOT", slot, "IMPORTING", owner)],
                                                raise_on_error=False))
+            failpoint("rescue.importing")
         host, port = self._migrate_endpoint(owner)
         moved = 0
         while True:
@@ -529,15 +691,19 @@ class Mover:
                 break
             reply = self._pipeline(holder, [("ASKING",), ("MIGRATE", host, port, "", 0, self.settings.migrate_timeout_ms,
                                                           *self._auth, "KEYS", *keys)], raise_on_error=False)[1]
+            failpoint("rescue.round")
             if isinstance(reply, Exception):
                 if errors.classify(reply, during_migrate=True) != errors.BUSYKEY:
                     self._migrate_failed(slot, holder, owner, keys, reply)
                 self._resolve_busy(slot, holder, owner, keys, source_asking=True)
                 continue
             moved += len(keys)
-        self._check(holder, self._pipeline(holder, [("CLUSTER", "SETSLOT", slot, "STABLE")], raise_on_error=False))
-        self.journal.record("slot_rescued", slot=slot, holder=holder, owner=owner, keys=moved)
+        left = self._stable_if_empty(holder, slot)
+        failpoint("rescue.stable")
+        self.journal.record("slot_rescued", slot=slot, holder=holder, owner=owner, keys=moved, left=left)
         states[slot] = states[slot].rescued(holder)
+        if left:
+            states[slot] = states[slot].drained(holder, owner, left, 0)
         return moved
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -562,6 +728,7 @@ class Mover:
                 continue
             if weights:
                 self._measured(src_id, sum(weights[i] for i in indices), time.monotonic() - started)
+            failpoint("drain.round")
         return out
 
     def _measured(self, src_id: str, nbytes: int, seconds: float) -> None:
@@ -693,22 +860,41 @@ class Mover:
 
     def _resolve_busy(self, slot: int, src_id: str, tgt_id: str, keys: list[bytes], target_asking: bool = False,
                       source_asking: bool = False) -> None:
-        """Keys on both sides: identical DUMP payloads → drop the source copy; different → stop and report both."""
-        source = self._each(src_id, "DUMP", keys, asking=source_asking)
-        target = self._each(tgt_id, "DUMP", keys, asking=target_asking)
-        for key, mine, theirs in zip(keys, source, target):
-            if mine is None or theirs is None or isinstance(mine, Exception) or isinstance(theirs, Exception):
+        """Keys on both sides after a MIGRATE that did not finish: the source copy goes only when it equals the
+        target's in payload and expiry, checked and deleted in one script on the source, so a client write to the
+        source copy in between is never lost; a different copy stops the run with both kept."""
+        started = time.monotonic()
+        asking = [("ASKING",)] if target_asking else []
+        target = self._pipeline(tgt_id, [c for k in keys for c in (*asking, ("DUMP", k), *asking, ("PTTL", k))],
+                                raise_on_error=False)
+        step = 4 if target_asking else 2
+        payloads, ttls = target[step // 2 - 1::step], target[step - 1::step]
+        todo = [(k, p, t) for k, p, t in zip(keys, payloads, ttls)
+                if isinstance(p, bytes) and isinstance(t, int) and t != -2]
+        if not todo:
+            return
+        self.journal.record("busykey_compare", slot=slot, source=src_id, target=tgt_id, keys=len(todo))
+        failpoint("busy.journaled")
+        slack_ms = int((time.monotonic() - started) * 1000) + BUSY_TTL_SLACK_MS
+        commands = [c for k, payload, ttl in todo
+                    for c in (*([("ASKING",)] if source_asking else []),
+                              ("EVAL", SAME_COPY_DEL_SCRIPT, 1, k, payload, ttl, slack_ms))]
+        replies = self._pipeline(src_id, commands, raise_on_error=False)
+        replies = replies[1::2] if source_asking else replies
+        deleted = []
+        for (key, payload, _), reply in zip(todo, replies):
+            if reply == 1:
+                deleted.append(key.decode(errors="replace"))
                 continue
-            name = key.decode(errors="replace")
-            if mine != theirs:
-                self.journal.record("busykey_conflict", slot=slot, key=name, source_bytes=len(mine),
-                                    target_bytes=len(theirs))
-                raise MigrationError(slot, f"key {name!r} exists on both {self.name(src_id)} ({len(mine)} bytes "
-                                           f"serialized) and {self.name(tgt_id)} ({len(theirs)} bytes) with different "
-                                           "values; both copies are kept and the slot is left open. Decide which copy "
-                                           "is right, delete the other, then `runbook resume`")
-            self.journal.record("busykey_same_value", slot=slot, key=name, action="deleted the source copy")
-            self._each(src_id, "DEL", [key], asking=source_asking)
+            if reply in (-1, -2):
+                name = key.decode(errors="replace")
+                what = "values" if reply == -1 else "expiry (TTL)"
+                self.journal.record("busykey_conflict", slot=slot, key=name, differs=what, target_bytes=len(payload))
+                raise MigrationError(slot, f"key {name!r} exists on both {self.name(src_id)} and {self.name(tgt_id)} "
+                                           f"with different {what}; both copies are kept and the slot is left open. "
+                                           "Decide which copy is right, delete the other, then `runbook resume`")
+        if deleted:
+            self.journal.record("busykey_same_value", slot=slot, keys=deleted, action="deleted the source copies")
 
     def _broadcast_owners(self, assigned: list[Move]) -> None:
         """Tell every other master the new owners of handed-over slots, one pipeline each (gossip would, later).

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
+
 from runbook_lib.checks import StepReport
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.mover import Mover, TopologyChanged
@@ -72,20 +74,32 @@ def _shard_of(mover: Mover):
 def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migration, apply: bool,
            bigkeys: BigKeys | None = None, slots: set[int] | None = None, foreign: bool = False) -> StepReport:
     """Finish or close this journal's open slots, plus `slots` and, with `foreign`, every other open slot; rescue
-    stranded keys. Another tool's open slot that was not asked for is left alone and described in the notes; a dry
-    run says what it would do."""
+    stranded keys. Another tool's open slot that was not asked for is left alone, keys on its importing node included
+    (that tool may still be moving it), and described in the notes with where its keys are; a dry run says what it
+    would do. An unreachable master stops it with a message, not a traceback."""
+    try:
+        return _repair(topo, creds, journal, settings, apply, bigkeys, slots, foreign)
+    except (TopologyChanged, redis.RedisError, OSError) as e:
+        raise CheckFailed(f"repair stopped: {e}. Every master must answer for a repair to see where the keys of "
+                          "open slots are: bring it back (or wait for its replica to take over), then `runbook "
+                          "resume` again; `runbook check` shows the cluster") from None
+
+
+def _repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migration, apply: bool,
+            bigkeys: BigKeys | None, slots: set[int] | None, foreign: bool) -> StepReport:
     mover = Mover(topo, creds, settings, journal, bigkeys)
     live = open_slots(topo)
     ours = set(journal.open_slots())
     asked = set(slots or ())
     left_alone = sorted(s for s in live if s not in ours and s not in asked and not foreign)
-    todo = (live - set(left_alone)) | stranded_slots(mover)
+    todo = (live | stranded_slots(mover)) - set(left_alone)
     if slots is not None and not foreign:
         todo &= ours | asked
     found = findings(mover, journal, todo | (asked & live))
     seen = mover.observe_slots(left_alone) if left_alone else {}
-    notes = [f"slot {s} is open ({_markers(seen[s], mover)}) but this run did not open it; left alone (repair it "
-             f"with `runbook resume --slot {s}` or `--foreign`)" for s in left_alone]
+    notes = [f"slot {s} is open ({_markers(seen[s], mover)}; {_keys(seen[s], mover)}) but this run did not open it; "
+             f"left alone, as another tool may still be moving it (repair it with `runbook resume --slot {s}` or "
+             "`--foreign`)" for s in left_alone]
     actions, manual = [], []
     for f in found:
         source, target = _shard_of(mover)(f.source) or f.source, _shard_of(mover)(f.target) or f.target
@@ -94,6 +108,8 @@ def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migra
             manual.append(step.reason)
             continue
         if step.kind == DONE:
+            if apply and f.ours:
+                journal.record("slot_done", slot=f.state.slot, owner=step.target, reason="found done by a repair")
             continue
         actions.append(f"slot {f.state.slot}: {_describe(step, mover)} ({step.reason})")
         if apply:
@@ -111,6 +127,13 @@ def _describe(step, mover: Mover) -> str:
     if step.kind == RESCUE:
         return f"rescue stranded keys {mover.name(step.source)} -> {mover.name(step.target)}"
     return f"finish {mover.name(step.source)} -> {mover.name(step.target)}"
+
+
+def _keys(state: SlotState, mover: Mover) -> str:
+    held = {n: c for n, c in sorted(state.keys.items()) if c}
+    if not held:
+        return "no key on any master"
+    return "keys: " + ", ".join(f"{c} on {mover.name(n)}" for n, c in held.items())
 
 
 def _markers(state: SlotState, mover: Mover) -> str:

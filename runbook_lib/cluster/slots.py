@@ -20,7 +20,8 @@ DRAIN = "drain"
 HANDOVER = "handover"
 """SETSLOT NODE target on the target, then on the source: only when no master but the target holds keys of it."""
 CLOSE = "close"
-"""SETSLOT STABLE on `nodes`: markers nothing was moved under."""
+"""SETSLOT STABLE on `nodes`, markers nothing was moved under: the MIGRATING side first, then each IMPORTING side only
+while it still holds no key (counted again after the first), else the move is finished instead."""
 RESCUE = "rescue"
 """Keys held by a master that does not own the slot (stranded): MIGRATE them to the owner."""
 DONE = "done"
@@ -116,7 +117,10 @@ def next_step(state: SlotState, source: str, target: str) -> Transition:
         return Transition(RESCUE, slot, holder, owner, reason=f"{state.keys[holder]} keys on a master that does not "
                                                               "own the slot: move them to the owner")
     if source == target:
-        if owner == target and not (state.holders() - {target}) and not state.is_open:
+        if owner == target and not (state.holders() - {target}):
+            if state.is_open:
+                return Transition(CLOSE, slot, source, target, nodes=_marked(state),
+                                  reason="the owner holds every key of the slot: clear the markers left on it")
             return _finished(state, target)
         return Transition(MANUAL, slot, source, target, reason=f"slot {slot}: source and target are one shard now, "
                                                                 "but the slot is not wholly on it")
@@ -148,6 +152,10 @@ def next_step(state: SlotState, source: str, target: str) -> Transition:
     return Transition(HANDOVER, slot, source, target, reason="the source holds no key of the slot")
 
 
+def _marked(state: SlotState) -> tuple[str, ...]:
+    return tuple(sorted(set(state.migrating) | set(state.importing)))
+
+
 def _finished(state: SlotState, target: str) -> Transition:
     return Transition(DONE, state.slot, target=target, reason="the target owns the slot and holds all its keys")
 
@@ -156,7 +164,7 @@ def repair_step(state: SlotState, source: str, target: str) -> Transition:
     """Repair of an interrupted move: close it when nothing moved under its markers, else finish it (`next_step`)."""
     moved = state.keys.get(target, 0) or state.owner == target
     if state.owner == source and not moved and not (state.holders() - {source}):
-        marked = tuple(sorted(set(state.migrating) | set(state.importing)))
+        marked = _marked(state)
         if marked:
             return Transition(CLOSE, state.slot, source, target, nodes=marked,
                               reason="nothing was moved under the markers: clear them")

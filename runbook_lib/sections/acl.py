@@ -17,7 +17,8 @@ when it connects and ignores a refusal, which ACL LOG then records; add +client|
 (7.0 does not know the command, so it cannot be in the rules)."""
 
 _MOVER = ("+cluster|setslot", "+cluster|getkeysinslot", "+cluster|countkeysinslot", "+migrate", "+restore-asking",
-          "+select", "+memory|usage", "+eval", "+exists", "+asking", "+dump", "+del", "+client|list")
+          "+select", "+memory|usage", "+eval", "+exists", "+asking", "+dump", "+pttl", "+del", "+client|list",
+          "+multi", "+exec")
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "00_preflight": ("+config|get", "+dbsize", "+cluster|countkeysinslot", "+scan", "+type", "+memory|usage",

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -20,7 +21,7 @@ from runbook_lib.cluster.migrate import current_plan, migrate
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.config import BigKeys, Migration
-from runbook_lib.exceptions import MigrationError
+from runbook_lib.exceptions import MigrationError, PaceStop
 from runbook_lib.sandbox import redis_binary
 from runbook_lib.sections import nodes
 from tests.conftest import PORT_OFFSET, start_sandbox
@@ -101,7 +102,7 @@ def test_master_killed_while_its_slot_is_open_resume_finishes_towards_the_promot
         fill_slot(sb, seed, slot, 40)
         before = data_snapshot(seed, creds)
         killer = params_variant(sb, "killer", slots_per_batch=1, keys_per_migrate=5, warmup_slot=False)
-        killed = cli("run", "--params", str(killer), "--out", str(run_dir), failpoint="after_migrate:3")
+        killed = cli("run", "--params", str(killer), "--out", str(run_dir), failpoint="drain.migrated:3")
         assert killed.returncode == 1, killed.stdout + killed.stderr
         topo = observe(seed, creds)
         assert {o["slot"] for o in topo.open_slots()} == {slot}, killed.stdout + killed.stderr
@@ -171,6 +172,58 @@ def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
     assert node_client(seed, creds).get(f"{{{tag}}}:stranded:7") == b"v7"
 
 
+REPAIR_IN_A_PROCESS = """
+import os
+import sys
+from pathlib import Path
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.repair import repair
+from runbook_lib.cluster.topology import observe
+from runbook_lib.config import Credentials, Migration
+creds = Credentials(password=os.environ["RUNBOOK_TEST_PASSWORD"])
+repair(observe(sys.argv[1], creds), creds, Journal(Path(sys.argv[2])), Migration(preset="fast", keys_per_migrate=5),
+       apply=True)
+"""
+
+
+def test_an_interrupted_rescue_is_finished_towards_the_owner(cluster, tmp_path):
+    """A rescue killed after its first MIGRATE round leaves the holder IMPORTING from the owner, keys on both: the
+    next repair finishes it towards the owner (the journal kept its intent), never reads the marker as a move to the
+    holder, and every key ends on the owner with its value."""
+    sb, seed, new, _ = cluster
+    creds = sb.credentials()
+    topo = observe(seed, creds)
+    owner = topo.by_address(seed)
+    other = next(m for m in topo.masters() if m.id != owner.id and m.address != new)
+    slot = sorted(topo.slots_by_master()[owner.id])[5]
+    tag = tag_for_slot(slot)
+    client = node_client(other.address, creds)
+    client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner.id)
+    for i in range(30):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.set(f"{{{tag}}}:interrupted:{i}", f"v{i}")
+        pipe.execute()
+    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    journal = tmp_path / "journal.jsonl"
+    env = {**os.environ, "RUNBOOK_FAILPOINT": "rescue.round", "RUNBOOK_TEST_PASSWORD": creds.password}
+    killed = subprocess.run([sys.executable, "-c", REPAIR_IN_A_PROCESS, seed, str(journal)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    on_holder = client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+    assert 0 < on_holder < 30 and {o["slot"] for o in observe(seed, creds).open_slots()} == {slot}
+    assert set(Journal(journal).open_slots()) == {slot}, "the rescue's intent is in the journal"
+
+    done = repair(observe(seed, creds), creds, Journal(journal), Migration(preset="fast"), apply=True)
+    assert done.actions, done
+    topo = observe(seed, creds)
+    assert topo.open_slots() == [] and misplaced_keys(topo, creds) == {}
+    assert topo.reference.owners()[slot] == owner.id, "the slot stays with its owner"
+    assert [node_client(seed, creds).get(f"{{{tag}}}:interrupted:{i}") for i in range(30)] == \
+        [f"v{i}".encode() for i in range(30)]
+    assert Journal(journal).open_slots() == {}
+
+
 class PauseTargetWritesBefore:
     """Throttle-shaped hook: before batch `at`, pause the target's writes (RESTORE included) for longer than the
     MIGRATE timeout, so the slots open and their MIGRATEs time out."""
@@ -188,6 +241,41 @@ class PauseTargetWritesBefore:
 
     def end(self) -> None:
         """Nothing to stop."""
+
+
+class KillBefore(PauseTargetWritesBefore):
+    """Throttle-shaped hook: before batch `at`, SIGKILL the node at `target` (here the new master's replica)."""
+
+    def __init__(self, settings: Migration, creds, target: str, sb, at: int = 2) -> None:
+        super().__init__(settings, creds, target, at)
+        self.sb = sb
+
+    def before_batch(self, batch: int) -> Migration:
+        if batch == self.at:
+            kill(self.sb, self.target)
+        return self.settings
+
+
+def test_a_replica_lost_mid_run_stops_the_next_batch_with_nothing_open(cluster):
+    """The new master's replica dies after the first batch: the second batch does not start (keys moved to the new
+    master would have one copy), no slot is left open, and once the replica is back the migration goes on."""
+    sb, seed, new, journal = cluster
+    creds = sb.credentials()
+    replica = f"127.0.0.1:{int(new.rsplit(':', 1)[1]) + 1}"
+    settings = Migration(preset="fast", slots_per_batch=8, slots_in_flight=8, warmup_slot=False)
+    started = len(list(journal.entries()))
+    with pytest.raises(PaceStop, match="replica") as stopped:
+        migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
+                throttle=KillBefore(settings, creds, replica, sb))
+    assert "before batch 2" in str(stopped.value)
+    events = list(journal.entries())[started:]
+    assert [e["batch"] for e in events if e["event"] == "batch_start"] == [1]
+    assert any(e["event"] == "replica_stop" for e in events)
+    assert observe(seed, creds).open_slots() == []
+    restart(sb, replica, creds)
+    wait_caught_up(creds, new, replica)
+    _, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False, max_batches=1)
+    assert batches and batches[0].slots == 8
 
 
 def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster):
@@ -236,7 +324,7 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
         sb.down()
 
 
-@pytest.mark.parametrize("point", ["after_importing", "after_migrate:2", "before_setslot_node:2"])
+@pytest.mark.parametrize("point", ["open.importing", "drain.migrated:2", "handover.journaled:2"])
 def test_whole_run_killed_on_the_batched_path_then_resumed(tmp_path, point):
     """The default (batched) path: SIGKILL of `runbook run` at each protocol step, then resume and the rest."""
     port = PORT + 80

@@ -84,7 +84,7 @@ def test_busykey_same_value_is_settled_and_different_value_stops(cluster):
     resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
-    assert any(e["event"] == "busykey_same_value" and e["key"] == same for e in events)
+    assert any(e["event"] == "busykey_same_value" and same in e["keys"] for e in events)
     assert any(e["event"] == "busykey_conflict" and e["key"] == differs for e in events)
     topo = observe(source, creds)
     assert topo.open_slots() == []
@@ -151,7 +151,16 @@ def test_open_slot_left_by_killed_redis_cli_reshard_is_repaired(cluster, redis_c
     assert {o["slot"] for o in observe(seed, creds).open_slots()} == {0}
     assert cli("check", "--params", str(sb.root / "params.yaml")).returncode == 1
 
-    resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
+    on_target_before = tgt.execute_command("CLUSTER", "COUNTKEYSINSLOT", 0)
+    left = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
+    assert left.returncode == 1, left.stdout + left.stderr
+    assert "slot 0 is open" in left.stdout and "left alone" in left.stdout, left.stdout
+    assert f"{on_target_before} on 127.0.0.1:{port + 6}" in left.stdout, "the note says which keys sit where"
+    assert "--slot 0" in left.stdout
+    assert {o["slot"] for o in observe(seed, creds).open_slots()} == {0}, "another tool's slot is left as it was"
+    assert tgt.execute_command("CLUSTER", "COUNTKEYSINSLOT", 0) == on_target_before
+
+    resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir), "--slot", "0")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "repaired slot 0: finish" in resumed.stdout
     done = cli("run", "--params", str(sb.root / "params.yaml"), "--out", str(run_dir), "--from", "60_validate")

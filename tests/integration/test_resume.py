@@ -48,9 +48,9 @@ def journal_events(run_dir):
 
 
 @pytest.mark.parametrize("failpoint,expect,repair", [
-    ("after_importing", {"importing"}, "SETSLOT STABLE"),
-    ("after_migrate:3", {"importing", "migrating"}, "finish"),
-    ("before_setslot_node", {"importing", "migrating"}, "finish"),
+    ("open.importing", {"importing"}, "SETSLOT STABLE"),
+    ("drain.migrated:3", {"importing", "migrating"}, "finish"),
+    ("handover.journaled", {"importing", "migrating"}, "finish"),
 ])
 def test_kill_then_resume_then_rollback(sandbox, first_slot, tmp_path, failpoint, expect, repair):
     creds = sandbox.credentials()
@@ -89,7 +89,7 @@ def test_rollback_of_a_half_expansion(sandbox, tmp_path):
     keys = key_count(observe(SEED, creds), creds)
     normal = params_variant(sandbox, "normal", slots_per_batch=512, keys_per_migrate=5, warmup_slot=False)
     run_dir = tmp_path / "run"
-    killed = cli("run", "--params", str(normal), "--out", str(run_dir), failpoint="after_migrate:40")
+    killed = cli("run", "--params", str(normal), "--out", str(run_dir), failpoint="drain.migrated:40")
     assert killed.returncode == 1, killed.stdout + killed.stderr
     topo = observe(SEED, creds)
     new = topo.by_address(f"127.0.0.1:{PORT + 6}")

@@ -31,9 +31,9 @@ def test_journal_file_is_owner_only(tmp_path):
 
 def test_failpoint_does_nothing_unless_named(monkeypatch):
     monkeypatch.delenv("RUNBOOK_FAILPOINT", raising=False)
-    failpoint("after_migrate")
+    failpoint("drain.migrated")
     monkeypatch.setenv("RUNBOOK_FAILPOINT", "somewhere_else")
-    failpoint("after_migrate")
+    failpoint("drain.migrated")
 
 
 def test_read_from_gives_each_complete_entry_once_and_waits_for_a_torn_line(tmp_path):
@@ -49,3 +49,23 @@ def test_read_from_gives_each_complete_entry_once_and_waits_for_a_torn_line(tmp_
         raw.write(b"}\n")
     second, _ = j.read_from(at)
     assert [e["event"] for e in second] == ["b"]
+
+
+def test_a_close_is_open_until_its_outcome_and_a_rescue_until_it_is_done(tmp_path):
+    """Intent before the command, outcome after it: a close that crashed (or whose STABLE failed) is still this run's
+    open slot, and so is a rescue, as a move from the owner to the owner, while a move of the slot comes first."""
+    j = Journal(tmp_path / "j.jsonl")
+    j.record("slots_open", slots=[1, 2], source="a", target="b")
+    j.record("slot_closing", slot=1, nodes=["a", "b"])
+    j.record("slot_rescue", slot=7, holder="c", owner="a", keys=3)
+    j.record("slot_rescue", slot=2, holder="c", owner="a", keys=1)
+    opened = j.open_slots()
+    assert set(opened) == {1, 2, 7}
+    assert (opened[7]["source"], opened[7]["target"], opened[7]["holder"]) == ("a", "a", "c")
+    assert (opened[2]["source"], opened[2]["target"]) == ("a", "b"), "the move of slot 2 goes on after its rescue"
+    j.record("slot_rescued", slot=2, holder="c", owner="a", keys=1)
+    j.record("slot_closed", slot=1, nodes=["a", "b"])
+    j.record("slot_close_kept", slot=2, closed=["a"], kept=["b"])
+    assert set(j.open_slots()) == {2, 7}
+    j.record("slot_rescued", slot=7, holder="c", owner="a", keys=3)
+    assert set(j.open_slots()) == {2}

@@ -1,0 +1,230 @@
+"""The mover's races, each forced at its exact moment on real servers: a client write between the BUSYKEY comparison
+and the delete, a key created through ASK while a slot is being closed, a source that refuses a hand-over because it
+holds keys, and one slot of a group stopping the run while the others are open.
+
+A race is forced by a subclass of the Mover that runs a client command just before the mover sends a given command
+(`Interleaved`): the servers, the protocol and the client are real; only the moment is chosen.
+"""
+
+from __future__ import annotations
+
+import pytest
+from redis.crc import key_slot
+
+from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.mover import SAME_COPY_DEL_SCRIPT, Mover
+from runbook_lib.cluster.slots import HANDOVER, SlotState, Transition, repair_step
+from runbook_lib.cluster.topology import misplaced_keys, observe
+from runbook_lib.config import Migration
+from runbook_lib.cluster.repair import repair
+from runbook_lib.exceptions import CheckFailed, MigrationError
+from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.integration.faults import fill_slot, tag_for_slot
+from tests.integration.test_recovery import joined, kill
+
+pytestmark = pytest.mark.integration
+PORT = 8940 + PORT_OFFSET
+SETTINGS = Migration(preset="fast", warmup_slot=False, client_learn_wait_s=0)
+
+
+class Interleaved(Mover):
+    """A Mover that calls `before(node_id, commands)` before each pipeline it sends, and `before_each` likewise for
+    per-key commands, so a test can put a client's write at an exact point of a transition."""
+
+    before = staticmethod(lambda node_id, commands: None)
+
+    def _pipeline(self, node_id, commands, raise_on_error=True):
+        type(self).before(node_id, commands)
+        return super()._pipeline(node_id, commands, raise_on_error)
+
+    def _each(self, node_id, command, keys, asking):
+        type(self).before(node_id, [(command, k) for k in keys])
+        return super()._each(node_id, command, keys, asking)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    sb = start_sandbox(tmp_path_factory.mktemp("mover") / "sandbox", PORT, 500)
+    journal = Journal(tmp_path_factory.mktemp("mover-run") / "journal.jsonl")
+    seed, new, _ = joined(sb, PORT, journal)
+    yield sb, seed, new
+    sb.down()
+
+
+def fresh_mover(sb, seed, tmp_path, before=None) -> Mover:
+    cls = type("Hooked", (Interleaved,), {"before": staticmethod(before or (lambda node_id, commands: None))})
+    return cls(observe(seed, sb.credentials()), sb.credentials(), SETTINGS, Journal(tmp_path / "journal.jsonl"))
+
+
+def owned_slot(sb, seed: str, index: int) -> tuple[int, str]:
+    """The index-th slot the seed master owns, and the seed's id."""
+    topo = observe(seed, sb.credentials())
+    me = topo.by_address(seed)
+    return sorted(topo.slots_by_master()[me.id])[index], me.id
+
+
+def open_by_hand(creds, source: str, target: str, slot: int) -> tuple[str, str]:
+    topo = observe(source, creds)
+    src, tgt = topo.by_address(source).id, topo.by_address(target).id
+    node_client(target, creds).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src)
+    node_client(source, creds).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", tgt)
+    return src, tgt
+
+
+def asking(creds, address: str, *command):
+    pipe = node_client(address, creds).pipeline(transaction=False)
+    pipe.execute_command("ASKING")
+    pipe.execute_command(*command)
+    return pipe.execute(raise_on_error=False)[1]
+
+
+def read(sb, seed: str, key: str):
+    client = cluster_client([seed], sb.credentials())
+    try:
+        return client.get(key), client.pttl(key)
+    finally:
+        client.close()
+
+
+def test_a_write_between_the_busykey_comparison_and_the_delete_is_kept(cluster, tmp_path):
+    """A MIGRATE that timed out left a key on both sides; a client overwrites the source copy just before the mover
+    deletes it as "the same value": the write must survive (the comparison and the delete are one script now)."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    slot, _ = owned_slot(sb, seed, 10)
+    (key,) = fill_slot(sb, seed, slot, 1, prefix="busyrace")
+    src, tgt = open_by_hand(creds, seed, new, slot)
+    asking(creds, new, "RESTORE", key, 0, node_client(seed, creds).dump(key))
+    written = []
+
+    def write_first(node_id, commands):
+        deleting = any(c[0] == "DEL" or (c[0] == "EVAL" and c[1] == SAME_COPY_DEL_SCRIPT) for c in commands)
+        if node_id == src and deleting and not written:
+            node_client(seed, creds).set(key, "the client's newer value")
+            written.append(key)
+
+    mover = fresh_mover(sb, seed, tmp_path, write_first)
+    with pytest.raises(MigrationError, match="different values"):
+        mover.drive([slot], src, tgt)
+    assert written, "the race was not forced"
+    assert read(sb, seed, key)[0] == "the client's newer value"
+    assert asking(creds, new, "GET", key) == key.encode(), "both copies are kept for the operator"
+    asking(creds, new, "DEL", key)
+    fresh_mover(sb, seed, tmp_path).drive([slot], src, tgt)
+    assert read(sb, seed, key)[0] == "the client's newer value"
+
+
+def test_an_expiry_set_on_the_source_copy_is_a_difference(cluster, tmp_path):
+    """Equal payloads with different expiry are different copies: deleting the source's would drop its EXPIRE."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    slot, _ = owned_slot(sb, seed, 11)
+    (key,) = fill_slot(sb, seed, slot, 1, prefix="busyttl")
+    src, tgt = open_by_hand(creds, seed, new, slot)
+    asking(creds, new, "RESTORE", key, 0, node_client(seed, creds).dump(key))
+    node_client(seed, creds).expire(key, 900)
+    with pytest.raises(MigrationError, match="different expiry"):
+        fresh_mover(sb, seed, tmp_path).drive([slot], src, tgt)
+    value, ttl = read(sb, seed, key)
+    assert value == key and ttl > 0, "the source copy and its expiry are still what clients read"
+    node_client(seed, creds).persist(key)
+    assert fresh_mover(sb, seed, tmp_path).drive([slot], src, tgt) == 0
+    assert read(sb, seed, key) == (key, -1)
+    assert misplaced_keys(observe(seed, creds), creds) == {}
+
+
+def test_a_key_created_through_ask_while_a_slot_closes_is_not_stranded(cluster, tmp_path):
+    """Both markers set, nothing moved: the repair closes the slot. A client whose ASK was already on its way creates
+    a key on the importing node just as the first STABLE is sent; the key must end on the slot's owner."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    slot, _ = owned_slot(sb, seed, 12)
+    src, tgt = open_by_hand(creds, seed, new, slot)
+    key = f"{{{tag_for_slot(slot)}}}:late-ask"
+    created = []
+
+    def ask_lands(node_id, commands):
+        if any(c[:2] == ("CLUSTER", "SETSLOT") and c[-1] == "STABLE" for c in commands) and not created:
+            assert asking(creds, new, "SET", key, "written through ASK") in (True, b"OK")
+            created.append(key)
+
+    fresh_mover(sb, seed, tmp_path, ask_lands).drive([slot], src, tgt, step=repair_step)
+    assert created, "the race was not forced"
+    topo = observe(seed, creds)
+    assert topo.open_slots() == [] and misplaced_keys(topo, creds) == {}, "the key is stranded"
+    assert read(sb, seed, key)[0] == "written through ASK"
+
+
+def test_a_source_refusing_the_handover_because_it_holds_keys_stops_loudly(cluster, tmp_path):
+    """The target already claims the slot when the source refuses SETSLOT NODE because it still holds a key (the
+    moment redis#2969 loses keys): the mover stops with the key located instead of retrying silently.
+
+    The mover's count is made stale on purpose, and the target is not IMPORTING, so its claim is not broadcast: a
+    Redis 7.0 source that hears an importing target's claim (broadcast at once) deletes its keys of the slot, which
+    is why the mover never hands a slot over before the source's count is 0."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    slot, _ = owned_slot(sb, seed, 13)
+    (key,) = fill_slot(sb, seed, slot, 1, prefix="refused")
+    topo = observe(seed, creds)
+    src, tgt = topo.by_address(seed).id, topo.by_address(new).id
+    node_client(seed, creds).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", tgt)
+    mover = fresh_mover(sb, seed, tmp_path)
+    stale = {slot: SlotState(slot, src, {src: tgt}, {tgt: src}, {src: 0, tgt: 0})}
+    try:
+        with pytest.raises(MigrationError, match="still holds keys") as stop:
+            mover._transition(HANDOVER, [Transition(HANDOVER, slot, src, tgt)], stale, None)
+        assert key in str(stop.value)
+        refused = [e for e in mover.journal.entries() if e["event"] == "handover_refused"]
+        assert refused and refused[0]["sample"] == [key] and refused[0]["source_keys"] == {str(slot): 1}
+        assert node_client(seed, creds).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1, "nothing dropped"
+    finally:
+        node_client(new, creds).execute_command("CLUSTER", "SETSLOT", slot, "NODE", src)
+        node_client(seed, creds).execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    assert read(sb, seed, key)[0] == key
+
+
+def test_a_slot_that_stops_the_run_leaves_the_rest_of_its_group_closed_or_finished(cluster, tmp_path):
+    """One slot of a group of four meets a BUSYKEY conflict mid-drain: the run stops with only that slot open; the
+    other three are finished (or closed), never left IMPORTING/MIGRATING."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    slots = [owned_slot(sb, seed, i)[0] for i in (20, 21, 22, 23)]
+    for slot in slots:
+        fill_slot(sb, seed, slot, 3, prefix="group")
+    bad = slots[1]
+    conflict = f"{{{tag_for_slot(bad)}}}:group:0"
+    topo = observe(seed, creds)
+    src, tgt = topo.by_address(seed).id, topo.by_address(new).id
+    planted = []
+
+    def plant_conflict(node_id, commands):
+        if node_id == src and commands and commands[0][0] == "MIGRATE" and not planted:
+            assert asking(creds, new, "SET", conflict, "another value") in (True, b"OK")
+            planted.append(conflict)
+
+    with pytest.raises(MigrationError, match=f"slot {bad}"):
+        fresh_mover(sb, seed, tmp_path, plant_conflict).drive(slots, src, tgt)
+    assert planted
+    still_open = {o["slot"] for o in observe(seed, creds).open_slots()}
+    assert still_open == {bad}, f"slots left open besides the one that failed: {still_open - {bad}}"
+    assert set(misplaced_keys(observe(seed, creds), creds)) <= {bad}
+    asking(creds, new, "DEL", conflict)
+    fresh_mover(sb, seed, tmp_path).drive([bad], src, tgt)
+    assert observe(seed, creds).open_slots() == []
+    for slot in slots:
+        assert key_slot(f"{{{tag_for_slot(slot)}}}:group:2".encode()) == slot
+        assert read(sb, seed, f"{{{tag_for_slot(slot)}}}:group:2")[0] is not None
+
+
+def test_a_master_that_does_not_answer_stops_a_repair_with_a_message(cluster, tmp_path):
+    """Runs last: it kills a master. A repair cannot see where keys are without every master: it says which one did
+    not answer and what to do, instead of ending in a traceback."""
+    sb, seed, new = cluster
+    creds = sb.credentials()
+    victim = next(m.address for m in observe(seed, creds).masters() if m.address not in (seed, new))
+    kill(sb, victim)
+    with pytest.raises(CheckFailed, match="repair stopped") as stopped:
+        repair(observe(seed, creds), creds, Journal(tmp_path / "journal.jsonl"), SETTINGS, apply=True)
+    assert victim.rsplit(":", 1)[1] in str(stopped.value) and "runbook resume" in str(stopped.value)
