@@ -2,24 +2,26 @@
 
 `enumerate_failpoints()` lists every `failpoint("name")` call under `runbook_lib/` (name, module, enclosing
 function, line, and what happened before it on the paths that reach it: the journal entry recorded last and the
-commands sent since). `rule_violations()` checks the rules of tests/unit/test_failpoints.py:
+commands sent since). `analyse()` also checks the rules of tests/unit/test_failpoints.py:
 
 (a) every transition method of the Mover holds at least one failpoint. The transition methods are the methods
     `Mover._transition` dispatches to, plus every method they call (transitively) that both journals and sends a
-    command that changes the cluster (today `_resolve_busy`, the BUSYKEY resolution). A new transition kind is
-    picked up from the dispatcher; a renamed one is caught by `EXPECTED_TRANSITIONS`.
+    command that changes the cluster (the BUSYKEY resolution, `_resolve_busy`). A new transition kind is picked up
+    from the dispatcher; a renamed one is caught by `EXPECTED_TRANSITIONS`.
 (b) in each transition method, on every path from a `journal.record(...)` to the next command sent to the cluster
     (`self._pipeline`, `self._each`, `self._migrate_rounds`, a client's `execute`/`execute_command`, a call through
     `self.client(...)`, or a Mover method that sends one of these), a `failpoint(...)` is called.
-(c) failpoint names are unique and are string literals.
+(c) failpoint names are unique string literals (without ':', which RUNBOOK_FAILPOINT uses for the hit count).
 (d) docs/failpoints.md has one row per failpoint, naming its function and the journal entry recorded before it.
 (e) in each transition method, on every path between two commands that change the cluster (SETSLOT, MIGRATE, DEL,
-    RESTORE, ... or a call of a Mover method that sends one), a failpoint is called; loop iterations are exempt
-    (a loop body's last command and its first in the next iteration).
+    RESTORE, a script that calls one, ... or a Mover method that sends one before any failpoint of its own), a
+    failpoint is called. A command repeated by a loop is not paired with itself in the next iteration.
 
-Paths are followed through if/else, loops (back edges included for (b)), try, with, break/continue, and end at
-return/raise; nested functions and lambdas are not part of their enclosing function. Formatting does not matter:
-only the syntax tree is read.
+Paths are followed through if/else, loops (back edges included), try, with, break/continue, and end at
+return/raise; nested functions and lambdas are not part of their enclosing function. Conditions on plain names are
+tracked, so that `self._pipeline(node, [... for slot in unaware])` (which sends nothing for an empty list) followed
+by `if unaware: failpoint(...)`, or loops over `first` and `then` with `if first and then: failpoint(...)` between
+them, are understood. Formatting does not matter: only the syntax tree is read.
 
 `python -m tests.failpoints` prints the enumeration and the violations; `--rows` prints a docs/failpoints.md row
 skeleton for every point the document lacks.
@@ -28,9 +30,10 @@ skeleton for every point the document lacks.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,18 +48,20 @@ EXPECTED_TRANSITIONS = {"_open", "_drain", "_handover", "_close", "_rescue", "_r
 
 DIRECT_SENDS = {"_pipeline", "_each", "_migrate_rounds"}
 """Mover helpers that send commands to a node."""
+EMPTY_SENDS_NOTHING = {"_pipeline"}
+"""Helpers that send nothing for an empty command list (their second argument)."""
 CHANGING_HELPERS = {"_migrate_rounds": "MIGRATE"}
 """Helpers that send commands changing the cluster whatever their arguments say."""
 CHANGING_WORDS = {"SETSLOT", "MIGRATE", "RESTORE", "RESTORE-ASKING", "DEL", "UNLINK", "SET", "ADDSLOTS",
                   "ADDSLOTSRANGE", "DELSLOTS", "DELSLOTSRANGE", "FORGET", "MEET", "REPLICATE", "FAILOVER", "RESET",
-                  "FLUSHALL", "FLUSHDB"}
-"""Command words in a send's arguments that make it change the cluster (reads: GETKEYSINSLOT, COUNTKEYSINSLOT,
-DUMP, EXISTS, MEMORY USAGE, EVAL of the read-only big-key script)."""
+                  "FLUSHALL", "FLUSHDB", "EXPIRE", "PEXPIRE", "PERSIST", "HSET", "INCR"}
+"""Command words that change the cluster (reads: GETKEYSINSLOT, COUNTKEYSINSLOT, DUMP, PTTL, EXISTS, MEMORY USAGE).
+EVAL counts by the commands its script calls (a script that cannot be read counts as changing)."""
+SCRIPT_WORDS = {"EVAL", "EVALSHA", "FCALL"}
 CLIENT_FACTORIES = {"client", "node_client", "cluster_client"}
 """Calls that return a redis client; any method called on their result sends."""
-NOISE_WORDS = {"CLUSTER", "ASKING", "KEYS", "MEMORY", "USAGE", "COMMAND"}
-TRAIL = 6
-"""Events kept per path for the 'before it' description."""
+NOISE_WORDS = {"CLUSTER", "ASKING", "KEYS", "USAGE", "COMMAND"}
+MAX_PATHS = 4096
 
 
 @dataclass(frozen=True)
@@ -70,31 +75,30 @@ class Failpoint:
     """Qualified name of the enclosing function, e.g. Mover._open."""
     line: int
     records: tuple[str, ...] = ()
-    """Journal events recorded last before the point, on the paths through its function that reach it ("" when a
-    path reaches it without a record in the function)."""
-    trails: tuple[tuple[str, ...], ...] = ()
-    """The last events before the point on each path: "journal:<event>", a command ("SETSLOT IMPORTING"), a helper
-    ("self._resolve_busy()"), or "failpoint:<name>"."""
+    """Journal events recorded last before the point on the paths through its function that reach it ("" for a
+    path with no record before it in the function)."""
+    commands: tuple[str, ...] = ()
+    """Commands sent since that record (or since the function's entry), on any path, in the order first met."""
+    last_commands: tuple[str, ...] = ()
+    """The last command sent before the point on each path ("" for none)."""
+    sent: tuple[str, ...] = ()
+    """Every command sent before it in its function, on any path (records or not)."""
+    conditional: bool = False
+    """Inside an if/loop/try: not every call of its function passes it."""
+    in_loop: bool = False
+    """Inside a loop of its function: passed once per iteration."""
 
     @property
     def method(self) -> str:
         return self.function.rsplit(".", 1)[-1]
 
     def before(self) -> str:
-        """What happened before it, in words: the journal entries and the commands sent since the last one."""
-        parts = []
-        for trail in self.trails:
-            since = []
-            for event in reversed(trail):
-                if event.startswith("journal:"):
-                    since.insert(0, "`" + event.split(":", 1)[1] + "` journaled")
-                    break
-                if not event.startswith("failpoint:"):
-                    since.insert(0, event)
-            text = ", then ".join(since) if since else "function entry"
-            if text not in parts:
-                parts.append(text)
-        return "; or ".join(parts)
+        """What happened before it, in words: the journal entries and the commands sent since."""
+        recs = [f"`{r}` journaled" for r in self.records if r] + (["function entry"] if "" in self.records else [])
+        text = " or ".join(recs) or "function entry"
+        if self.commands:
+            text += ", then " + ", ".join(self.commands)
+        return text
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class Event:
     """A call of a method whose every path to its first command changing the cluster passes a failpoint."""
     leaves_change: bool = True
     """Whether a change is left without a failpoint after it when the call returns (for a plain command: yes)."""
+    over: str = ""
+    """A name whose emptiness means the command is not sent (`self._pipeline(n, [... for x in NAME])`)."""
 
 
 def _is_self_attr(node: ast.AST, names: set[str] | None = None) -> str | None:
@@ -130,28 +136,9 @@ def _is_self_attr(node: ast.AST, names: set[str] | None = None) -> str | None:
     return None
 
 
-def _constants(node: ast.AST) -> list[str]:
-    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-
-
-def _command_words(call: ast.Call) -> list[str]:
-    words = []
-    for value in _constants(call):
-        word = value.upper()
-        if value == word and re.fullmatch(r"[A-Z][A-Z-]+", value) and word not in NOISE_WORDS and word not in words:
-            words.append(word)
-    return words
-
-
-def _describe_send(call: ast.Call, helper: str | None) -> tuple[str, bool]:
-    words = _command_words(call)
-    changing = any(w in CHANGING_WORDS for w in words)
-    if helper in CHANGING_HELPERS:
-        changing = True
-        words = [CHANGING_HELPERS[helper]] + [w for w in words if w != CHANGING_HELPERS[helper]]
-    if helper and helper not in DIRECT_SENDS:
-        return f"self.{helper}()", changing
-    return (" ".join(words) or (f"self.{helper}()" if helper else "a command")), changing
+def _is_failpoint(call: ast.Call) -> bool:
+    f = call.func
+    return (isinstance(f, ast.Name) and f.id == "failpoint") or (isinstance(f, ast.Attribute) and f.attr == "failpoint")
 
 
 def _contains_client_factory(node: ast.AST) -> bool:
@@ -166,21 +153,80 @@ def _contains_client_factory(node: ast.AST) -> bool:
     return False
 
 
+def _calls_self(node: ast.AST) -> bool:
+    """Whether an expression calls a method of self (a reply, not a list of commands)."""
+    return any(isinstance(n, ast.Call) and _is_self_attr(n.func) for n in ast.walk(node))
+
+
+def _script_words(script: str) -> list[str]:
+    return [w.upper() for w in re.findall(r"redis\.p?call\(\s*['\"]([A-Za-z-]+)['\"]", script)]
+
+
 class _Classifier:
     """Which calls are records, failpoints and sends, for the methods of one class (`senders`: methods that send,
-    `changers`: methods that send a command changing the cluster, each transitively)."""
+    `changers`: methods that send a command changing the cluster, `guards`: per changing method, whether a failpoint
+    precedes its first change and whether it may return with a change not followed by one). `constants`: the
+    module's string constants (scripts)."""
 
     def __init__(self, senders: set[str] | None = None, changers: set[str] | None = None,
-                 guards: dict[str, tuple[bool, bool]] | None = None) -> None:
+                 guards: dict[str, tuple[bool, bool]] | None = None, constants: dict[str, str] | None = None,
+                 fn: ast.AST | None = None) -> None:
         self.senders = set(DIRECT_SENDS) | set(senders or ())
         self.changers = set(CHANGING_HELPERS) | set(changers or ())
         self.guards = dict(guards or {})
-        """method -> (entry guarded by a failpoint, a change left unguarded at its exit)"""
+        self.constants = dict(constants or {})
+        self.locals: dict[str, list[ast.AST]] = {}
+        """The function's local names -> the expressions assigned to them (a command list built before it is sent)."""
+        if fn is not None:
+            for n in ast.walk(fn):
+                if isinstance(n, ast.Assign):
+                    for t in n.targets:
+                        for name in (x for x in ast.walk(t) if isinstance(x, ast.Name)):
+                            self.locals.setdefault(name.id, []).append(n.value)
+
+    def _expanded(self, call: ast.Call, depth: int = 2) -> list[ast.AST]:
+        """The call's arguments and, `depth` levels down, what the local names they use were assigned."""
+        nodes, seen = [call], set()
+        frontier = [call]
+        for _ in range(depth):
+            more = []
+            for node in frontier:
+                for n in ast.walk(node):
+                    if isinstance(n, ast.Name) and n.id in self.locals and n.id not in seen:
+                        seen.add(n.id)
+                        more += [v for v in self.locals[n.id] if not _calls_self(v)]
+            nodes += more
+            frontier = more
+        return nodes
+
+    def words(self, call: ast.Call) -> tuple[list[str], bool]:
+        """The command words of a send (in its arguments, or in the local lists they name) and whether it changes
+        the cluster."""
+        words: list[str] = []
+        scripts: list[str | None] = []
+        for n in (x for node in self._expanded(call) for x in ast.walk(node)):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str):
+                v = n.value
+                if v == v.upper() and re.fullmatch(r"[A-Z][A-Z-]+", v) and v not in NOISE_WORDS and v not in words:
+                    words.append(v)
+        if any(w in SCRIPT_WORDS for w in words):
+            nodes = [x for node in self._expanded(call) for x in ast.walk(node)]
+            names = [n.id for n in nodes if isinstance(n, ast.Name) and n.id in self.constants]
+            literal = [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                       and "redis." in n.value]
+            scripts = [self.constants[n] for n in names] + literal or [None]
+        changing = any(w in CHANGING_WORDS for w in words)
+        for script in scripts:
+            inner = _script_words(script) if script is not None else []
+            if script is None or any(w in CHANGING_WORDS for w in inner):
+                changing = True
+            words += [w for w in inner if w not in words and w not in NOISE_WORDS]
+        return words, changing
 
     def classify(self, call: ast.Call) -> Event | None:
         f = call.func
         line = call.lineno
-        if (isinstance(f, ast.Name) and f.id == "failpoint") or (isinstance(f, ast.Attribute) and f.attr == "failpoint"):
+        if _is_failpoint(call):
             arg = call.args[0] if call.args else None
             name = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "<not a literal>"
             return Event("failpoint", name, line)
@@ -192,13 +238,23 @@ class _Classifier:
             return Event("record", name, line)
         helper = _is_self_attr(f, self.senders)
         if helper:
-            text, changing = _describe_send(call, helper)
+            words, changing = self.words(call)
+            if helper in CHANGING_HELPERS:
+                changing = True
+                words = [CHANGING_HELPERS[helper]] + [w for w in words if w != CHANGING_HELPERS[helper]]
+            text = " ".join(words) if helper in DIRECT_SENDS else f"self.{helper}()"
             guarded, leaves = self.guards.get(helper, (False, True))
-            return Event("send", text, line, changing or helper in self.changers, guarded, leaves)
+            over = ""
+            if helper in EMPTY_SENDS_NOTHING and len(call.args) >= 2 and isinstance(call.args[1], ast.ListComp):
+                gens = call.args[1].generators
+                if len(gens) == 1 and isinstance(gens[0].iter, ast.Name) and not gens[0].ifs:
+                    over = gens[0].iter.id
+            return Event("send", text or f"self.{helper}()", line, changing or helper in self.changers, guarded,
+                         leaves, over)
         if isinstance(f, ast.Attribute) and (f.attr in ("execute", "execute_command")
                                              or _contains_client_factory(f.value)):
-            text, changing = _describe_send(call, None)
-            return Event("send", text, line, changing)
+            words, changing = self.words(call)
+            return Event("send", " ".join(words) or "a command", line, changing)
         return None
 
     def events(self, node: ast.AST | None) -> list[Event]:
@@ -250,8 +306,55 @@ class _Path:
     last_record: str = ""
     change: tuple[str, int, bool] | None = None
     """The last command changing the cluster not yet followed by a failpoint: (description, line, carried over a
-    loop's back edge: then the loop's own next commands do not count, what follows the loop does)."""
-    trail: tuple[str, ...] = ()
+    loop's back edge: then the same command in the next iteration does not count)."""
+    since: tuple[str, ...] = ()
+    """Distinct commands sent since the last record (or the function's entry)."""
+    sent: tuple[str, ...] = ()
+    """Distinct commands sent since the function's entry."""
+    last: str = ""
+    empty: frozenset = frozenset()
+    nonempty: frozenset = frozenset()
+    """Names known empty / non-empty on this path (from if-tests and loops over them)."""
+
+
+def _constrain(p: _Path, empty=(), nonempty=()) -> _Path | None:
+    e, n = p.empty | set(empty), p.nonempty | set(nonempty)
+    if e & n:
+        return None
+    return replace(p, empty=frozenset(e), nonempty=frozenset(n))
+
+
+def _forget(p: _Path, names: set[str]) -> _Path:
+    if not (names & (p.empty | p.nonempty)):
+        return p
+    return replace(p, empty=p.empty - names, nonempty=p.nonempty - names)
+
+
+def _conditions(test: ast.AST, truth: bool) -> list[tuple[set, set]]:
+    """Alternatives (names empty, names non-empty) under which `test` has this truth value ([(∅, ∅)]: unknown)."""
+    if isinstance(test, ast.Name):
+        return [(set(), {test.id})] if truth else [({test.id}, set())]
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _conditions(test.operand, not truth)
+    if isinstance(test, ast.BoolOp):
+        parts = [_conditions(v, truth) for v in test.values]
+        every = isinstance(test.op, ast.And) == truth
+        if every:
+            return [(set().union(*(a[0] for a in combo)), set().union(*(a[1] for a in combo)))
+                    for combo in itertools.product(*parts)]
+        return [alt for part in parts for alt in part]
+    return [(set(), set())]
+
+
+def _assigned_names(s: ast.stmt) -> set[str]:
+    targets = []
+    if isinstance(s, ast.Assign):
+        targets = s.targets
+    elif isinstance(s, (ast.AugAssign, ast.AnnAssign)):
+        targets = [s.target]
+    elif isinstance(s, (ast.For, ast.AsyncFor)):
+        targets = [s.target]
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
 
 
 @dataclass
@@ -266,36 +369,38 @@ class _Flow:
         out = set()
         for p in paths:
             if event.kind == "record":
-                out.add(_Path((event.text, event.line), event.text, p.change, (p.trail + ("journal:" + event.text,))[-TRAIL:]))
+                out.add(replace(p, record=(event.text, event.line), last_record=event.text, since=()))
             elif event.kind == "failpoint":
                 self.reached.setdefault((event.text, event.line), set()).add(p)
-                out.add(_Path(None, p.last_record, None, (p.trail + ("failpoint:" + event.text,))[-TRAIL:]))
+                out.add(replace(p, record=None, change=None))
             else:
-                if p.record is not None:
-                    key = ("b", p.record, event.line)
-                    self.violations[key] = Violation(
-                        "b", self.function, p.record[1],
-                        f"journal entry {p.record[0]!r} (line {p.record[1]}) is followed by {event.text} "
-                        f"(line {event.line}) with no failpoint between them")
-                change = p.change
-                if event.changing and not event.guarded:
-                    if change is not None and not change[2] and change[1] != event.line:
-                        key = ("e", change, event.line)
-                        self.violations[key] = Violation(
-                            "e", self.function, change[1],
-                            f"{change[0]} (line {change[1]}) is followed by {event.text} (line {event.line}), both "
-                            "changing the cluster, with no failpoint between them")
-                if event.changing:
-                    change = (event.text, event.line, False) if event.leaves_change else None
-                out.add(_Path(None, p.last_record, change, (p.trail + (event.text,))[-TRAIL:]))
+                if event.over and event.over not in p.nonempty:
+                    quiet = _constrain(p, empty={event.over})
+                    if quiet is not None:
+                        out.add(quiet)  # an empty list: nothing sent
+                    if event.over in p.empty:
+                        continue
+                    p = _constrain(p, nonempty={event.over})
+                out.add(self._send(p, event))
         return out
 
-
-def _uncarried(p: _Path) -> _Path:
-    """A path leaving a loop: a change carried over its back edge pairs with what follows the loop again."""
-    if p.change is None or not p.change[2]:
-        return p
-    return _Path(p.record, p.last_record, (p.change[0], p.change[1], False), p.trail)
+    def _send(self, p: _Path, event: Event) -> _Path:
+        if p.record is not None:
+            self.violations[("b", p.record, event.line)] = Violation(
+                "b", self.function, p.record[1],
+                f"journal entry {p.record[0]!r} (line {p.record[1]}) is followed by {event.text} (line {event.line}) "
+                "with no failpoint between them")
+        change = p.change
+        if event.changing and not event.guarded and change is not None and not (change[2] and change[1] == event.line):
+            self.violations[("e", change[:2], event.line)] = Violation(
+                "e", self.function, change[1],
+                f"{change[0]} (line {change[1]}) is followed by {event.text} (line {event.line}), both changing the "
+                "cluster, with no failpoint between them")
+        if event.changing:
+            change = (event.text, event.line, False) if event.leaves_change else None
+        since = p.since if event.text in p.since else p.since + (event.text,)
+        sent = p.sent if event.text in p.sent else p.sent + (event.text,)
+        return replace(p, record=None, change=change, since=since, sent=sent, last=event.text)
 
 
 class _Walker:
@@ -306,7 +411,18 @@ class _Walker:
     def expr(self, paths: set[_Path], node: ast.AST | None) -> set[_Path]:
         for event in self.c.events(node):
             paths = self.flow.step(paths, event)
+            if len(paths) > MAX_PATHS:
+                raise RuntimeError(f"{self.flow.function}: too many paths to follow")
         return paths
+
+    def branch(self, paths: set[_Path], test: ast.AST, truth: bool) -> set[_Path]:
+        out = set()
+        for p in paths:
+            for empty, nonempty in _conditions(test, truth):
+                q = _constrain(p, empty, nonempty)
+                if q is not None:
+                    out.add(q)
+        return out
 
     def block(self, stmts: list[ast.stmt], paths: set[_Path]):
         """(fall-through paths, break paths, continue paths)."""
@@ -336,8 +452,8 @@ class _Walker:
             return none, none, paths
         if isinstance(s, ast.If):
             paths = self.expr(paths, s.test)
-            a, ab, ac = self.block(s.body, paths)
-            b, bb, bc = self.block(s.orelse, paths)
+            a, ab, ac = self.block(s.body, self.branch(paths, s.test, True))
+            b, bb, bc = self.block(s.orelse, self.branch(paths, s.test, False))
             return a | b, ab | bb, ac | bc
         if isinstance(s, (ast.For, ast.AsyncFor, ast.While)):
             return self.loop(s, paths)
@@ -372,27 +488,38 @@ class _Walker:
                 brk |= cb
                 cont |= cc
             return out, brk, cont
-        return self.expr(paths, s), none, none
+        paths = self.expr(paths, s)
+        names = _assigned_names(s)
+        return ({_forget(p, names) for p in paths} if names else paths), none, none
 
     def loop(self, s, entry: set[_Path]):
-        infinite = isinstance(s, ast.While) and isinstance(s.test, ast.Constant) and bool(s.test.value)
-        head = set(entry)
-        brk: set[_Path] = set()
+        """A loop's exits: without an iteration (a `for` over a name: that name empty), after iterations, or by
+        break. A `for` over a plain name known non-empty runs at least once; known empty, never."""
+        is_for = not isinstance(s, ast.While)
+        infinite = not is_for and isinstance(s.test, ast.Constant) and bool(s.test.value)
+        over = s.iter.id if is_for and isinstance(s.iter, ast.Name) else None
+        entry = self.expr(entry, s.iter if is_for else s.test)
+        skip = {q for p in entry if (q := _constrain(p, empty={over}) if over else p) is not None
+                and not (over and over in p.nonempty)} if not infinite else set()
+        runs = {q for p in entry if (q := _constrain(p, nonempty={over}) if over else p) is not None}
+        if is_for:
+            targets = _assigned_names(s)
+            runs = {_forget(p, targets) for p in runs}
+        head, brk, back_all = set(runs), set(), set()
         for _ in range(8):
-            at = self.expr(head, s.test if isinstance(s, ast.While) else s.iter)
-            body, b, c = self.block(s.body, at)
+            body, b, c = self.block(s.body, head)
             brk |= b
-            # back edge: rule (e) does not pair a command with the loop's commands of the next iteration
-            back = {_Path(p.record, p.last_record, p.change and (p.change[0], p.change[1], True), p.trail)
-                    for p in body | c}
-            grown = head | back
+            back = {replace(p, change=p.change and (p.change[0], p.change[1], True)) for p in body | c}
+            back_all |= back
+            again = back if is_for else self.expr(back, s.test)
+            grown = head | again
             if grown == head:
                 break
             head = grown
-        at = self.expr(head, s.test if isinstance(s, ast.While) else s.iter)
-        exits = set() if infinite else at
-        done, ob, oc = self.block(s.orelse, exits) if s.orelse else (exits, set(), set())
-        return {_uncarried(p) for p in done | brk}, ob, oc
+        after = skip | ({p for p in back_all} if is_for else self.expr(back_all, s.test) if not infinite else set())
+        done, ob, oc = self.block(s.orelse, after) if s.orelse else (after, set(), set())
+        out = {replace(p, change=p.change and (p.change[0], p.change[1], False)) for p in done | brk}
+        return out, ob, oc
 
 
 # -- modules, classes, functions -------------------------------------------------------------------------------------
@@ -413,35 +540,32 @@ def _functions(tree: ast.Module):
     return out
 
 
+def _module_constants(tree: ast.Module) -> dict[str, str]:
+    return {t.id: s.value.value for s in tree.body if isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant)
+            and isinstance(s.value.value, str) for t in s.targets if isinstance(t, ast.Name)}
+
+
 def _self_calls(fn: ast.AST) -> set[str]:
     return {n.func.attr for n in ast.walk(fn) if isinstance(n, ast.Call) and _is_self_attr(n.func)}
 
 
-def _guards(methods: dict[str, ast.AST], sends: set[str], changes: set[str]) -> dict[str, tuple[bool, bool]]:
-    """For each method that changes the cluster: whether every path to its first changing command passes a failpoint,
-    and whether it can return with a changing command not followed by one (callees' answers used, to a fixpoint)."""
-    guards: dict[str, tuple[bool, bool]] = {}
-    for _ in range(4):
-        found = {}
-        for name in changes & set(methods):
-            flow = _Flow(name)
-            walker = _Walker(_Classifier(sends, changes, guards), flow)
-            done, _, _ = walker.block(methods[name].body, {_Path(change=("<caller>", -1, False))})
-            entry = not any(v.rule == "e" and v.line == -1 for v in flow.violations.values())
-            leaves = any(p.change is not None for p in done | walker.returned)
-            found[name] = (entry, leaves)
-        if found == guards:
-            break
-        guards = found
-    return guards
+def _own_calls(fn: ast.AST):
+    """Calls in a function's own body (not in nested functions or lambdas)."""
+    stack = list(ast.iter_child_nodes(fn))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Call):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
 
 
-def _class_senders(methods: dict[str, ast.AST]) -> tuple[set[str], set[str]]:
+def _class_senders(methods: dict[str, ast.AST], constants: dict[str, str]) -> tuple[set[str], set[str]]:
     """Methods of a class that send commands, and those that send commands changing the cluster (transitively)."""
-    base = _Classifier()
-    sends = {name for name, fn in methods.items()
-             if any(e.kind == "send" for e in base.events(fn))} | (DIRECT_SENDS & set(methods))
-    changes = {name for name, fn in methods.items() if any(e.kind == "send" and e.changing for e in base.events(fn))}
+    events = {name: _Classifier(constants=constants, fn=fn).events(fn) for name, fn in methods.items()}
+    sends = {n for n, ev in events.items() if any(e.kind == "send" for e in ev)} | (DIRECT_SENDS & set(methods))
+    changes = {n for n, ev in events.items() if any(e.kind == "send" and e.changing for e in ev)}
     changes |= set(CHANGING_HELPERS) & set(methods)
     while True:
         more_s = {n for n, fn in methods.items() if n not in sends and _self_calls(fn) & sends}
@@ -450,6 +574,26 @@ def _class_senders(methods: dict[str, ast.AST]) -> tuple[set[str], set[str]]:
             return sends, changes
         sends |= more_s
         changes |= more_c
+
+
+def _guards(methods: dict[str, ast.AST], sends: set[str], changes: set[str],
+            constants: dict[str, str]) -> dict[str, tuple[bool, bool]]:
+    """For each method that changes the cluster: whether every path to its first changing command passes a failpoint,
+    and whether it can return with a changing command not followed by one (callees' answers used, to a fixpoint)."""
+    guards: dict[str, tuple[bool, bool]] = {}
+    for _ in range(4):
+        found = {}
+        for name in changes & set(methods):
+            flow = _Flow(name)
+            walker = _Walker(_Classifier(sends, changes, guards, constants, methods[name]), flow)
+            done, _, _ = walker.block(methods[name].body, {_Path(change=("<caller>", -1, False))})
+            entry = not any(v.rule == "e" and v.line == -1 for v in flow.violations.values())
+            leaves = any(p.change is not None for p in done | walker.returned)
+            found[name] = (entry, leaves)
+        if found == guards:
+            break
+        guards = found
+    return guards
 
 
 @dataclass
@@ -469,6 +613,22 @@ def _modules() -> list[Path]:
                   and p.name != "journal.py")
 
 
+def _nesting(fn: ast.AST, call: ast.Call,
+             kinds: tuple = (ast.If, ast.For, ast.While, ast.Try, ast.With, ast.AsyncFor, ast.IfExp)) -> bool:
+    """Whether a call sits inside a statement of these kinds in its function (default: if/loop/try/with)."""
+    def inside(node, nested: bool) -> bool | None:
+        for child in ast.iter_child_nodes(node):
+            if child is call:
+                return nested
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            found = inside(child, nested or isinstance(child, kinds))
+            if found is not None:
+                return found
+        return None
+    return bool(inside(fn, False))
+
+
 def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analysis:
     """Enumerate the failpoints of `paths` (default: every module under runbook_lib/ that calls one) and check the
     transition rules on the Mover of `mover` (default: runbook_lib/cluster/mover.py)."""
@@ -484,12 +644,14 @@ def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analy
     for path in paths:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        constants = _module_constants(tree)
         functions = _functions(tree)
         by_class: dict[str | None, dict[str, ast.AST]] = {}
         for qual, fn, cls in functions:
             by_class.setdefault(cls, {})[fn.name] = fn
-        senders: dict[str | None, tuple[set[str], set[str]]] = {
-            cls: _class_senders(methods) if cls else (set(), set()) for cls, methods in by_class.items()}
+        senders = {cls: _class_senders(methods, constants) if cls else (set(), set())
+                   for cls, methods in by_class.items()}
+        guards = {cls: _guards(by_class[cls], *senders[cls], constants) for cls in by_class if cls == MOVER_CLASS}
         rule_fns: set[str] = set()
         if path == mover:
             methods = by_class.get(MOVER_CLASS, {})
@@ -501,58 +663,46 @@ def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analy
                     if callee not in reach:
                         reach.add(callee)
                         todo.append(callee)
-            records = {n for n, fn in methods.items() if any(e.kind == "record" for e in _Classifier().events(fn))}
+            base = _Classifier(constants=constants)
+            records = {n for n, fn in methods.items() if any(e.kind == "record" for e in base.events(fn))}
             rule_fns = dispatched | {n for n in reach if n in records and n in changes}
             transitions = sorted(rule_fns, key=lambda n: methods[n].lineno)
-            events = {e.text for n in rule_fns for e in _Classifier().events(methods[n]) if e.kind == "record"}
+            events = {e.text for n in rule_fns for e in base.events(methods[n]) if e.kind == "record"}
             missing = EXPECTED_TRANSITIONS - rule_fns
             if missing:
                 violations.append(Violation("a", MOVER_CLASS, 0, f"transition methods not found as such: "
                                             f"{sorted(missing)} (renamed? not dispatched by {DISPATCHER}? update "
                                             "EXPECTED_TRANSITIONS in tests/failpoints.py)"))
-        guards = {cls: _guards(by_class[cls], *senders[cls]) for cls in by_class if cls == MOVER_CLASS}
         for qual, fn, cls in functions:
             sends, changes = senders.get(cls, (set(), set()))
             flow = _Flow(qual)
-            walker = _Walker(_Classifier(sends, changes, guards.get(cls)), flow)
+            walker = _Walker(_Classifier(sends, changes, guards.get(cls), constants, fn), flow)
             walker.block(fn.body, {_Path()})
-            own = {(n.args[0].value if n.args and isinstance(n.args[0], ast.Constant) else None, n.lineno)
-                   for n in _own_calls(fn) if _is_failpoint(n)}
-            for (name, line), reaching in sorted(flow.reached.items(), key=lambda kv: kv[0][1]):
-                if (name, line) not in own:
+            calls = [n for n in _own_calls(fn) if _is_failpoint(n)]
+            for call in sorted(calls, key=lambda c: c.lineno):
+                arg = call.args[0] if call.args else None
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                    problems.append(f"{rel}:{call.lineno} {qual}: failpoint name is not a string literal")
                     continue
-                if name == "<not a literal>":
-                    problems.append(f"{rel}:{line} {qual}: failpoint name is not a string literal")
-                    continue
-                records = tuple(sorted({p.last_record for p in reaching}))
-                trails = tuple(sorted({p.trail for p in reaching}))
-                found.append(Failpoint(name, rel, qual, line, records, trails))
-            for name, line in own:
-                if not any(f.line == line and f.module == rel for f in found) and name != "<not a literal>":
-                    found.append(Failpoint(name or "<not a literal>", rel, qual, line))  # unreachable code
+                reaching = flow.reached.get((arg.value, call.lineno), set())
+                commands: list[str] = []
+                sent: list[str] = []
+                for p in sorted(reaching, key=lambda p: (-len(p.since), p.since)):
+                    commands += [c for c in p.since if c not in commands]
+                for p in sorted(reaching, key=lambda p: (-len(p.sent), p.sent)):
+                    sent += [c for c in p.sent if c not in sent]
+                found.append(Failpoint(arg.value, rel, qual, call.lineno,
+                                       records=tuple(sorted({p.last_record for p in reaching})),
+                                       commands=tuple(commands),
+                                       last_commands=tuple(sorted({p.last for p in reaching})),
+                                       sent=tuple(sent), conditional=_nesting(fn, call),
+                                       in_loop=_nesting(fn, call, (ast.For, ast.While, ast.AsyncFor))))
             if cls == MOVER_CLASS and path == mover and fn.name in rule_fns:
-                if not own:
+                if not calls:
                     violations.append(Violation("a", qual, fn.lineno, "a transition method without any failpoint"))
                 violations.extend(sorted(flow.violations.values(), key=lambda v: (v.rule, v.line)))
     found.sort(key=lambda f: (f.module, f.line))
     return Analysis(found, transitions, violations, problems, events)
-
-
-def _own_calls(fn: ast.AST):
-    """Calls in a function's own body (not in nested functions or lambdas)."""
-    stack = list(ast.iter_child_nodes(fn))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.Call):
-            yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
-def _is_failpoint(call: ast.Call) -> bool:
-    f = call.func
-    return (isinstance(f, ast.Name) and f.id == "failpoint") or (isinstance(f, ast.Attribute) and f.attr == "failpoint")
 
 
 def enumerate_failpoints() -> list[Failpoint]:
@@ -628,7 +778,8 @@ def main(argv: list[str]) -> int:
         return 0
     print("failpoints:")
     for p in a.failpoints:
-        print(f"  {p.name:<32} {p.function:<24} {p.module}:{p.line}  before: {p.before()}")
+        print(f"  {p.name:<22} {p.function:<24} {p.module}:{p.line}{'  (conditional)' if p.conditional else ''}\n"
+              f"      before: {p.before()}")
     print("transition methods:", ", ".join(a.transitions))
     for v in a.violations:
         print("  " + str(v))

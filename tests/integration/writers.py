@@ -79,9 +79,18 @@ class KeyModel:
     """Descriptions of the writes after the last acknowledged one whose outcome is unknown."""
     ambiguous_total: int = 0
     overflow: bool = False
+    anomalies: list[str] = field(default_factory=list)
+    """Acknowledged writes whose reply no state the history allows could have given (INCR answering a value the
+    counter never had, HSET creating a field it held, EXPIRE on a key that was gone): a write lost while the run
+    went on, seen by the client at once."""
 
-    def acknowledged(self, op: Callable[[State], State], description: str, exact: State | None = None) -> None:
-        """A write the server confirmed: every possible state gets it (or, `exact`, the reply says the state)."""
+    def acknowledged(self, op: Callable[[State], State], description: str, exact: State | None = None,
+                     consistent: Callable[[State], bool] | None = None) -> None:
+        """A write the server confirmed: every possible state gets it (or, `exact`, the reply says the state).
+        `consistent(state)` says whether the reply could come from the key being in that state before."""
+        if consistent is not None and not any(consistent(s) for s in self.possible) and not self.overflow:
+            self.anomalies.append(f"{description}: the reply says the key was not in any state its history allows "
+                                  f"(last acknowledged {_show(self.acked)})")
         self.possible = {exact} if exact is not None else {op(s) for s in self.possible}
         self.acked = exact if exact is not None else op(self.acked)
         self.acked_count += 1
@@ -112,11 +121,18 @@ class Lost:
     last_acked: State
     ambiguous: tuple[str, ...]
     candidates: int
+    anomalies: tuple[str, ...] = ()
+    ends_allowed: bool = False
 
     def __str__(self) -> str:
-        return (f"{self.key} ({self.kind}): holds {_show(self.observed)}; last acknowledged {_show(self.last_acked)}, "
-                f"{len(self.ambiguous)} ambiguous writes after it ({', '.join(self.ambiguous[-3:]) or 'none'}), "
-                f"{self.candidates} allowed states")
+        text = f"{self.key} ({self.kind}): "
+        if self.anomalies:
+            text += f"{len(self.anomalies)} replies no allowed state gives, first: {self.anomalies[0]}; "
+        if self.ends_allowed:
+            return text + f"ends with {_show(self.observed)}, an allowed state"
+        return text + (f"holds {_show(self.observed)}; last acknowledged {_show(self.last_acked)}, "
+                       f"{len(self.ambiguous)} ambiguous writes after it ({', '.join(self.ambiguous[-3:]) or 'none'}), "
+                       f"{self.candidates} allowed states")
 
 
 def _show(state: State) -> str:
@@ -130,9 +146,11 @@ def _show(state: State) -> str:
 
 def check_key(model: KeyModel, observed: State) -> Lost | None:
     """None when the observed end state is one the key's history allows, else what was lost."""
-    if observed in model.possible or model.overflow:
+    allowed = observed in model.possible or model.overflow
+    if allowed and not model.anomalies:
         return None
-    return Lost(model.key, model.kind, observed, model.acked, tuple(model.ambiguous), len(model.possible))
+    return Lost(model.key, model.kind, observed, model.acked, tuple(model.ambiguous), len(model.possible),
+                tuple(model.anomalies), allowed)
 
 
 @dataclass
@@ -151,6 +169,30 @@ class Report:
         if not self.lost:
             return head + "; no write lost"
         return head + f"; {len(self.lost)} keys lost a write:\n  " + "\n  ".join(str(x) for x in self.lost[:10])
+
+
+def reply_says(kind: str, description: str, op: Callable[[State], State], reply,
+               times: int) -> tuple[State | None, Callable[[State], bool] | None]:
+    """What an acknowledged write's reply says (pure): the exact state after it, when the reply gives it (INCR),
+    and which states before it could have given that reply (redis-py may have sent the command `times` times)."""
+    if kind == "counter":
+        value = int(reply)
+
+        def was(state: State) -> bool:
+            for _ in range(times):
+                state = op(state)
+                if int(state[0]) == value:
+                    return True
+            return False
+        return (str(value), False), was
+    if kind == "hash" and reply == 1:
+        field_name = description.split()[1]
+        return None, lambda state: state == ABSENT or field_name not in dict(state[0])
+    if description == "EXPIRE":
+        return None, (lambda state: state != ABSENT) if reply else (lambda state: state == ABSENT)
+    if description == "PERSIST" and reply:
+        return None, lambda state: state != ABSENT and state[1]
+    return None, None
 
 
 # -- the writers -----------------------------------------------------------------------------------------------------
@@ -277,9 +319,12 @@ class Writers:
                 self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
             model.unknown(op, f"{desc} ({type(e).__name__})", times=self.retries + 1 if model.kind == "counter" else 1)
             return
-        if model.kind == "counter":
-            exact = (str(int(reply)), False)  # INCR answers the value (after any retry); counters never get a TTL
-        model.acknowledged(op, desc, exact)
+        model.acknowledged(op, desc, *reply_says(model.kind, desc, op, reply, self.retries + 1))
+
+    def seen_lost(self) -> list[str]:
+        """Lost writes the clients saw while the run went on (replies no allowed state gives), key by key."""
+        return [f"{k}: {m.anomalies[0]}" + (f" (+{len(m.anomalies) - 1} more)" if len(m.anomalies) > 1 else "")
+                for k, m in self.models.items() if m.anomalies]
 
     # -- the end state ---------------------------------------------------------------------------------------------
 

@@ -225,3 +225,83 @@ def test_docs_rows_are_checked_against_the_code(tmp_path):
     assert fp.doc_problems([point], doc) == []
     doc.write_text("")
     assert "lacks a row for failpoint 'after_x'" in fp.doc_problems([point], doc)[0]
+
+
+def test_analysis_knows_an_empty_command_list_sends_nothing_and_follows_conditions_on_it(tmp_path):
+    a = _analyse(tmp_path, '''
+        def _open(self, group, states):
+            self.journal.record("slots_open")
+            failpoint("open_a")
+            unaware = [s for s in group if s]
+            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "NODE", "x") for s in unaware])
+            if unaware:
+                failpoint("open_told")
+            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group])
+            failpoint("open_b")
+
+        def _drain(self, group, states):
+            first = [n for n in group if n]
+            then = [n for n in group if not n]
+            self.journal.record("slot_closing")
+            failpoint("drain_a")
+            for node in first:
+                self._pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
+            if first and then:
+                failpoint("drain_b")
+            for node in then:
+                self._pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
+            failpoint("drain_c")
+    ''')
+    assert a.violations == []
+    told = next(p for p in a.failpoints if p.name == "open_told")
+    assert told.conditional and told.last_commands == ("SETSLOT NODE",)
+
+
+def test_analysis_reports_the_missing_guard_when_the_condition_does_not_match(tmp_path):
+    a = _analyse(tmp_path, '''
+        def _open(self, group, states):
+            failpoint("open_a")
+            unaware = [s for s in group if s]
+            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "NODE", "x") for s in unaware])
+            if states:
+                failpoint("open_told")
+            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group])
+
+        def _drain(self, group, states):
+            failpoint("drain_a")
+    ''')
+    assert _rules(a) == [("e", "_open")]  # unaware and group non-empty, states empty: NODE then IMPORTING
+
+
+def test_analysis_reads_the_commands_a_script_calls_and_lists_built_before_they_are_sent(tmp_path):
+    a = _analyse(tmp_path, '''
+        def _open(self, group, states):
+            failpoint("open_a")
+            self._settle(group)
+
+        def _settle(self, keys):
+            commands = [("EVAL", DELETE_SCRIPT, 1, k) for k in keys]
+            self.journal.record("busykey_compare")
+            self._pipeline("s", commands)
+            failpoint("settle_a")
+
+        def _drain(self, group, states):
+            self._pipeline("s", [("EVAL", READ_SCRIPT, 1, k) for k in group])
+            self._pipeline("s", [("CLUSTER", "SETSLOT", 1, "STABLE")])
+            failpoint("drain_a")
+    '''.replace("class Mover", "class Mover"))
+    # DELETE_SCRIPT and READ_SCRIPT are unknown names here: a script that cannot be read counts as changing
+    assert ("b", "_settle") in _rules(a) and "_settle" in a.transitions
+    source = (tmp_path / "mover.py").read_text()
+    (tmp_path / "mover.py").write_text(source.replace(
+        "from runbook_lib.cluster.journal import failpoint\n",
+        "from runbook_lib.cluster.journal import failpoint\n\nDELETE_SCRIPT = \"redis.call('DEL', KEYS[1])\"\n"
+        "READ_SCRIPT = \"return redis.call('MEMORY', 'USAGE', KEYS[1])\"\n"))
+    saved = fp.EXPECTED_TRANSITIONS
+    fp.EXPECTED_TRANSITIONS = {"_open", "_drain"}
+    try:
+        b = fp.analyse([tmp_path / "mover.py"], mover=tmp_path / "mover.py")
+    finally:
+        fp.EXPECTED_TRANSITIONS = saved
+    assert "_settle" in b.transitions and ("b", "_settle") in _rules(b)
+    assert ("e", "_drain") not in _rules(b), "a read-only script followed by a change is no pair of changes"

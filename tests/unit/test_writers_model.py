@@ -13,6 +13,7 @@ from tests.integration.writers import (
     op_incr,
     op_persist,
     op_set,
+    reply_says,
 )
 
 
@@ -106,3 +107,46 @@ def test_key_names_place_every_key_in_its_slot():
     keys = key_names([5, 16000], 4, tag_for_slot)
     assert [key_slot(k.encode()) for k, _ in keys] == [5] * 4 + [16000] * 4
     assert {kind for _, kind in keys} == {"string", "ttl-string", "counter", "hash"}
+
+
+def _ack(m: KeyModel, op, desc: str, reply, times: int = 1) -> None:
+    m.acknowledged(op, desc, *reply_says(m.kind, desc, op, reply, times))
+
+
+def test_an_incr_answering_a_value_the_counter_never_had_is_a_lost_write_seen_at_once():
+    m = KeyModel("c", "counter")
+    for n in (1, 2, 3):
+        _ack(m, op_incr(), "INCR", n)
+    _ack(m, op_incr(), "INCR", 1)  # the counter started again from nothing: its 3 was lost
+    lost = check_key(m, ("1", False))
+    assert lost is not None and lost.ends_allowed and "INCR" in lost.anomalies[0]
+    assert "replies no allowed state gives" in str(lost)
+
+
+def test_an_incr_after_ambiguous_ones_or_applied_twice_by_a_retry_is_consistent():
+    m = KeyModel("c", "counter")
+    _ack(m, op_incr(), "INCR", 1)
+    m.unknown(op_incr(), "INCR (ConnectionError)", times=2)
+    _ack(m, op_incr(), "INCR", 4, times=2)  # 1 + (0..2 ambiguous) + (1..2 this one)
+    assert m.anomalies == [] and check_key(m, ("4", False)) is None
+    _ack(m, op_incr(), "INCR", 9, times=2)
+    assert m.anomalies, "4 + at most 2 cannot answer 9"
+
+
+def test_hset_creating_a_field_the_key_held_and_expire_on_a_vanished_key_are_lost_writes():
+    h = KeyModel("h", "hash")
+    _ack(h, op_hset("f1", "a"), "HSET f1 1", 1)
+    _ack(h, op_hset("f1", "b"), "HSET f1 2", 0)
+    assert h.anomalies == []
+    _ack(h, op_hset("f1", "c"), "HSET f1 3", 1)  # the field was gone: the key was lost
+    assert h.anomalies and check_key(h, (frozenset({("f1", "c")}), False)) is not None
+    t = KeyModel("t", "ttl-string")
+    _ack(t, op_set("v1", True), "SET 1 EX", True)
+    _ack(t, op_expire(), "EXPIRE", True)
+    assert t.anomalies == []
+    _ack(t, op_expire(), "EXPIRE", False)
+    assert t.anomalies and "EXPIRE" in t.anomalies[0]
+    u = KeyModel("u", "ttl-string")
+    u.unknown(op_set("v1", True), "SET 1 EX (TimeoutError)")
+    _ack(u, op_expire(), "EXPIRE", False)
+    assert u.anomalies == [], "a key whose only SET was ambiguous may be absent"
