@@ -46,7 +46,7 @@ from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.config import Migration
-from runbook_lib.exceptions import MigrationError
+from runbook_lib.exceptions import CheckFailed, MigrationError
 from runbook_lib.sections.validate import health
 from tests.conftest import PORT_OFFSET, ROOT, start_sandbox
 from tests.failpoints import Failpoint, analyse
@@ -171,21 +171,43 @@ class Matrix:
                 restart(self.sb, f"127.0.0.1:{port}", self.creds)
         if not self.dirty:
             return  # the last point's checks passed: nothing to put right
-        _wait_healthy(self.creds, 60)
+        _wait_healthy(self.creds, 20)
         topo = self.topo()
         if topo.open_slots() or misplaced_keys(topo, self.creds):
             self.healed.append(f"{len(topo.open_slots())} open slot markers, stranded keys in "
                                f"{sorted(misplaced_keys(topo, self.creds))}")
+            self.tell_owners()
             try:
                 repair(topo, self.creds, self.reset_journal, self.settings, apply=True, foreign=True)
-            except MigrationError:
+            except (MigrationError, CheckFailed):
                 # a key on both sides with different values (the run stopped for a human): the owner's copy is the
                 # one clients read, so the importing side's copy goes, as an operator would decide
                 self.drop_importers_copies()
+                self.tell_owners()
                 repair(self.topo(), self.creds, self.reset_journal, self.settings, apply=True, foreign=True)
             topo = self.topo()
             assert not topo.open_slots() and not misplaced_keys(topo, self.creds), \
                 "an earlier point left the cluster in a state repair cannot settle; the matrix stops here"
+        left = current_plan(topo, self.creds, [NEW], self.settings)
+        if left.moves:
+            self.healed.append(f"moved {len(left.moves)} slots an earlier point left to move")
+            migrate(topo, self.creds, [NEW], self.settings, self.reset_journal, progress=False)
+
+    def tell_owners(self) -> None:
+        """Tell every master that disagrees about a slot's owner (an importing node ignores the claims of a promoted
+        replica; it may see the slot unassigned and its cluster_state fail) the owner the masters claim."""
+        topo = self.topo()
+        owners = topo.owners()
+        for view in topo.views.values():
+            if not view.myself.is_master:
+                continue
+            wrong = [slot for slot, seen in enumerate(view.owners()) if owners[slot] and seen != owners[slot]]
+            if wrong:
+                pipe = node_client(view.myself.address, self.creds).pipeline(transaction=False)
+                for slot in wrong:
+                    pipe.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owners[slot])
+                pipe.execute(raise_on_error=False)
+                self.healed.append(f"told {view.myself.address} the owner of slots {wrong[:8]}")
 
     def drop_importers_copies(self) -> None:
         topo = self.topo()
