@@ -295,7 +295,7 @@ class Writers:
         key = model.key
         value = f"{key}#{counter}"
         if model.kind == "string":
-            op, desc, send, exact = op_set(value, False), f"SET {counter}", lambda: client.set(key, value), None
+            op, desc, send = op_set(value, False), f"SET {counter}", lambda: client.set(key, value)
         elif model.kind == "ttl-string":
             choice = rng.random()
             if choice < 0.5 or model.acked == ABSENT:
@@ -304,14 +304,11 @@ class Writers:
                 op, desc, send = op_persist(), "PERSIST", lambda: client.persist(key)
             else:
                 op, desc, send = op_expire(), "EXPIRE", lambda: client.expire(key, 3600)
-            exact = None
         elif model.kind == "counter":
             op, desc, send = op_incr(1), "INCR", lambda: client.incr(key)
-            exact = None
         else:
             name = f"f{counter % 4}"
             op, desc, send = op_hset(name, value), f"HSET {name} {counter}", lambda: client.hset(key, name, value)
-            exact = None
         try:
             reply = send()
         except Exception as e:  # anything after the command may have been sent is ambiguous

@@ -103,6 +103,7 @@ def test_the_report_names_lost_keys_and_counts():
 
 def test_key_names_place_every_key_in_its_slot():
     from redis.crc import key_slot
+
     from tests.integration.faults import tag_for_slot
     keys = key_names([5, 16000], 4, tag_for_slot)
     assert [key_slot(k.encode()) for k, _ in keys] == [5] * 4 + [16000] * 4
