@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
+from typing import Iterable
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
+from runbook_lib.addresses import is_ip
 from runbook_lib.config import Credentials, parse_address
 from runbook_lib.exceptions import BadInput
 
@@ -27,6 +30,8 @@ def _auth_kwargs(creds: Credentials) -> dict:
 CLIENT_NAME = "runbook"
 """The name of every connection the runbook makes to a single node, so a node's CLIENT LIST tells the applications'
 connections from ours (the traffic probe's cluster clients stay unnamed: they stand for applications)."""
+LOCK_CLIENT_NAME = f"{CLIENT_NAME}-lock"
+"""The name of the run lock's cluster client (acquire, heartbeat, release): the runbook's own too."""
 
 
 def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redis.Redis:
@@ -37,14 +42,45 @@ def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redi
                        **_auth_kwargs(creds), **_tls_kwargs(creds))
 
 
-def application_connections(client: redis.Redis) -> int:
-    """Connections on one node that are neither the runbook's own nor replication links: the applications'."""
+CLUSTER_COMMANDS = frozenset({"restore-asking", "restore", "migrate", "replconf", "psync", "sync"})
+"""Commands no application sends (CLIENT LIST's `cmd=`): a source's MIGRATE keeps a cached connection to its target
+that runs RESTORE-ASKING (RESTORE outside cluster mode), a connection running MIGRATE moves slots, and a replica
+in its handshake runs REPLCONF and PSYNC before it is flagged S."""
+MIGRATE_SETUP = frozenset({"auth", "select"})
+"""What a source's MIGRATE sends first on a new cached connection; the cluster's own only from another node's IP."""
+
+
+def _canonical_ip(host: str) -> str:
+    """An IP literal in one spelling, an IPv4-mapped IPv6 address as its IPv4; "" for anything else."""
+    if not is_ip(host):
+        return ""
+    ip = ipaddress.ip_address(host.split("%")[0])
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+def _client_ip(addr: str) -> str:
+    """The IP of a CLIENT LIST `addr=` ("10.0.0.5:4242", "[::1]:4242"), canonical, or "" (a unix socket)."""
+    try:
+        host, _ = parse_address(addr)
+    except ValueError:
+        return ""
+    return _canonical_ip(host)
+
+
+def application_connections(client: redis.Redis, node_ips: Iterable[str] = ()) -> int:
+    """Connections on one node that are the applications', not the cluster's own: the runbook's (named `runbook...`),
+    replication links, and another node's MIGRATE connection (RESTORE-ASKING; AUTH/SELECT from a node's IP in
+    `node_ips`, the IPs the cluster knows its nodes by) are left out, so a target only MIGRATE reached counts 0."""
+    nodes = {_canonical_ip(ip) for ip in node_ips} - {""}
     raw = client.execute_command("CLIENT", "LIST")
     text = raw.decode() if isinstance(raw, bytes) else raw
     count = 0
     for line in text.splitlines():
         fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        if fields.get("name") == CLIENT_NAME or set(fields.get("flags", "")) & {"S", "M"}:
+        cmd = fields.get("cmd", "").lower()
+        if fields.get("name", "").startswith(CLIENT_NAME) or set(fields.get("flags", "")) & {"S", "M"} \
+                or cmd in CLUSTER_COMMANDS \
+                or (cmd in MIGRATE_SETUP and not fields.get("name") and _client_ip(fields.get("addr", "")) in nodes):
             continue
         count += 1
     return count
@@ -80,13 +116,15 @@ class NodeClients:
 
 
 def cluster_client(seeds: list[str], creds: Credentials, timeout: float = 5.0,
-                   client_class: type[RedisCluster] = RedisCluster) -> RedisCluster:
+                   client_class: type[RedisCluster] = RedisCluster, name: str | None = None) -> RedisCluster:
     """A cluster-aware client (decoded strings) that follows MOVED and ASK like an application would.
 
-    `client_class` may be a RedisCluster subclass (the traffic probe's AskSafeCluster).
+    `client_class` may be a RedisCluster subclass (the traffic probe's AskSafeCluster). `name` names its connections
+    (CLIENT SETNAME): the runbook's own start with CLIENT_NAME, so `application_connections` leaves them out; the
+    probe's stay unnamed, standing for applications.
     """
     nodes = [ClusterNode(*parse_address(a)) for a in seeds]
-    return client_class(startup_nodes=nodes, decode_responses=True, socket_timeout=timeout,
+    return client_class(startup_nodes=nodes, decode_responses=True, socket_timeout=timeout, client_name=name,
                         **_auth_kwargs(creds), **_tls_kwargs(creds))
 
 

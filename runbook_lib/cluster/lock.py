@@ -24,7 +24,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.connection import LOCK_CLIENT_NAME, cluster_client, node_client
 from runbook_lib.cluster.topology import Topology
 from runbook_lib.config import Credentials
 from runbook_lib.exceptions import BadInput, RunLocked
@@ -151,7 +151,7 @@ class RunLock:
 
     def _connect(self) -> RedisCluster:
         try:
-            return cluster_client([self.seed], self.creds)
+            return cluster_client([self.seed], self.creds, name=LOCK_CLIENT_NAME)
         except (redis.RedisError, OSError) as e:
             raise BadInput(f"cannot take the run lock on the cluster at {self.seed} ({e}); check that the cluster "
                            "is up and the params' credentials") from None
@@ -225,7 +225,7 @@ class RunLock:
 
     def _connect_quietly(self) -> RedisCluster | None:
         try:
-            return cluster_client([self.seed], self.creds)
+            return cluster_client([self.seed], self.creds, name=LOCK_CLIENT_NAME)
         except (redis.RedisError, OSError):
             return None
 

@@ -346,9 +346,10 @@ class Mover:
         return next_group(moves, self.settings.slots_in_flight, self.clients_know)
 
     def clients_know(self, target: str) -> bool:
-        """Whether the applications know the new master `target`: it has as many application connections as the least
-        connected other master (CLIENT LIST, checked at most twice a second), or `client_learn_wait_s` has passed
-        since the first check (journaled either way). A client that does not know it fails on an ASK to it."""
+        """Whether the applications know the new master `target`: it has as many application connections (not the
+        cluster's own: replication, MIGRATE from other nodes, ours) as the least connected other master (CLIENT LIST,
+        checked at most twice a second), or `client_learn_wait_s` has passed since the first check (journaled either
+        way). A client that does not know it fails on an ASK to it."""
         with self._learn_lock:
             if target in self._known or self.settings.client_learn_wait_s <= 0 or target not in self.masters:
                 return True
@@ -358,7 +359,8 @@ class Mover:
                 return False
             self._learning[target] = (deadline, now)
             try:
-                counts = {m: application_connections(self.client(m)) for m in self.masters}
+                node_ips = {ip for ip, _ in self.migrate_to.values()}
+                counts = {m: application_connections(self.client(m), node_ips) for m in self.masters}
             except (redis.RedisError, OSError):
                 return False
             others = [n for m, n in counts.items() if m != target]
@@ -389,16 +391,18 @@ class Mover:
         except MigrationError as e:
             others = [s for s in dict.fromkeys(slots) if s != e.slot]
             if step is next_step and others and e.slot in slots and not isinstance(e, Unsettled):
-                self._wind_down(others, source, target, e)
+                self._wind_down(others, source, target, e, assigned)
             raise
 
-    def _wind_down(self, slots: list[int], source: str, target: str, cause: MigrationError) -> None:
+    def _wind_down(self, slots: list[int], source: str, target: str, cause: MigrationError,
+                   assigned: list[Move] | None) -> None:
         """After one slot of a group stopped the run, finish or close every other slot of the group (closed when
         nothing moved under its markers, else finished), so at most the slot that failed stays open."""
         self.journal.record("wind_down", slots=slots, cause=str(cause))
         try:
-            self._drive(slots, source, target, repair_step, None)
-        except (MigrationError, TopologyChanged) as e:
+            self.refresh()
+            self._drive(slots, source, target, repair_step, assigned)
+        except (MigrationError, TopologyChanged, BadInput) as e:
             self.journal.record("wind_down_incomplete", slots=slots, error=str(e))
 
     def _drive(self, slots: list[int], source: str, target: str, step: Callable[[SlotState, str, str], Transition],
@@ -881,11 +885,10 @@ class Mover:
                               ("EVAL", SAME_COPY_DEL_SCRIPT, 1, k, payload, ttl, slack_ms))]
         replies = self._pipeline(src_id, commands, raise_on_error=False)
         replies = replies[1::2] if source_asking else replies
-        deleted = []
+        deleted = [k.decode(errors="replace") for (k, _, _), reply in zip(todo, replies) if reply == 1]
+        if deleted:
+            self.journal.record("busykey_same_value", slot=slot, keys=deleted, action="deleted the source copies")
         for (key, payload, _), reply in zip(todo, replies):
-            if reply == 1:
-                deleted.append(key.decode(errors="replace"))
-                continue
             if reply in (-1, -2):
                 name = key.decode(errors="replace")
                 what = "values" if reply == -1 else "expiry (TTL)"
@@ -893,8 +896,6 @@ class Mover:
                 raise MigrationError(slot, f"key {name!r} exists on both {self.name(src_id)} and {self.name(tgt_id)} "
                                            f"with different {what}; both copies are kept and the slot is left open. "
                                            "Decide which copy is right, delete the other, then `runbook resume`")
-        if deleted:
-            self.journal.record("busykey_same_value", slot=slot, keys=deleted, action="deleted the source copies")
 
     def _broadcast_owners(self, assigned: list[Move]) -> None:
         """Tell every other master the new owners of handed-over slots, one pipeline each (gossip would, later).

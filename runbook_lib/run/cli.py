@@ -280,27 +280,18 @@ def _print_would(out: dict, doing: str, topo, params) -> int:
 
 
 def _leftover_watchers(run_dir: Path, acting: bool) -> None:
-    """Stop (or, in a dry run, name) the probe and sampler an interrupted run left running in its folder: they are
-    not ours to adopt (their process is gone, the lock is ours), and fresh ones start for the slots moved now."""
+    """Stop (or, in a dry run, name) the probe and sampler an interrupted run left running in its folder."""
     from runbook_lib.watch import lifecycle
-    found = lifecycle.running(run_dir)
-    if not found:
-        return
-    if acting:
-        lifecycle.stop_all(run_dir)
-    print(f"{'stopped' if acting else 'would stop'} {lifecycle.describe(found)}, still running from the interrupted "
-          "run in this run folder")
+    line = lifecycle.stop_leftovers(run_dir, acting)
+    if line:
+        print(line)
 
 
 def _pace(params, run_dir: Path, journal: Journal):
     """The watch 40_migrate moves slots under (sampler, probe, baseline, throttle), started before the first batch."""
     from runbook_lib.watch import lifecycle
-
-    def started(watch) -> None:
-        print("watching: " + ", ".join(f"{name} {state}" for name, state in watch.started.items())
-              + (f"; latency baseline p99 {watch.baseline['p99_ms']:.2f} ms" if watch.baseline.get("p99_ms") else "")
-              + "; every batch gated by the throttle", flush=True)
-    return lifecycle.WatchWhenMoving(params, run_dir, journal, on_start=started)
+    return lifecycle.WatchWhenMoving(params, run_dir, journal,
+                                     on_start=lambda watch: print(lifecycle.watching(watch), flush=True))
 
 
 def _stop_watch(run_dir: Path) -> None:
@@ -322,41 +313,33 @@ def _finish_rollback(params, run_dir: Path, out: dict) -> int:
 
 
 def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
-    """Roll back to the run's before-picture, or say exactly what rolling back would do."""
+    """Roll back to the run's before-picture (the path 90_rollback takes too), or say exactly what it would do."""
     from runbook_lib.cluster.topology import names as topology_names
-    from runbook_lib.cluster.topology import observe
-    from runbook_lib.config import new_node_addresses
-    from runbook_lib.sections.rollback import rollback
-    snapshot = json.loads((run_dir / "baseline.json").read_text())
-    if not snapshot.get("pre_expansion"):
-        raise BadInput(f"{run_dir / 'baseline.json'} was taken after the new nodes joined; roll back from the run "
-                       "folder whose preflight ran before the expansion")
+    from runbook_lib.sections.rollback import watched_rollback
     journal = Journal(run_dir / "journal.jsonl")
     print(f"{'rolling back' if acting else 'would roll back'} to the layout recorded in {run_dir / 'baseline.json'}")
-    _leftover_watchers(run_dir, acting)
-    try:
-        if acting:
-            topo = observe(params.model.cluster.seed, params.credentials())
-        out = rollback(topo, params.credentials(), snapshot, new_node_addresses(params), params.model.migration,
-                       journal, apply=acting, bigkeys=params.model.bigkeys,
-                       throttle=_pace(params, run_dir, journal) if acting else None)
-        if not acting:
-            plan = out["plan"]
-            if plan.moves:
-                _print_plan(plan, topology_names(topo), prefix="would move back ")
-            else:
-                print("no slot to move back")
-            for line in out["removal"].actions:
-                print("would: " + line)
-            for line in out["removal"].notes:
-                print(line)
-            return 0
-        print(f"moved {len(out['plan'].moves)} slots back to their owners ({run_dir.name}) in "
-              f"{len(out['batches'])} batches")
-        return _finish_rollback(params, run_dir, out)
-    finally:
-        if acting:
-            _stop_watch(run_dir)
+    out = watched_rollback(params, run_dir, topo, journal, apply=acting, tell=lambda line: print(line, flush=True))
+    if not acting:
+        plan = out["plan"]
+        if plan.moves:
+            _print_plan(plan, topology_names(topo), prefix="would move back ")
+        else:
+            print("no slot to move back")
+        for line in out["removal"].actions:
+            print("would: " + line)
+        for line in out["removal"].notes:
+            print(line)
+        return 0
+    print(f"moved {len(out['plan'].moves)} slots back to their owners ({run_dir.name}) in "
+          f"{len(out['batches'])} batches")
+    print(f"deleted {out['probe_keys']} keys the run's traffic probe had written")
+    if out["stopped"]:
+        print(f"stopped the {' and '.join(out['stopped'])} started for this command")
+    for line in out["removal"].actions + out["removal"].notes:
+        print(line)
+    for c in out["checks"]:
+        print(f"{c.status:5} {c.name}: {c.detail}")
+    return 1 if any(c.status == "fail" for c in out["checks"]) else 0
 
 
 def _slot(text: str) -> int:

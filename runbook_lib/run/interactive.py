@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runbook_lib.cluster.connection import cluster_client
+from runbook_lib.cluster.connection import LOCK_CLIENT_NAME, cluster_client
 from runbook_lib.cluster.lock import RUN_ID_ENV, RunLock, new_run_id, read_lock
 from runbook_lib.cluster.topology import Topology
 from runbook_lib.config import Params
@@ -199,7 +199,7 @@ def _pids(run_dir: Path) -> set[int]:
 
 def runner_holds_lock(params: Params, run_id: str) -> bool:
     """Whether the cluster's run lock is held by the run `run_id` (the runner that started this kernel)."""
-    client = cluster_client([params.model.cluster.seed], params.credentials())
+    client = cluster_client([params.model.cluster.seed], params.credentials(), name=LOCK_CLIENT_NAME)
     try:
         state = read_lock(client)
     finally:

@@ -101,8 +101,8 @@ def downtime_row(down: dict, checks: list[dict]) -> Row:
 
 
 def data_row(validate: dict | None) -> Row:
-    """60_validate's checks of the data and the cluster (coverage, agreement, no key stranded, hand-overs empty, the
-    round trip, the key count), the acceptance checks left out (pure)."""
+    """60_validate's checks of the data and the cluster (coverage, agreement, no key stranded, the round trip,
+    the key count), the acceptance checks left out (pure)."""
     if validate is None:
         return Row("data checks", f"{NOT_RUN}: {VALIDATE} did not run in this run folder", "every check passes",
                    NOT_RUN)

@@ -84,9 +84,12 @@ def add_masters(seed: str, creds: Credentials, addresses: list[str], journal: Jo
 
 def add_replicas(seed: str, creds: Credentials, pairs: list[tuple[str, str]], journal: Journal, apply: bool,
                  timeout: float = 60.0) -> StepReport:
-    """Attach each (replica, master) pair: meet the replica, CLUSTER REPLICATE, wait for master_link_status:up."""
+    """Attach each (replica, master) pair: meet the replica, CLUSTER REPLICATE, wait for master_link_status:up.
+
+    Every pair is checked before anything changes: a replica that already serves another master is refused (a
+    BadInput naming that master), never re-pointed silently; one already attached to its master is left as it is."""
     topo = observe(seed, creds)
-    actions, notes, waits = [], [], []
+    actions, notes, waits, todo = [], [], [], []
     for replica, master in pairs:
         m, r = topo.by_address(master), topo.by_address(replica)
         if _failed_over(m, r, creds):
@@ -103,19 +106,26 @@ def add_replicas(seed: str, creds: Credentials, pairs: list[tuple[str, str]], jo
             continue
         if r is not None and r.is_master and r.slots:
             raise BadInput(f"{topo.known_as(replica)} is a master owning {len(r.slots)} slots; it cannot become a replica")
+        if r is not None and not r.is_master and r.master_id:
+            serving = topo.nodes.get(r.master_id)
+            raise BadInput(f"{topo.known_as(replica)} is already a replica of "
+                           f"{serving.address if serving else 'a node'} ({r.master_id[:8]}); params name it the "
+                           f"replica of {topo.known_as(master)}, and CLUSTER REPLICATE would take it from the master "
+                           "it serves. Name a fresh node as the replica in params; nothing was changed")
         rid = r.id if r is not None else check_fresh(replica, creds)
         if r is None:
             actions.append(f"CLUSTER MEET {replica} (node {rid[:8]}) via {seed}")
         actions.append(f"CLUSTER REPLICATE {m.id[:8]} on {replica} (replica of {master})")
-        if apply:
-            if r is None:
+        todo.append((replica, rid, m.id, r is None))
+        waits.append((replica, m.id))
+    if apply:
+        for replica, rid, master_id, meet in todo:
+            if meet:
                 journal.record("node_meet", address=replica, node=rid, role="replica")
                 _meet(seed, replica, creds)
                 wait_known(seed, creds, [rid], timeout)
-            journal.record("replica_attach", address=replica, node=rid, master=m.id)
-            node_client(replica, creds).execute_command("CLUSTER REPLICATE", m.id)
-        waits.append((replica, m.id))
-    if apply:
+            journal.record("replica_attach", address=replica, node=rid, master=master_id)
+            node_client(replica, creds).execute_command("CLUSTER REPLICATE", master_id)
         for replica, master_id in waits:
             wait_replica_synced(seed, creds, replica, master_id, timeout)
     return StepReport(actions=actions, notes=notes)

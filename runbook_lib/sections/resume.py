@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.migrate import current_plan, migrate, new_master_ids
+from runbook_lib.cluster.mover import journal_pairs
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.topology import Topology, observe
 from runbook_lib.config import BigKeys, Credentials, Migration
@@ -47,7 +48,7 @@ def resume(seed: str, creds: Credentials, journal: Journal, settings: Migration,
     out = {"phase": doing, "repaired": fixed, "batches": [], "foreign": fixed.notes, "blocked": blocked,
            "waiting": waiting}
     if blocked or waiting or not apply:
-        return out | {"plan": _plan(doing, topo, creds, new_addresses, settings, snapshot)}
+        return out | {"plan": _plan(doing, topo, creds, new_addresses, settings, snapshot, journal)}
     if doing == "rollback":
         done = rollback(topo, creds, snapshot, new_addresses, settings, journal, apply=True, bigkeys=bigkeys,
                         progress=progress, throttle=throttle)
@@ -68,8 +69,9 @@ def _not_joined(topo: Topology, new_addresses: list[str]) -> str:
 
 
 def _plan(doing: str, topo: Topology, creds: Credentials, new_addresses: list[str], settings: Migration,
-          snapshot: dict | None):
-    """What is left to move, from the live slot map (nothing is changed)."""
+          snapshot: dict | None, journal: Journal):
+    """What is left to move, from the live slot map (nothing is changed); a rollback follows the failovers the
+    journal recorded."""
     if doing == "rollback":
-        return rollback_plan(snapshot, topo, settings.slots_per_batch)
+        return rollback_plan(snapshot, topo, settings.slots_per_batch, journal_pairs(journal))
     return current_plan(topo, creds, new_addresses, settings, allow_unjoined=True)

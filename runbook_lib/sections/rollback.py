@@ -1,21 +1,27 @@
-"""Rollback: move every slot back to its owner in the before-snapshot, then remove the new nodes from the cluster."""
+"""Rollback: move every slot back to its shard in the before-snapshot (its master then, or the replica promoted in
+its place since), then remove the new nodes from the cluster."""
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import redis
 
+from runbook_lib import progress as shown
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.mover import Mover
+from runbook_lib.cluster.mover import Mover, journal_pairs
 from runbook_lib.cluster.plan import Move, Plan
 from runbook_lib.cluster.repair import settle_own_open_slots
+from runbook_lib.cluster.slots import Shards
 from runbook_lib.cluster.topology import SLOTS, Topology, observe, parse_ranges
-from runbook_lib.config import BigKeys, Credentials, Migration
+from runbook_lib.config import BigKeys, Credentials, Migration, Params, new_node_addresses
 from runbook_lib.exceptions import BadInput, CheckFailed
+from runbook_lib.watch import lifecycle
 
 if TYPE_CHECKING:
     from runbook_lib.cluster.mover import Pace
@@ -26,23 +32,45 @@ def original_owners(snapshot: dict) -> dict[str, set[int]]:
     return {m["id"]: parse_ranges(m["slots"]) for m in snapshot["masters"]}
 
 
-def rollback_plan(snapshot: dict, topo: Topology, slots_per_batch: int) -> Plan:
-    """Moves that return every slot whose owner changed to its recorded owner, in batches."""
+def serving_masters(snapshot: dict, topo: Topology, pairs: Iterable[tuple[str, str]] = ()) -> dict[str, str | None]:
+    """Each recorded master's id -> the healthy master now serving its shard: itself, or the replica promoted in its
+    place (a failover since the snapshot); None while no replica has taken over. Who replicated whom comes from the
+    snapshot's replicas, `pairs` (the journal's `replication` records, `mover.journal_pairs`) and the live cluster."""
+    shards = Shards(pairs)
+    shards.learn({e.id: m["id"] for m in snapshot["masters"] for e in map(topo.by_address, m.get("replicas", []))
+                  if e is not None and e.id != m["id"]})
+    live = {e.id: e.master_id for e in topo.nodes.values() if not e.is_master and e.master_id}
+    shards.learn(live)
+    masters = {m.id for m in topo.masters()}
+    return {m["id"]: shards.current(m["id"], masters, live) for m in snapshot["masters"]}
+
+
+def rollback_plan(snapshot: dict, topo: Topology, slots_per_batch: int,
+                  pairs: Iterable[tuple[str, str]] = ()) -> Plan:
+    """Moves that return every slot to its recorded shard (the master now serving it, see `serving_masters`), in
+    batches."""
     owners = topo.owners()
     current = {m.id: 0 for m in topo.masters()}
     for o in owners:
         if o is not None:
             current[o] = current.get(o, 0) + 1
+    serving = serving_masters(snapshot, topo, pairs)
+    names = {e.id: e.address for e in topo.nodes.values()}
+    shared = [m for m in serving.values() if m is not None and list(serving.values()).count(m) > 1]
+    if shared:
+        raise BadInput(f"{names.get(shared[0], shared[0][:8])} now serves the shards of several original masters; "
+                       "the recorded layout cannot be restored (check `runbook check` and the nodes' roles)")
     moves = []
-    for master_id, slots in original_owners(snapshot).items():
-        if master_id not in current:
-            raise BadInput(f"original master {master_id[:8]} is no longer in the cluster; rollback needs every "
-                           "original master (check `runbook check` and the node's state)")
-        for s in sorted(slots):
+    for m in snapshot["masters"]:
+        target = serving[m["id"]]
+        if target is None:
+            raise BadInput(f"original master {m['address']} ({m['id'][:8]}) is not a healthy master and no replica "
+                           "has taken over its shard; wait for the failover or bring the node back, then roll back")
+        for s in sorted(parse_ranges(m["slots"])):
             if owners[s] is None:
                 raise BadInput(f"slot {s} has no owner; repair the cluster before rolling back")
-            if owners[s] != master_id:
-                moves.append(Move(slot=s, source=owners[s], target=master_id))
+            if owners[s] != target:
+                moves.append(Move(slot=s, source=owners[s], target=target))
     after = dict(current)
     for m in moves:
         after[m.source] -= 1
@@ -92,17 +120,23 @@ def _wait_forgotten(seed: str, creds: Credentials, ids: set[str], timeout: float
         time.sleep(0.2)
 
 
-def compare_with_snapshot(snapshot: dict, topo: Topology) -> list[Check]:
-    """Prove the original layout: same masters, same slots each, no extra node in any view."""
+def compare_with_snapshot(snapshot: dict, topo: Topology, pairs: Iterable[tuple[str, str]] = ()) -> list[Check]:
+    """Prove the original layout: each recorded shard (its master, or the replica promoted in its place) holds the
+    same slots as before, no other master holds any, no extra node in any view."""
     checks = []
     owned = topo.slots_by_master()
     original = original_owners(snapshot)
+    serving = serving_masters(snapshot, topo, pairs)
+    names = {e.id: e.address for e in topo.nodes.values()}
     for m in snapshot["masters"]:
-        now = owned.get(m["id"], set())
+        now = owned.get(serving[m["id"]] or m["id"], set())
         ok = now == original[m["id"]]
+        moved = serving[m["id"]] not in (None, m["id"])
+        where = f", on {names.get(serving[m['id']])}, its replica promoted in its place" if moved else ""
         checks.append(Check(f"slots of {m['address']}", "pass" if ok else "fail",
-                            f"{len(now)} slots, as before" if ok else f"{len(now)} slots now, {len(original[m['id']])} before"))
-    known = {m["id"] for m in snapshot["masters"]}
+                            (f"{len(now)} slots, as before" if ok else
+                             f"{len(now)} slots now, {len(original[m['id']])} before") + where))
+    known = {serving[m["id"]] or m["id"] for m in snapshot["masters"]}
     extra = sorted({e.address for e in topo.masters() if e.id not in known})
     checks.append(Check("no extra masters", "pass" if not extra else "fail",
                         "only the original masters" if not extra else "still present: " + ", ".join(extra)))
@@ -121,7 +155,8 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
         topo = settle_own_open_slots(topo, creds, journal, settings, bigkeys)
     elif topo.open_slots():
         raise CheckFailed("open slots in the cluster; `runbook check` shows them, `runbook resume` repairs them")
-    plan = rollback_plan(snapshot, topo, settings.slots_per_batch)
+    pairs = journal_pairs(journal)
+    plan = rollback_plan(snapshot, topo, settings.slots_per_batch, pairs)
     results = []
     if apply:
         journal.record("rollback_start", moves=len(plan.moves))
@@ -129,5 +164,59 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
         results = Mover(topo, creds, settings, journal, bigkeys).run(plan, progress=progress, throttle=throttle)
     removal = remove_nodes(topo.seed, creds, new_addresses, journal, apply=apply) if apply or not plan.moves else \
         StepReport(actions=[f"remove {a}" for a in new_addresses], notes=["after the slots are back"])
-    checks = compare_with_snapshot(snapshot, observe(topo.seed, creds)) if apply else []
+    checks = compare_with_snapshot(snapshot, observe(topo.seed, creds), journal_pairs(journal)) if apply else []
     return {"plan": plan, "batches": results, "removal": removal, "checks": checks}
+
+
+def watched_rollback(params: Params, run_dir: Path, topo: Topology, journal: Journal, apply: bool,
+                     tell: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
+    """The rollback every entry point runs (90_rollback, `runbook rollback`), so each moves slots under the same watch.
+
+    The run's before-picture must predate the expansion. With `apply` (the caller has confirmed the cluster and holds
+    the run lock) the watchers an interrupted run left in `run_dir` are stopped, the slots go back under the pace,
+    gates, probe and sampler of 40_migrate (started before the first batch), the probe's keys are deleted and the
+    watchers stopped at the end; `tell` hears each of these as a line; a progress bar where someone watches
+    (`runbook_lib.progress.wanted`). Returns `rollback`'s outcome and `leftover`
+    (the line on the watchers found running, "" when none), `watch` (None when no slot moved), `probe_keys` (deleted)
+    and `stopped` (the watchers stopped at the end)."""
+    say = tell or (lambda line: None)
+    path = run_dir / "baseline.json"
+    if not path.exists():
+        raise BadInput(f"{path} is missing; rollback needs the before-picture 00_preflight takes in this run folder")
+    snapshot = json.loads(path.read_text())
+    if not snapshot.get("pre_expansion"):
+        raise BadInput(f"{path} was taken after the new nodes joined; roll back from the run folder whose preflight "
+                       "ran before the expansion")
+    leftover = lifecycle.stop_leftovers(run_dir, acting=apply)
+    if leftover:
+        say(leftover)
+    creds, model, progress = params.credentials(), params.model, shown.wanted(progress)
+    if not apply:
+        out = rollback(topo, creds, snapshot, new_node_addresses(params), model.migration, journal, apply=False,
+                       bigkeys=model.bigkeys, progress=progress)
+        return out | {"leftover": leftover, "watch": None, "probe_keys": 0, "stopped": []}
+    pace = lifecycle.WatchWhenMoving(params, run_dir, journal, on_start=lambda w: say(lifecycle.watching(w)))
+    try:
+        out = rollback(observe(model.cluster.seed, creds), creds, snapshot, new_node_addresses(params),
+                       model.migration, journal, apply=True, bigkeys=model.bigkeys, progress=progress, throttle=pace)
+        probe_keys = lifecycle.discard_probe(params, run_dir)
+    finally:
+        stopped = lifecycle.stop_all(run_dir)
+    return out | {"leftover": leftover, "watch": pace.watch, "probe_keys": probe_keys, "stopped": stopped}
+
+
+def outcome_rows(outcome: dict, apply: bool) -> list[dict]:
+    """What `watched_rollback` did, or in a dry run would do, one step a row, for a table."""
+    plan, watch = outcome["plan"], outcome["watch"]
+    rows = [{"step": "watchers left running", "detail": outcome["leftover"]}] if outcome["leftover"] else []
+    if watch is not None:
+        rows.append({"step": "watch", "detail": lifecycle.watching(watch)})
+    rows.append({"step": "slots moved back" if apply else "slots to move back",
+                 "detail": f"{len(plan.moves)} slots to their shards in "
+                           f"{len(outcome['batches']) if apply else len(plan.batches)} batches"})
+    rows += [{"step": "removal" if apply else "removal (would do)", "detail": a} for a in outcome["removal"].actions]
+    rows += [{"step": "note", "detail": n} for n in outcome["removal"].notes]
+    if apply:
+        rows.append({"step": "probe keys deleted", "detail": f"{outcome['probe_keys']} keys the run's traffic probe "
+                                                             "had written"})
+    return rows

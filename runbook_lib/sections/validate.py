@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Iterable
 
 from runbook_lib.checks import Check
-from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.connection import CLIENT_NAME, cluster_client, node_client
 from runbook_lib.cluster.lock import lock_keys
 from runbook_lib.cluster.topology import SLOTS, Topology, misplaced_keys
 from runbook_lib.config import Credentials
@@ -85,21 +84,6 @@ def keys_where_they_belong(topo: Topology, creds: Credentials) -> Check:
                                                    f"them: {detail}; `runbook resume` moves them to their owner")
 
 
-def handovers_clean(entries: Iterable[dict]) -> Check:
-    """Every slot this run handed over was empty on its source at hand-over (from the journal)."""
-    handed, dirty = 0, []
-    for e in entries:
-        if e["event"] != "slots_handover":
-            continue
-        handed += len(e["slots"])
-        dirty += [(int(s), n) for s, n in e.get("source_keys", {}).items() if n]
-    if not handed:
-        return Check("hand-overs left no key behind", "pass", "this run handed no slot over")
-    return _check("hand-overs left no key behind", not dirty,
-                  f"{handed} slots handed over, each with 0 keys left on its source" if not dirty
-                  else f"{len(dirty)} slots handed over with keys on the source: {dirty[:5]}")
-
-
 def key_count_change(topo: Topology, creds: Credentials, baseline: dict, quiet: bool) -> Check:
     """The key count against the before-picture, with what explains the change (expiry, eviction).
 
@@ -122,7 +106,7 @@ def key_count_change(topo: Topology, creds: Credentials, baseline: dict, quiet: 
 
 def round_trip(topo: Topology, creds: Credentials, count: int = 16) -> Check:
     """Write test keys through a cluster client, read them back, and check CLUSTER KEYSLOT against their owner."""
-    client = cluster_client([m.address for m in topo.masters()], creds)
+    client = cluster_client([m.address for m in topo.masters()], creds, name=CLIENT_NAME)
     owners = topo.owners()
     address = {e.id: e.address for e in topo.nodes.values()}
     stamp = f"{time.time():.6f}"

@@ -236,6 +236,19 @@ def describe(found: dict[str, list[int]]) -> str:
                         for n, p in found.items())
 
 
+def stop_leftovers(run_dir: Path, acting: bool) -> str:
+    """Stop (or, in a dry run, only name) the probe and sampler an interrupted run left running in its folder: they
+    are not ours to adopt, and fresh ones start for the slots moved now. Returns what was found, as a sentence for the
+    operator ("" when nothing ran)."""
+    found = running(run_dir)
+    if not found:
+        return ""
+    if acting:
+        stop_all(run_dir)
+    return (f"{'stopped' if acting else 'would stop'} {describe(found)}, still running from the interrupted run in "
+            "this run folder")
+
+
 def stop_all(run_dir: Path) -> list[str]:
     """Stop whatever still runs for this run folder (the runner calls this when a run ends or fails)."""
     found = running(run_dir)
@@ -459,6 +472,13 @@ def watch(params: Params, run_dir: Path, journal: Journal) -> Watch:
         pace = Throttle(settings, run_gate(run_dir, gates, base["p99_ms"], gates.window_s), journal,
                         pause_after_s=gates.pause_after_s)
     return Watch(throttle=windowed(pace, settings.window, journal), baseline=base, started=started)
+
+
+def watching(watch: Watch) -> str:
+    """What a watch started, its latency baseline and that it gates every batch, as a line for the operator."""
+    base = watch.baseline.get("p99_ms")
+    return ("watching: " + ", ".join(f"{name} {state}" for name, state in watch.started.items())
+            + (f"; latency baseline p99 {base:.2f} ms" if base else "") + "; every batch gated by the throttle")
 
 
 class WatchWhenMoving:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -29,29 +30,33 @@ def sandbox(tmp_path_factory):
     sb.down()
 
 
-class FailOverBeforeBatch:
-    """Throttle-shaped hook: before batch `at`, fail the source over and wait until its replica is master, so the
-    failover lands mid-migration every time instead of racing it."""
+class FailOverMidBatch:
+    """Throttle-shaped hook: before the `at`-th group of slots (mid-batch: the mover checks the cluster between
+    batches), fail the source over and wait until its replica is master, so the failover lands mid-migration every
+    time instead of racing it."""
 
-    def __init__(self, settings: Migration, creds, source: str, replica: str, at: int = 3) -> None:
+    def __init__(self, settings: Migration, creds, source: str, replica: str, at: int = 12) -> None:
         self.settings, self.creds, self.source, self.replica, self.at = settings, creds, source, replica, at
-        self.done_before: int | None = None
+        self.groups = 0
+        self.done = False
+        self._lock = threading.Lock()
 
     def before_batch(self, batch: int) -> Migration:
-        if batch == self.at:
+        return self.settings
+
+    def before_group(self) -> Migration:
+        with self._lock:
+            self.groups += 1
+            if self.groups != self.at:
+                return self.settings
             deadline = time.time() + 60
-            while time.time() < deadline:
+            while time.time() < deadline and not self.done:
                 node_client(self.replica, self.creds).execute_command("CLUSTER", "FAILOVER")
                 settle = time.time() + 10
                 while time.time() < settle and not self._switched():
                     time.sleep(0.1)
-                if self._switched():
-                    self.done_before = batch
-                    break
-            assert self.done_before, f"{self.replica} did not take over from {self.source} within 60 s"
-        return self.settings
-
-    def before_group(self) -> Migration:
+                self.done = self._switched()
+            assert self.done, f"{self.replica} did not take over from {self.source} within 60 s"
         return self.settings
 
     def end(self) -> None:
@@ -74,10 +79,10 @@ def test_source_failover_mid_migration_loses_nothing(sandbox, tmp_path):
     replica = topo.replicas_of(source.id)[0]
 
     settings = Migration(preset="fast", slots_per_batch=128, pause_between_batches_s=0.3, convergence_timeout_s=60)
-    hook = FailOverBeforeBatch(settings, creds, SEED, replica.address)
+    hook = FailOverMidBatch(settings, creds, SEED, replica.address)
     plan, batches = migrate(topo, creds, [NEW], settings, journal, progress=False, throttle=hook)
 
-    assert hook.done_before == 3
+    assert hook.done and hook.groups > hook.at, "the failover did not land mid-migration"
     assert sum(b.slots for b in batches) == 4096
     events = [e["event"] for e in journal.entries()]
     assert "topology_changed" in events, "the mover never met the failover; the test proved nothing"

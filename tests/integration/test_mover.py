@@ -24,7 +24,7 @@ from tests.integration.faults import fill_slot, tag_for_slot
 from tests.integration.test_recovery import joined, kill
 
 pytestmark = pytest.mark.integration
-PORT = 8940 + PORT_OFFSET
+PORT = 9340 + PORT_OFFSET
 SETTINGS = Migration(preset="fast", warmup_slot=False, client_learn_wait_s=0)
 
 

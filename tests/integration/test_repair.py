@@ -74,14 +74,14 @@ def test_busykey_same_value_is_settled_and_different_value_stops(cluster):
     on_target(creds, target, "RESTORE", same, 0, src.dump(same))
     on_target(creds, target, "SET", differs, "another value")
 
-    stopped = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
+    stopped = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir), "--slot", str(slot))
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     assert differs in stopped.stderr and "different values" in stopped.stderr and "both copies are kept" in stopped.stderr
     assert src.get(differs) == differs.encode() and on_target(creds, target, "GET", differs) == b"another value"
     assert {o["slot"] for o in observe(source, creds).open_slots()} == {slot}
 
     on_target(creds, target, "DEL", differs)
-    resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir))
+    resumed = cli("resume", "--params", str(sb.root / "params.yaml"), "--run-dir", str(run_dir), "--slot", str(slot))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
     assert any(e["event"] == "busykey_same_value" and same in e["keys"] for e in events)
