@@ -316,7 +316,7 @@ class Writers:
                 self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
             model.unknown(op, f"{desc} ({type(e).__name__})", times=self.retries + 1 if model.kind == "counter" else 1)
             return
-        model.acknowledged(op, desc, *reply_says(model.kind, desc, op, reply, self.retries + 1))
+        model.acknowledged(op, f"{desc} answered {reply!r}", *reply_says(model.kind, desc, op, reply, self.retries + 1))
 
     def seen_lost(self) -> list[str]:
         """Lost writes the clients saw while the run went on (replies no allowed state gives), key by key."""
