@@ -129,6 +129,8 @@ class Point:
     """Keys the set-up placed by hand (stranded, doubled): key -> value the owner must end with."""
     writers: Writers | None = None
     log: list[str] = field(default_factory=list)
+    said: str = ""
+    """What the last resume printed."""
 
 
 class Matrix:
@@ -286,6 +288,14 @@ class Matrix:
                     pipe.zadd(key, {f"z{j}": float(j) for j in range(6)})
         pipe.execute()
 
+    def roles(self) -> str:
+        """Who replicates whom now, for failure messages."""
+        topo = self.topo()
+        owned = topo.slots_by_master()
+        return "masters: " + "; ".join(
+            f"{m.address} ({len(owned.get(m.id, ()))} slots, replicas: "
+            f"{', '.join(r.address for r in topo.replicas_of(m.id)) or 'none'})" for m in topo.masters())
+
     def address(self, node_id: str) -> str:
         return self.topo().nodes[node_id].address
 
@@ -350,13 +360,14 @@ class Matrix:
                    *(["--take-over-lock"] if take_over else []), failpoint=failpoint, timeout=300)
         point.log.append(f"resume{' (' + failpoint + ')' if failpoint else ''}: exit {proc.returncode} in "
                          f"{time.time() - started:.1f}s")
+        point.said = (proc.stdout + proc.stderr)[-2500:]
         return proc
 
     # -- the checks -----------------------------------------------------------------------------------------------
 
     def check(self, point: Point) -> None:
         started = time.time()
-        tail = journal_tail(point.run_dir)
+        tail = journal_tail(point.run_dir) + "\nthe last resume said:\n" + point.said + "\n" + self.roles()
         _wait_healthy(self.creds, 30)
         topo = self.topo()
         failed = [c for c in health(topo) if c.status == "fail"]
@@ -384,6 +395,9 @@ class Matrix:
         report = point.writers.check()
         assert not point.writers.failures, point.writers.failures
         point.log.append(f"writers: {report}")
+        unusual = {k: v for k, v in point.writers.samples.items() if k not in ("ConnectionError", "TimeoutError")}
+        if unusual:
+            point.log.append(f"writer errors: {unusual}")
         assert not report.lost, f"{point.name}: writers lost writes: {report}\n{tail}"
         assert report.acked > 0, f"{point.name}: no write was acknowledged: {report}"
         point.log.append(f"checks {time.time() - started:.1f}s")

@@ -229,6 +229,8 @@ class Writers:
         self.pause = self.threads / writes_per_s if writes_per_s > 0 else 0.0
         self.max_seconds, self.max_writes, self.timeout = max_seconds, max_writes, socket_timeout
         self.errors: dict[str, int] = {}
+        self.samples: dict[str, str] = {}
+        """The first message of each exception class, for reports."""
         self._errors_lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -314,6 +316,7 @@ class Writers:
         except Exception as e:  # anything after the command may have been sent is ambiguous
             with self._errors_lock:
                 self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
+                self.samples.setdefault(type(e).__name__, f"{desc}: {e}"[:300])
             model.unknown(op, f"{desc} ({type(e).__name__})", times=self.retries + 1 if model.kind == "counter" else 1)
             return
         model.acknowledged(op, f"{desc} answered {reply!r}", *reply_says(model.kind, desc, op, reply, self.retries + 1))
