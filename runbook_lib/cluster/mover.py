@@ -700,6 +700,7 @@ class Mover:
                 if errors.classify(reply, during_migrate=True) != errors.BUSYKEY:
                     self._migrate_failed(slot, holder, owner, keys, reply)
                 self._resolve_busy(slot, holder, owner, keys, source_asking=True)
+                failpoint("rescue.settled")
                 continue
             moved += len(keys)
         left = self._stable_if_empty(holder, slot)
@@ -885,6 +886,7 @@ class Mover:
                               ("EVAL", SAME_COPY_DEL_SCRIPT, 1, k, payload, ttl, slack_ms))]
         replies = self._pipeline(src_id, commands, raise_on_error=False)
         replies = replies[1::2] if source_asking else replies
+        failpoint("busy.deleted")
         deleted = [k.decode(errors="replace") for (k, _, _), reply in zip(todo, replies) if reply == 1]
         if deleted:
             self.journal.record("busykey_same_value", slot=slot, keys=deleted, action="deleted the source copies")

@@ -87,12 +87,14 @@ def repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migra
 
 def _repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migration, apply: bool,
             bigkeys: BigKeys | None, slots: set[int] | None, foreign: bool) -> StepReport:
+    """Every slot of one move is repaired in one drive, so a transition reaches all of them at once (a target that
+    ignored a failed-over source's claim is told the owner of every slot it imports, not one slot at a time)."""
     mover = Mover(topo, creds, settings, journal, bigkeys)
     live = open_slots(topo)
     ours = set(journal.open_slots())
     asked = set(slots or ())
     left_alone = sorted(s for s in live if s not in ours and s not in asked and not foreign)
-    todo = (live | stranded_slots(mover)) - set(left_alone)
+    todo = (live | stranded_slots(mover) | ours) - set(left_alone)
     if slots is not None and not foreign:
         todo &= ours | asked
     found = findings(mover, journal, todo | (asked & live))
@@ -101,6 +103,7 @@ def _repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migr
              f"left alone, as another tool may still be moving it (repair it with `runbook resume --slot {s}` or "
              "`--foreign`)" for s in left_alone]
     actions, manual = [], []
+    groups: dict[tuple[str, str], list[int]] = {}
     for f in found:
         source, target = _shard_of(mover)(f.source) or f.source, _shard_of(mover)(f.target) or f.target
         step = repair_step(f.state, source, target)
@@ -115,7 +118,9 @@ def _repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migr
         if apply:
             journal.record("slot_repair", slot=f.state.slot, action=step.kind, source=source, target=target,
                            reason=step.reason, ours=f.ours)
-            mover.drive([f.state.slot], f.source, f.target, step=repair_step)
+            groups.setdefault((f.source, f.target), []).append(f.state.slot)
+    for (source, target), group in groups.items():
+        mover.drive(group, source, target, step=repair_step)
     if manual:
         raise CheckFailed("; ".join(manual))
     return StepReport(actions=actions, notes=notes or ([] if actions else ["no open slot, no stranded key"]))

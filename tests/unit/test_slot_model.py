@@ -68,10 +68,10 @@ CLOSE_MIGRATING_SIDE_FIRST = "migrating side first"
 CLOSE_FINISH_WHILE_MIGRATING = "finish while migrating"
 
 FIXED = {
-    "busykey_compare_and_delete": False,
-    "close": CLOSE_TODAY,
-    "rescue_is_journaled_intent": False,
-    "foreign_slot_left_alone": False,
+    "busykey_compare_and_delete": True,
+    "close": CLOSE_FINISH_WHILE_MIGRATING,
+    "rescue_is_journaled_intent": True,
+    "foreign_slot_left_alone": True,
 }
 """Which of the mover's known defects the model's mover has fixed; flip each when its fix lands on main.
 
