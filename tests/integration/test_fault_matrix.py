@@ -521,7 +521,8 @@ def test_crash_at_the_point_then_resume(matrix, point: Failpoint, hit: int):
         assert code == -9, f"the process was to die by SIGKILL at {name}: exit {code}\n{out[-3000:]}\n" \
                            f"{journal_tail(p.run_dir)}"
         last = last_transition(p.run_dir)
-        if any(point.records):
+        called = point.last_commands and point.last_commands[-1].startswith("self.")
+        if any(point.records) and not called:  # after a call, the called method's own entries may come last
             assert last in point.records, (f"the journal's last transition entry is {last!r}; the code records "
                                            f"{point.records} before {point.name}\n{journal_tail(p.run_dir)}")
         p.log.append(f"journal stops at {last}")
