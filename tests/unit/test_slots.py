@@ -2,7 +2,6 @@
 
 from runbook_lib.cluster.slots import (
     CLOSE,
-    DRAIN,
     DONE,
     DRAIN,
     HANDOVER,
