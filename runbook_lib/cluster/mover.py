@@ -396,8 +396,8 @@ class Mover:
 
     def _wind_down(self, slots: list[int], source: str, target: str, cause: MigrationError,
                    assigned: list[Move] | None) -> None:
-        """After one slot of a group stopped the run, finish or close every other slot of the group (closed when
-        nothing moved under its markers, else finished), so at most the slot that failed stays open."""
+        """After one slot of a group stopped the run, finish every other slot of the group (`repair_step`: closed only
+        while its source was never MIGRATING), so at most the slot that failed stays open."""
         self.journal.record("wind_down", slots=slots, cause=str(cause))
         try:
             self.refresh()
