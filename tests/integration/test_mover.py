@@ -79,6 +79,17 @@ def asking(creds, address: str, *command):
     return pipe.execute(raise_on_error=False)[1]
 
 
+def doubled(sb, seed: str, new: str, index: int, prefix: str) -> tuple[int, str, str, str]:
+    """A key of the seed's index-th slot on both sides of that slot's open move, as a MIGRATE that timed out leaves
+    it: (slot, key, source id, target id)."""
+    creds = sb.credentials()
+    slot, _ = owned_slot(sb, seed, index)
+    (key,) = fill_slot(sb, seed, slot, 1, prefix=prefix)
+    src, tgt = open_by_hand(creds, seed, new, slot)
+    asking(creds, new, "RESTORE", key, 0, node_client(seed, creds).dump(key))
+    return slot, key, src, tgt
+
+
 def read(sb, seed: str, key: str):
     client = cluster_client([seed], sb.credentials())
     try:
@@ -92,10 +103,7 @@ def test_a_write_between_the_busykey_comparison_and_the_delete_is_kept(cluster, 
     deletes it as "the same value": the write must survive (the comparison and the delete are one script now)."""
     sb, seed, new = cluster
     creds = sb.credentials()
-    slot, _ = owned_slot(sb, seed, 10)
-    (key,) = fill_slot(sb, seed, slot, 1, prefix="busyrace")
-    src, tgt = open_by_hand(creds, seed, new, slot)
-    asking(creds, new, "RESTORE", key, 0, node_client(seed, creds).dump(key))
+    slot, key, src, tgt = doubled(sb, seed, new, 10, "busyrace")
     written = []
 
     def write_first(node_id, commands):
@@ -119,10 +127,7 @@ def test_an_expiry_set_on_the_source_copy_is_a_difference(cluster, tmp_path):
     """Equal payloads with different expiry are different copies: deleting the source's would drop its EXPIRE."""
     sb, seed, new = cluster
     creds = sb.credentials()
-    slot, _ = owned_slot(sb, seed, 11)
-    (key,) = fill_slot(sb, seed, slot, 1, prefix="busyttl")
-    src, tgt = open_by_hand(creds, seed, new, slot)
-    asking(creds, new, "RESTORE", key, 0, node_client(seed, creds).dump(key))
+    slot, key, src, tgt = doubled(sb, seed, new, 11, "busyttl")
     node_client(seed, creds).expire(key, 900)
     with pytest.raises(MigrationError, match="different expiry"):
         fresh_mover(sb, seed, tmp_path).drive([slot], src, tgt)

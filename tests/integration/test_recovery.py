@@ -145,6 +145,18 @@ def cluster(tmp_path_factory):
     sb.down()
 
 
+def strand(client, slot: int, owner_id: str, tag: str, name: str, count: int = 30) -> None:
+    """Put `count` keys of `slot` on a master that does not own it, with no marker left (as a failed-over or
+    interrupted move can): IMPORTING from the owner, ASKING SETs, then STABLE."""
+    client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner_id)
+    for i in range(count):
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.set(f"{{{tag}}}:{name}:{i}", f"v{i}")
+        pipe.execute()
+    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+
+
 def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
     sb, seed, new, journal = cluster
     creds = sb.credentials()
@@ -154,13 +166,7 @@ def test_stranded_keys_are_rescued_to_the_owner_never_closed_over(cluster):
     slot = min(topo.slots_by_master()[owner.id])
     tag = tag_for_slot(slot)
     client = node_client(other.address, creds)
-    client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner.id)
-    for i in range(30):
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command("ASKING")
-        pipe.set(f"{{{tag}}}:stranded:{i}", f"v{i}")
-        pipe.execute()
-    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    strand(client, slot, owner.id, tag, "stranded")
     assert misplaced_keys(observe(seed, creds), creds) == {slot: {other.id: 30}}
 
     dry = repair(observe(seed, creds), creds, journal, Migration(preset="fast"), apply=False)
@@ -198,13 +204,7 @@ def test_an_interrupted_rescue_is_finished_towards_the_owner(cluster, tmp_path):
     slot = sorted(topo.slots_by_master()[owner.id])[5]
     tag = tag_for_slot(slot)
     client = node_client(other.address, creds)
-    client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner.id)
-    for i in range(30):
-        pipe = client.pipeline(transaction=False)
-        pipe.execute_command("ASKING")
-        pipe.set(f"{{{tag}}}:interrupted:{i}", f"v{i}")
-        pipe.execute()
-    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    strand(client, slot, owner.id, tag, "interrupted")
     journal = tmp_path / "journal.jsonl"
     env = {**os.environ, "RUNBOOK_FAILPOINT": "rescue.round", "RUNBOOK_TEST_PASSWORD": creds.password}
     killed = subprocess.run([sys.executable, "-c", REPAIR_IN_A_PROCESS, seed, str(journal)],
