@@ -103,7 +103,7 @@ def test_the_sandbox_user_has_exactly_the_documented_rules(sandbox):
     assert rules[b"keys"] == b"~*" and rules[b"channels"] == b""
     [selector] = rules[b"selectors"]
     assert selector[b"keys"] == b"~runbook:*"
-    assert set(selector[b"commands"].decode().split()) == {"-@all", "+set", "+get", "+pttl"}
+    assert set(selector[b"commands"].decode().split()) == {"-@all", "+set", "+get"}
 
 
 def test_the_password_is_in_no_artifact(run, sandbox, params_env):

@@ -31,9 +31,10 @@ def sandbox(tmp_path_factory):
 
 
 class FailOverMidBatch:
-    """Throttle-shaped hook: before the `at`-th group of slots (mid-batch: the mover checks the cluster between
-    batches), fail the source over and wait until its replica is master, so the failover lands mid-migration every
-    time instead of racing it."""
+    """Throttle-shaped hook: before the `at`-th group of slots, fail the source over and wait until its replica is
+    master, so the failover lands mid-migration every time instead of racing it. The test moves every slot in one
+    batch, four in flight, so each source's worker still has many groups to go: the mover cannot learn of the
+    failover from its check between batches, it must meet it mid-slot."""
 
     def __init__(self, settings: Migration, creds, source: str, replica: str, at: int = 12) -> None:
         self.settings, self.creds, self.source, self.replica, self.at = settings, creds, source, replica, at
@@ -78,7 +79,7 @@ def test_source_failover_mid_migration_loses_nothing(sandbox, tmp_path):
     source = topo.by_address(SEED)
     replica = topo.replicas_of(source.id)[0]
 
-    settings = Migration(preset="fast", slots_per_batch=128, pause_between_batches_s=0.3, convergence_timeout_s=60)
+    settings = Migration(preset="fast", slots_per_batch=4096, slots_in_flight=4, convergence_timeout_s=60)
     hook = FailOverMidBatch(settings, creds, SEED, replica.address)
     plan, batches = migrate(topo, creds, [NEW], settings, journal, progress=False, throttle=hook)
 

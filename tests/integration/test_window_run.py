@@ -42,7 +42,7 @@ def window_from_now(seconds: float, outside: str = "wait") -> dict:
 
 
 def params_with(sb, name: str, window: dict):
-    path = params_variant(sb, name, slots_per_batch=64, allow_master_without_replica=True, client_learn_wait_s=0.0,
+    path = params_variant(sb, name, pace="fixed", slots_per_batch=64, allow_master_without_replica=True, client_learn_wait_s=0.0,
                           warmup_slot=False, window=window, gates={"baseline_s": 1.0})
     text = path.read_text().replace("enabled: true", "enabled: false")
     path.write_text(text)
