@@ -13,7 +13,7 @@ import pandas as pd
 
 from runbook_lib import __version__
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.config import known_secrets, load_params, new_master_addresses, replicas_pending
+from runbook_lib.config import known_secrets, load_params, replicas_pending
 from runbook_lib.exceptions import BadInput, RunbookError
 from runbook_lib.run.audit import git_commit, redact
 
@@ -163,13 +163,12 @@ def _guarded(name: str, act):
 
 
 def _plan(args) -> int:
-    from runbook_lib.cluster.migrate import current_plan
     from runbook_lib.cluster.topology import names as topology_names
     from runbook_lib.cluster.topology import observe
+    from runbook_lib.sections.plan import current
     params = load_params(args.params)
-    creds = params.credentials()
-    topo = observe(params.model.cluster.seed, creds)
-    plan = current_plan(topo, creds, new_master_addresses(params), params.model.migration, allow_unjoined=True)
+    topo = observe(params.model.cluster.seed, params.credentials())
+    plan = current(params, topo)
     if not plan.moves:
         print("the slots are already balanced over the new masters: nothing to move")
         return 0
@@ -202,7 +201,6 @@ def _check(args) -> int:
 
 def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     """Resume the run in `run_dir`, or say exactly what resuming would do."""
-    from runbook_lib.config import new_node_addresses
     from runbook_lib.sections.resume import phase, resume
     journal = Journal(run_dir / "journal.jsonl")
     doing = phase(journal)
@@ -214,40 +212,34 @@ def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     open_now = {o["slot"] for o in topo.open_slots()}
     for s in sorted(asked - open_now):
         print(f"slot {s} (--slot) is not open: nothing to repair there")
-    addresses = new_node_addresses(params) if doing == "rollback" else new_master_addresses(params)
-
-    def run(apply: bool, throttle=None) -> dict:
-        return resume(params.model.cluster.seed, params.credentials(), journal, params.model.migration, addresses,
-                      apply=apply, bigkeys=params.model.bigkeys,
-                      snapshot=json.loads((run_dir / "baseline.json").read_text()), slots=asked or None,
-                      foreign=args.foreign, throttle=throttle)
     _leftover_watchers(run_dir, acting)
     try:
-        out = run(apply=acting, throttle=_pace(params, run_dir, journal) if acting else None)
-        for line in out["repaired"].actions:
+        out = resume(params, run_dir, apply=acting, slots=asked or None, foreign=args.foreign,
+                     throttle=_pace(params, run_dir, journal) if acting else None)
+        for line in out.repaired.actions:
             print(("repaired " if acting else "would repair ") + line)
-        notes = list(out["repaired"].notes) + [n for n in out["foreign"] if n not in out["repaired"].notes]
+        notes = list(out.repaired.notes) + [n for n in out.foreign if n not in out.repaired.notes]
         for line in notes:
             print(line)
-        if out["blocked"]:
-            one = len(out["blocked"]) == 1
-            print(f"{'stopped' if acting else 'would stop'} before moving any slot: {_slots(out['blocked'])} still open (another tool's, not asked "
+        if out.blocked:
+            one = len(out.blocked) == 1
+            print(f"{'stopped' if acting else 'would stop'} before moving any slot: {_slots(out.blocked)} still open (another tool's, not asked "
                   f"for); the {doing} cannot go on while {'it is' if one else 'they are'} open. Check what opened "
                   f"{'it' if one else 'them'} (`runbook check`), then repair with "
-                  + " ".join(f"--slot {s}" for s in out["blocked"][:5]) + " (or --foreign)")
+                  + " ".join(f"--slot {s}" for s in out.blocked[:5]) + " (or --foreign)")
             return 1 if acting else 0
-        if out["waiting"]:
+        if out.waiting:
             if acting:
-                code = 1 if out["repaired"].actions else 2
-                print(f"stopped before moving any slot: {out['waiting']}", file=sys.stderr if code == 2 else sys.stdout)
+                code = 1 if out.repaired.actions else 2
+                print(f"stopped before moving any slot: {out.waiting}", file=sys.stderr if code == 2 else sys.stdout)
                 return code
-            print(f"would stop before moving any slot: {out['waiting']}; after that it would go on with this plan")
+            print(f"would stop before moving any slot: {out.waiting}; after that it would go on with this plan")
         if not acting:
             return _print_would(out, doing, topo, params)
-        moved = sum(b.slots for b in out["batches"])
-        print(f"{doing}: " + (f"moved {moved} slots, {sum(b.keys for b in out['batches'])} keys in "
-                              f"{len(out['batches'])} batches" if moved else "nothing left to move"))
-        return _finish_rollback(params, run_dir, out) if doing == "rollback" else 0
+        moved = sum(b.slots for b in out.batches)
+        print(f"{doing}: " + (f"moved {moved} slots, {sum(b.keys for b in out.batches)} keys in "
+                              f"{len(out.batches)} batches" if moved else "nothing left to move"))
+        return _rolled_back(out.rolled_back) if out.rolled_back is not None else 0
     finally:
         if acting:
             _stop_watch(run_dir)
@@ -264,11 +256,11 @@ def _slots(slots: list[int]) -> str:
         (f" and {len(slots) - 10} more" if len(slots) > 10 else "")
 
 
-def _print_would(out: dict, doing: str, topo, params) -> int:
+def _print_would(out, doing: str, topo, params) -> int:
     """What a resume would move (a dry run)."""
     from runbook_lib.cluster.topology import names as topology_names
     from runbook_lib.config import new_node_addresses
-    plan = out["plan"]
+    plan = out.plan
     removal = f"remove {', '.join(new_node_addresses(params))} from the cluster"
     if not plan.moves:
         print(f"{doing}: nothing left to move" + (f"; would {removal}" if doing == "rollback" else ""))
@@ -281,35 +273,37 @@ def _print_would(out: dict, doing: str, topo, params) -> int:
 
 def _leftover_watchers(run_dir: Path, acting: bool) -> None:
     """Stop (or, in a dry run, name) the probe and sampler an interrupted run left running in its folder."""
-    from runbook_lib.watch import lifecycle
-    line = lifecycle.stop_leftovers(run_dir, acting)
+    from runbook_lib.watch import watchers
+    line = watchers.stop_leftovers(run_dir, acting)
     if line:
         print(line)
 
 
 def _pace(params, run_dir: Path, journal: Journal):
     """The watch 40_migrate moves slots under (sampler, probe, baseline, throttle), started before the first batch."""
-    from runbook_lib.watch import lifecycle
-    return lifecycle.WatchWhenMoving(params, run_dir, journal,
-                                     on_start=lambda watch: print(lifecycle.watching(watch), flush=True))
+    from runbook_lib.watch import watchers
+    return watchers.WatchWhenMoving(params, run_dir, journal,
+                                     on_start=lambda watch: print(watchers.watching(watch), flush=True))
 
 
 def _stop_watch(run_dir: Path) -> None:
-    from runbook_lib.watch import lifecycle
-    stopped = lifecycle.stop_all(run_dir)
+    from runbook_lib.watch import watchers
+    stopped = watchers.stop_all(run_dir)
     if stopped:
         print(f"stopped the {' and '.join(stopped)} started for this command")
 
 
-def _finish_rollback(params, run_dir: Path, out: dict) -> int:
-    """After the slots went back: delete the probe's keys (as 90_rollback does), print the removal and the checks."""
-    from runbook_lib.watch.lifecycle import discard_probe
-    print(f"deleted {discard_probe(params, run_dir)} keys the run's traffic probe had written")
-    for line in out["removal"].actions + out["removal"].notes:
+def _rolled_back(out) -> int:
+    """The end of a rollback, `runbook rollback`'s or a resumed one's: the probe's keys deleted, the new nodes removed,
+    the checks of the restored layout (exit 1 when one failed)."""
+    print(f"deleted {out.probe_keys} keys the run's traffic probe had written")
+    if out.stopped:
+        print(f"stopped the {' and '.join(out.stopped)} started for this command")
+    for line in out.removal.actions + out.removal.notes:
         print(line)
-    for c in out["checks"]:
+    for c in out.checks:
         print(f"{c.status:5} {c.name}: {c.detail}")
-    return 1 if any(c.status == "fail" for c in out["checks"]) else 0
+    return 1 if out.failed else 0
 
 
 def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
@@ -320,26 +314,19 @@ def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     print(f"{'rolling back' if acting else 'would roll back'} to the layout recorded in {run_dir / 'baseline.json'}")
     out = watched_rollback(params, run_dir, topo, journal, apply=acting, tell=lambda line: print(line, flush=True))
     if not acting:
-        plan = out["plan"]
+        plan = out.plan
         if plan.moves:
             _print_plan(plan, topology_names(topo), prefix="would move back ")
         else:
             print("no slot to move back")
-        for line in out["removal"].actions:
+        for line in out.removal.actions:
             print("would: " + line)
-        for line in out["removal"].notes:
+        for line in out.removal.notes:
             print(line)
         return 0
-    print(f"moved {len(out['plan'].moves)} slots back to their owners ({run_dir.name}) in "
-          f"{len(out['batches'])} batches")
-    print(f"deleted {out['probe_keys']} keys the run's traffic probe had written")
-    if out["stopped"]:
-        print(f"stopped the {' and '.join(out['stopped'])} started for this command")
-    for line in out["removal"].actions + out["removal"].notes:
-        print(line)
-    for c in out["checks"]:
-        print(f"{c.status:5} {c.name}: {c.detail}")
-    return 1 if any(c.status == "fail" for c in out["checks"]) else 0
+    print(f"moved {len(out.plan.moves)} slots back to their owners ({run_dir.name}) in "
+          f"{len(out.batches)} batches")
+    return _rolled_back(out)
 
 
 def _slot(text: str) -> int:

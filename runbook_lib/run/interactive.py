@@ -32,7 +32,7 @@ from runbook_lib.cluster.topology import Topology
 from runbook_lib.config import Params
 from runbook_lib.run.audit import MANIFEST
 from runbook_lib.run.inputs import check_new_nodes
-from runbook_lib.watch import lifecycle
+from runbook_lib.watch import watchers
 from runbook_lib.watch.detached import Heartbeat
 
 POINTER = "interactive-run.json"
@@ -190,11 +190,11 @@ class KernelSession:
             beat.stop()
         for run_dir in self.started_watchers:
             if not any(r.headless for r in self.runs.values() if r.run_dir == run_dir):
-                lifecycle.stop_all(run_dir)
+                watchers.stop_all(run_dir)
 
 
 def _pids(run_dir: Path) -> set[int]:
-    return {p for pids in lifecycle.running(run_dir).values() for p in pids}
+    return {p for pids in watchers.running(run_dir).values() for p in pids}
 
 
 def runner_holds_lock(params: Params, run_id: str) -> bool:

@@ -10,13 +10,21 @@ import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+import pandas as pd
 from IPython.display import Image
 
 from runbook_lib import __version__
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.topology import Topology, observe
-from runbook_lib.config import Credentials, Params, load_params
+from runbook_lib.cluster.topology import Topology, nodes_table, observe
+from runbook_lib.config import (
+    Credentials,
+    Params,
+    load_params,
+    new_master_addresses,
+    new_node_addresses,
+    replica_pairs,
+)
 from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.run import interactive
 from runbook_lib.run.audit import RESULTS_DIR, git_commit
@@ -123,6 +131,25 @@ class Section:
     @property
     def seed(self) -> str:
         return self.params.model.cluster.seed
+
+    @property
+    def new_masters(self) -> list[str]:
+        """The new masters' addresses, in params order."""
+        return new_master_addresses(self.params)
+
+    @property
+    def new_replicas(self) -> list[str]:
+        """The new masters' replicas' addresses."""
+        return [r for r, _ in replica_pairs(self.params)]
+
+    @property
+    def new_nodes(self) -> list[str]:
+        """Every node the expansion adds: new masters, then their replicas."""
+        return new_node_addresses(self.params)
+
+    def nodes_table(self, topo: Topology, new: list[str] | tuple = ()) -> pd.DataFrame:
+        """One row per node (address, role, master, slots, flags), the nodes in `new` marked as added by the change."""
+        return pd.DataFrame(nodes_table(topo, new))
 
     @property
     def backup_dir(self) -> Path:

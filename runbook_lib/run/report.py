@@ -24,8 +24,9 @@ from runbook_lib.exceptions import BadInput, RunLocked
 from runbook_lib.run import audit, verdict_table
 from runbook_lib.run.audit import RESULTS_DIR
 from runbook_lib.run.inputs import check_targets
+from runbook_lib.watch.acceptance import ACCEPTANCE_FILE
 from runbook_lib.watch.journal_progress import follow
-from runbook_lib.watch.lifecycle import ACCEPTANCE_FILE, stop_all
+from runbook_lib.watch.watchers import stop_all
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 ROLLBACK = "90_rollback"

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runbook_lib.watch.lifecycle import ACCEPTANCE_FILE
+from runbook_lib.watch.acceptance import ACCEPTANCE_FILE
 
 VALIDATE = "60_validate"
 ACCEPTANCE_CHECKS = {"latency variation", "failed requests", "lost writes", "downtime", "zero downtime proven"}

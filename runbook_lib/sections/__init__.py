@@ -1,3 +1,4 @@
-"""The runbook sections: preflight, big keys, backup, nodes, validate, rollback, resume, monitoring, ACL rules.
+"""The runbook sections, one a step: preflight, big keys, backup, nodes (add masters and replicas), plan, migration,
+validate, monitoring, rollback, resume, and the ACL rules.
 
-They use the engine and the watchers, never the runner."""
+Notebooks and the CLI call them; they use the engine and the watchers, never the runner."""

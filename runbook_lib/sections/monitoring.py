@@ -12,8 +12,11 @@ from pathlib import Path
 import yaml
 
 from runbook_lib.addresses import same_address
-from runbook_lib.config import parse_address
+from runbook_lib.checks import Check
+from runbook_lib.cluster.topology import Topology, nodes_table
+from runbook_lib.config import Params, new_master_addresses, new_node_addresses, parse_address, replica_pairs
 from runbook_lib.exceptions import BadInput
+from runbook_lib.watch.watchers import save_metrics, stop_all
 
 PROMETHEUS = "prometheus.yml"
 ALERTS = "alerts.yml"
@@ -83,6 +86,34 @@ def monitored_nodes(members: list[dict], new_masters: list[str], new_replicas: l
                 rows.append({"address": a, "role": role, "new": True, "joined": False})
                 known.append(a)
     return rows
+
+
+def nodes_to_monitor(topo: Topology, params: Params) -> list[dict]:
+    """`monitored_nodes` for the live cluster and the params' new nodes."""
+    return monitored_nodes(nodes_table(topo, new_node_addresses(params)), new_master_addresses(params),
+                           [r for r, _ in replica_pairs(params)])
+
+
+def generate_for(params: Params, run_dir: Path, nodes: list[dict]) -> dict[str, Path]:
+    """`generate` into the run folder's monitoring/, alerting at the params' gates."""
+    gates = params.model.gates
+    return generate(run_dir / "monitoring", nodes, cpu_pct=gates.cpu_pct, memory_pct=gates.memory_pct,
+                    avg_latency_ms=gates.avg_latency_ms, replication_lag_ms=gates.replication_lag_ms)
+
+
+def end_watch(run_dir: Path) -> str:
+    """The run's watching ends here: the metrics table saved as metrics.csv, the sampler and probe stopped; says so
+    in a sentence."""
+    table = save_metrics(run_dir)
+    stopped = stop_all(run_dir)
+    if table is None:
+        return "No sampler ran in this run folder (40_migrate starts it)."
+    return f"Saved `{table.name}`; stopped: {', '.join(stopped) or 'nothing was running'}."
+
+
+def checks(files: dict[str, Path], nodes: list[dict]) -> list[Check]:
+    """Every generated file checked (`validate`), and the seed list ready to roll out (`seeds_ready`), as checks."""
+    return [Check(f"{r['file']}: {r['check']}", r["status"], r["detail"]) for r in validate(files) + [seeds_ready(nodes)]]
 
 
 def seeds_ready(nodes: list[dict]) -> dict:

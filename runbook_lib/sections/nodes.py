@@ -10,8 +10,9 @@ from runbook_lib.addresses import meet_address
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client, ping
 from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.replicas import replica_checks
 from runbook_lib.cluster.topology import NodeEntry, Topology, cluster_info, observe, read_view
-from runbook_lib.config import Credentials
+from runbook_lib.config import Credentials, Params, new_master_addresses, replica_pairs
 from runbook_lib.exceptions import BadInput, CheckFailed
 
 
@@ -182,3 +183,33 @@ def verify_members(topo: Topology, addresses: list[str], role: str, masters: dic
         else:
             checks.append(Check(f"{role} {address}", "pass", f"member as {role} ({e.id[:8]}), seen by every node"))
     return checks
+
+
+def add_new_masters(params: Params, journal: Journal, apply: bool) -> StepReport:
+    """20_add_masters: the params' new masters joined as empty masters (`add_masters`)."""
+    return add_masters(params.model.cluster.seed, params.credentials(), new_master_addresses(params), journal,
+                       apply=apply, timeout=params.model.migration.convergence_timeout_s)
+
+
+def add_new_replicas(params: Params, journal: Journal, apply: bool) -> StepReport:
+    """25_add_replicas: each new master's replica attached and in sync (`add_replicas`)."""
+    return add_replicas(params.model.cluster.seed, params.credentials(), replica_pairs(params), journal,
+                        apply=apply, timeout=params.model.migration.convergence_timeout_s)
+
+
+def verify_new_masters(topo: Topology, params: Params) -> list[Check]:
+    """Each new master a member of the cluster as a master, seen by every node."""
+    return verify_members(topo, new_master_addresses(params), "master")
+
+
+def verify_new_replicas(topo: Topology, params: Params) -> list[Check]:
+    """Each new replica a member replicating its master, and each new master's replica in sync."""
+    pairs = replica_pairs(params)
+    return verify_members(topo, [r for r, _ in pairs], "replica", dict(pairs)) + new_master_replicas(topo, params)
+
+
+def new_master_replicas(topo: Topology, params: Params, missing: str = "fail") -> list[Check]:
+    """One check per new master: its replica in sync; otherwise `missing`, or a warning where params allow a master
+    without a replica (migration.allow_master_without_replica)."""
+    return replica_checks(topo, params.credentials(), new_master_addresses(params),
+                          allow=params.model.migration.allow_master_without_replica, missing=missing)

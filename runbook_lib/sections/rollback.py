@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -21,10 +22,51 @@ from runbook_lib.cluster.slots import Shards
 from runbook_lib.cluster.topology import SLOTS, Topology, observe, parse_ranges
 from runbook_lib.config import BigKeys, Credentials, Migration, Params, new_node_addresses
 from runbook_lib.exceptions import BadInput, CheckFailed
-from runbook_lib.watch import lifecycle
+from runbook_lib.watch import watchers
+from runbook_lib.watch.watchers import Watch
 
 if TYPE_CHECKING:
     from runbook_lib.cluster.mover import Pace
+
+
+@dataclass
+class RollbackResult:
+    """What a rollback did (or, in a dry run, would do): the plan back, the batches moved, the removal of the new
+    nodes, the comparison with the before-picture; under watch also the watchers found left running (`leftover`), the
+    watch slots moved under (None when none moved), the probe's keys deleted and the watchers stopped at the end."""
+
+    plan: Plan
+    batches: list = field(default_factory=list)
+    removal: StepReport = field(default_factory=lambda: StepReport(actions=[], notes=[]))
+    checks: list[Check] = field(default_factory=list)
+    leftover: str = ""
+    watch: Watch | None = None
+    probe_keys: int = 0
+    stopped: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Whether a check of the restored layout failed."""
+        return any(c.status == "fail" for c in self.checks)
+
+    def summary(self, applied: bool) -> str:
+        """The section's closing line."""
+        return f"{len(self.plan.moves)} slots returned" if applied else "dry run"
+
+    def rows(self, applied: bool) -> list[dict]:
+        """What the rollback did, or in a dry run would do, one step a row, for a table."""
+        rows = [{"step": "watchers left running", "detail": self.leftover}] if self.leftover else []
+        if self.watch is not None:
+            rows.append({"step": "watch", "detail": watchers.watching(self.watch)})
+        rows.append({"step": "slots moved back" if applied else "slots to move back",
+                     "detail": f"{len(self.plan.moves)} slots to their shards in "
+                               f"{len(self.batches) if applied else len(self.plan.batches)} batches"})
+        rows += [{"step": "removal" if applied else "removal (would do)", "detail": a} for a in self.removal.actions]
+        rows += [{"step": "note", "detail": n} for n in self.removal.notes]
+        if applied:
+            rows.append({"step": "probe keys deleted", "detail": f"{self.probe_keys} keys the run's traffic probe "
+                                                                 "had written"})
+        return rows
 
 
 def original_owners(snapshot: dict) -> dict[str, set[int]]:
@@ -147,10 +189,10 @@ def compare_with_snapshot(snapshot: dict, topo: Topology, pairs: Iterable[tuple[
 
 def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: list[str], settings: Migration,
              journal: Journal, apply: bool, bigkeys: BigKeys | None = None, progress: bool = True,
-             throttle: "Pace | None" = None) -> dict:
+             throttle: "Pace | None" = None) -> RollbackResult:
     """Return the slots to their recorded owners, remove the new nodes, and compare with the snapshot.
 
-    A `throttle` (from `watch.lifecycle.watch`) gates every batch of the slots moved back, as in the migration."""
+    A `throttle` (from `watch.watchers.watch`) gates every batch of the slots moved back, as in the migration."""
     if apply:
         topo = settle_own_open_slots(topo, creds, journal, settings, bigkeys)
     elif topo.open_slots():
@@ -165,20 +207,18 @@ def rollback(topo: Topology, creds: Credentials, snapshot: dict, new_addresses: 
     removal = remove_nodes(topo.seed, creds, new_addresses, journal, apply=apply) if apply or not plan.moves else \
         StepReport(actions=[f"remove {a}" for a in new_addresses], notes=["after the slots are back"])
     checks = compare_with_snapshot(snapshot, observe(topo.seed, creds), journal_pairs(journal)) if apply else []
-    return {"plan": plan, "batches": results, "removal": removal, "checks": checks}
+    return RollbackResult(plan=plan, batches=results, removal=removal, checks=checks)
 
 
 def watched_rollback(params: Params, run_dir: Path, topo: Topology, journal: Journal, apply: bool,
-                     tell: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
+                     tell: Callable[[str], None] | None = None, progress: bool | None = None) -> RollbackResult:
     """The rollback every entry point runs (90_rollback, `runbook rollback`), so each moves slots under the same watch.
 
     The run's before-picture must predate the expansion. With `apply` (the caller has confirmed the cluster and holds
     the run lock) the watchers an interrupted run left in `run_dir` are stopped, the slots go back under the pace,
     gates, probe and sampler of 40_migrate (started before the first batch), the probe's keys are deleted and the
     watchers stopped at the end; `tell` hears each of these as a line; a progress bar where someone watches
-    (`runbook_lib.progress.wanted`). Returns `rollback`'s outcome and `leftover`
-    (the line on the watchers found running, "" when none), `watch` (None when no slot moved), `probe_keys` (deleted)
-    and `stopped` (the watchers stopped at the end)."""
+    (`runbook_lib.progress.wanted`)."""
     say = tell or (lambda line: None)
     path = run_dir / "baseline.json"
     if not path.exists():
@@ -187,36 +227,20 @@ def watched_rollback(params: Params, run_dir: Path, topo: Topology, journal: Jou
     if not snapshot.get("pre_expansion"):
         raise BadInput(f"{path} was taken after the new nodes joined; roll back from the run folder whose preflight "
                        "ran before the expansion")
-    leftover = lifecycle.stop_leftovers(run_dir, acting=apply)
+    leftover = watchers.stop_leftovers(run_dir, acting=apply)
     if leftover:
         say(leftover)
     creds, model, progress = params.credentials(), params.model, shown.wanted(progress)
     if not apply:
         out = rollback(topo, creds, snapshot, new_node_addresses(params), model.migration, journal, apply=False,
                        bigkeys=model.bigkeys, progress=progress)
-        return out | {"leftover": leftover, "watch": None, "probe_keys": 0, "stopped": []}
-    pace = lifecycle.WatchWhenMoving(params, run_dir, journal, on_start=lambda w: say(lifecycle.watching(w)))
+        return replace(out, leftover=leftover)
+    pace = watchers.WatchWhenMoving(params, run_dir, journal, on_start=lambda w: say(watchers.watching(w)))
     try:
         out = rollback(observe(model.cluster.seed, creds), creds, snapshot, new_node_addresses(params),
                        model.migration, journal, apply=True, bigkeys=model.bigkeys, progress=progress, throttle=pace)
-        probe_keys = lifecycle.discard_probe(params, run_dir)
+        probe_keys = watchers.discard_probe(params, run_dir)
     finally:
-        stopped = lifecycle.stop_all(run_dir)
-    return out | {"leftover": leftover, "watch": pace.watch, "probe_keys": probe_keys, "stopped": stopped}
+        stopped = watchers.stop_all(run_dir)
+    return replace(out, leftover=leftover, watch=pace.watch, probe_keys=probe_keys, stopped=stopped)
 
-
-def outcome_rows(outcome: dict, apply: bool) -> list[dict]:
-    """What `watched_rollback` did, or in a dry run would do, one step a row, for a table."""
-    plan, watch = outcome["plan"], outcome["watch"]
-    rows = [{"step": "watchers left running", "detail": outcome["leftover"]}] if outcome["leftover"] else []
-    if watch is not None:
-        rows.append({"step": "watch", "detail": lifecycle.watching(watch)})
-    rows.append({"step": "slots moved back" if apply else "slots to move back",
-                 "detail": f"{len(plan.moves)} slots to their shards in "
-                           f"{len(outcome['batches']) if apply else len(plan.batches)} batches"})
-    rows += [{"step": "removal" if apply else "removal (would do)", "detail": a} for a in outcome["removal"].actions]
-    rows += [{"step": "note", "detail": n} for n in outcome["removal"].notes]
-    if apply:
-        rows.append({"step": "probe keys deleted", "detail": f"{outcome['probe_keys']} keys the run's traffic probe "
-                                                             "had written"})
-    return rows

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import CLIENT_NAME, cluster_client, node_client
 from runbook_lib.cluster.lock import lock_keys
 from runbook_lib.cluster.topology import SLOTS, Topology, misplaced_keys
-from runbook_lib.config import Credentials
+from runbook_lib.config import Credentials, Params
+from runbook_lib.watch.acceptance import Acceptance, acceptance
+from runbook_lib.watch.traffic import ProbeSummary
+from runbook_lib.watch.watchers import finish_probe
 
 
 def _check(name: str, ok: bool, detail: str) -> Check:
@@ -29,6 +33,13 @@ def health(topo: Topology, pending_replicas: set[str] = frozenset()) -> list[Che
     failing = [e.address for e in topo.nodes.values() if not e.healthy]
     checks.append(_check("no failed nodes", not failing, "none flagged fail/handshake" if not failing
                          else "flagged: " + ", ".join(failing)))
+    return checks + slot_map(topo, pending_replicas)
+
+
+def slot_map(topo: Topology, pending_replicas: set[str] = frozenset()) -> list[Check]:
+    """The slot map's health: every slot covered, the nodes agreeing, no open slot, a replica for every master with
+    slots (masters in `pending_replicas` may lack one, see `health`)."""
+    checks = []
     uncovered = topo.uncovered()
     checks.append(_check("all slots covered", not uncovered,
                          f"{SLOTS} of {SLOTS} slots have an owner" if not uncovered
@@ -46,6 +57,33 @@ def health(topo: Topology, pending_replicas: set[str] = frozenset()) -> list[Che
               else "no replica yet: " + ", ".join(orphans))
     checks.append(Check("every master has a replica", "fail" if blocking else ("warn" if orphans else "pass"), detail))
     return checks
+
+
+def stop_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
+    """Stop the run's traffic probe and read back every write it had acknowledged (None when no probe ran): first,
+    so that what follows is checked on a cluster the probe no longer writes to."""
+    return finish_probe(params, run_dir)
+
+
+def cluster_checks(topo: Topology, creds: Credentials, baseline: dict | None, quiet: bool) -> list[Check]:
+    """60_validate's checks of the cluster: health, balance, a live round trip, every key where it belongs, and the
+    key count against the before-picture (a warning without one)."""
+    checks = health(topo) + [balance(topo), round_trip(topo, creds), keys_where_they_belong(topo, creds)]
+    if baseline:
+        return checks + [key_count_change(topo, creds, baseline, quiet)]
+    return checks + [Check("key count", "warn", "no baseline.json in this run folder (run 00_preflight first)")]
+
+
+def slots_before_after(baseline: dict | None, topo: Topology) -> tuple[dict[str, int], dict[str, int]]:
+    """Slots per master (by address) in the before-picture (empty without one) and now."""
+    before = {m["address"]: m["slot_count"] for m in baseline["masters"]} if baseline else {}
+    return before, {m["address"]: m["slot_count"] for m in topo.snapshot()["masters"]}
+
+
+def client_acceptance(params: Params, run_dir: Path, probe: ProbeSummary | None) -> Acceptance:
+    """The article's acceptance from the clients' side: latency variation while slots moved, failed requests, lost
+    writes, downtime per master (`watch.acceptance`)."""
+    return acceptance(run_dir, probe, params.model.gates)
 
 
 def balance(topo: Topology, tolerance_pct: float = 1.0) -> Check:

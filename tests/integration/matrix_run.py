@@ -3,7 +3,7 @@
     python -m tests.integration.matrix_run --params P --run-dir D [--max-batches N]
            [--kill-master ADDRESS --pid PID --replica ADDRESS --at POINT[:N]]
 
-It does what the 40_migrate notebook's cell does with `apply: true`: `lifecycle.watched_migration` (sampler, probe
+It does what the 40_migrate notebook's cell does with `apply: true`: `migration.run` (sampler, probe
 when params enable it, latency baseline, the pace of params) on the run folder's journal, at most N batches. With
 RUNBOOK_FAILPOINT set by the caller it dies by SIGKILL at that point (exit status -9), like a power cut.
 
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from runbook_lib.cluster.journal import Journal
     from runbook_lib.cluster.topology import observe
     from runbook_lib.config import load_params
-    from runbook_lib.watch import lifecycle
+    from runbook_lib.sections import migration
+    from runbook_lib.watch import watchers
 
     params = load_params(args.params)
     creds = params.credentials()
@@ -87,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     journal = Journal(run_dir / "journal.jsonl")
     topo = observe(params.model.cluster.seed, creds)
     try:
-        plan, batches, _, _ = lifecycle.watched_migration(params, run_dir, topo, journal, progress=False,
-                                                          max_batches=args.max_batches or None)
+        done = migration.run(params, run_dir, topo, journal, apply=True, progress=False,
+                             max_batches=args.max_batches or None)
     except Exception as e:  # the run stopped: say why, like the notebook's failed cell
         print(f"matrix_run: stopped: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     finally:
-        lifecycle.stop_all(run_dir)
-    print(f"matrix_run: moved {sum(b.slots for b in batches)} of {len(plan.moves)} slots, "
-          f"{sum(b.keys for b in batches)} keys")
+        watchers.stop_all(run_dir)
+    print(f"matrix_run: moved {sum(b.slots for b in done.batches)} of {len(done.plan.moves)} slots, "
+          f"{sum(b.keys for b in done.batches)} keys")
     return 0
 
 

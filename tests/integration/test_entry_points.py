@@ -16,7 +16,7 @@ from runbook_lib.cluster.lock import read_lock
 from runbook_lib.cluster.topology import observe, parse_ranges
 from runbook_lib.config import load_params
 from runbook_lib.run.report import available
-from runbook_lib.watch import detached, lifecycle
+from runbook_lib.watch import detached, watchers
 from runbook_lib.watch.metrics import Sampler
 from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
 from tests.integration.faults import assert_expanded, assert_original, cli, fill_slot, params_variant
@@ -153,7 +153,7 @@ def test_run_from_continues_the_earlier_run_folder(sandbox, params, first_run):
     assert {"node_meet", "migration_start", "migration_end"} <= journaled, "one journal for the whole run"
     assert json.loads((first_run / "results" / "60_validate.json").read_text())["status"] != "fail"
     assert_expanded(sandbox, SEED, json.loads(baseline)["keys"])
-    assert lifecycle.running(first_run) == {}
+    assert watchers.running(first_run) == {}
 
 
 def test_dry_run_rollback_after_the_expansion_says_what_it_would_move(sandbox, dry, first_run):
@@ -201,7 +201,7 @@ def test_another_tools_open_slot_is_left_alone_unless_named(sandbox, params, fir
     assert topo.open_slots() == []
     holder = topo.nodes[topo.reference.owners()[slot]].address
     assert all(node_client(holder, creds).get(k) == k.encode() for k in keys)
-    assert lifecycle.running(first_run) == {}, "resume stops the watchers it started"
+    assert watchers.running(first_run) == {}, "resume stops the watchers it started"
     assert no_lock(sandbox)
 
 
@@ -226,5 +226,5 @@ def test_rollback_runs_watched_and_returns_the_recorded_layout(sandbox, params, 
     assert len([e for e in after if e["event"] == "gate"]) > gates_before
     assert [e for e in after[start:] if e["event"] == "gate"], "the rollback's batches went through the gates"
     assert_original(sandbox, SEED, baseline, baseline["keys"] + 3)
-    assert lifecycle.running(first_run) == {}
+    assert watchers.running(first_run) == {}
     assert no_lock(sandbox)

@@ -8,7 +8,7 @@ shard with slots in flight of 2 (two groups), 5 keys per MIGRATE (several drain 
 
 1. the `K` slots are filled with mixed data (strings, hashes, lists, sets, zsets, some with a TTL), and writer
    threads (tests/integration/writers.py) start overwriting keys of those slots;
-2. the migration runs in its own process (tests/integration/matrix_run.py: 40_migrate's `watched_migration`) with
+2. the migration runs in its own process (tests/integration/matrix_run.py: 40_migrate's `sections.migration.run`) with
    RUNBOOK_FAILPOINT set: it must die by SIGKILL (-9), and the journal's last transition entry must be the one the
    code records before that point. Points the move does not pass are reached by their own set-up: `_close` by a
    resume after a kill with only IMPORTING set (the resume is the process killed), `_rescue` with keys stranded on a
@@ -478,9 +478,9 @@ def matrix(tmp_path_factory):
         yield m
         (root / "results.json").write_text(json.dumps({"points": m.results, "healed": m.healed}, indent=2))
     finally:
-        from runbook_lib.watch import lifecycle
+        from runbook_lib.watch import watchers
         for run_dir in sorted((root / "runs").glob("*")):
-            lifecycle.stop_all(run_dir)
+            watchers.stop_all(run_dir)
         sb.down()
 
 

@@ -20,7 +20,7 @@ from runbook_lib.config import load_params
 from runbook_lib.run.audit import verify
 from runbook_lib.run.interactive import POINTER
 from runbook_lib.run.report import LocalKernelManager
-from runbook_lib.watch import lifecycle
+from runbook_lib.watch import acceptance, watchers
 from runbook_lib.watch.traffic import TrafficProbe
 from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import params_variant
@@ -157,18 +157,18 @@ def test_an_acting_cell_makes_the_live_input_checks_and_takes_the_run_lock(sandb
 
 
 def test_a_kernel_that_started_the_watchers_stops_them_when_it_shuts_down(params_file):
-    start = "from runbook_lib.watch import lifecycle\nlifecycle.start(section.params, section.run_dir, [])"
+    start = "from runbook_lib.watch import watchers\nwatchers.start(section.params, section.run_dir, [])"
     nb = notebook("30_plan", params_file, extra=start)
     with Kernel(nb) as k:
         assert k.run(k.index("params_file: str")) == [] and k.run(k.index("open_section(")) == []
         assert k.run(len(nb.cells) - 1) == []
         run_dir = Path(k.value("str(section.run_dir)").strip("'"))
-        pids = lifecycle.running(run_dir)["sampler"]
+        pids = watchers.running(run_dir)["sampler"]
         assert pids
     deadline = time.time() + 15
-    while lifecycle.running(run_dir) and time.time() < deadline:
+    while watchers.running(run_dir) and time.time() < deadline:
         time.sleep(0.2)
-    assert lifecycle.running(run_dir) == {}, "the kernel's exit stopped the sampler it started"
+    assert watchers.running(run_dir) == {}, "the kernel's exit stopped the sampler it started"
     assert not (run_dir / "watch.heartbeat").exists()
 
 
@@ -176,15 +176,15 @@ def test_watchers_stop_by_themselves_after_an_idle_heartbeat(params_file, tmp_pa
     monkeypatch.setenv("RUNBOOK_WATCH_IDLE_S", "3")
     run_dir = tmp_path / "idle-run"
     run_dir.mkdir()
-    lifecycle.start(load_params(params_file), run_dir, [])
+    watchers.start(load_params(params_file), run_dir, [])
     try:
         deadline = time.time() + 20
-        while lifecycle.running(run_dir) and time.time() < deadline:
+        while watchers.running(run_dir) and time.time() < deadline:
             time.sleep(0.2)
-        assert lifecycle.running(run_dir) == {}, "no live run touched the heartbeat: the sampler stopped"
+        assert watchers.running(run_dir) == {}, "no live run touched the heartbeat: the sampler stopped"
         assert "idle: no live run touched watch.heartbeat" in (run_dir / "metrics" / "sampler.log").read_text()
     finally:
-        lifecycle.stop_all(run_dir)
+        watchers.stop_all(run_dir)
 
 
 def test_validation_run_twice_gives_the_same_probe_verdict(sandbox, tmp_path):
@@ -192,8 +192,8 @@ def test_validation_run_twice_gives_the_same_probe_verdict(sandbox, tmp_path):
     run_dir = tmp_path / "probe-run"
     TrafficProbe.from_params(params, run_dir).start()
     time.sleep(1.5)
-    first = lifecycle.finish_probe(params, run_dir)
-    again = lifecycle.finish_probe(params, run_dir)
+    first = watchers.finish_probe(params, run_dir)
+    again = watchers.finish_probe(params, run_dir)
     assert first.acknowledged_writes > 0 and first.lost_writes == [] and first.verified_writes == first.acknowledged_writes
     assert again.to_dict() == first.to_dict(), "a second validation reuses the first verification"
-    assert [c.status for c in lifecycle.verdict(run_dir, again, params.model.gates)][1:3] == ["pass", "pass"]
+    assert [c.status for c in acceptance.acceptance(run_dir, again, params.model.gates).checks][1:3] == ["pass", "pass"]

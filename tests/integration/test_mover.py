@@ -14,10 +14,10 @@ from redis.crc import key_slot
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.mover import SAME_COPY_DEL_SCRIPT, Mover
+from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.slots import HANDOVER, SlotState, Transition, repair_step
 from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.config import Migration
-from runbook_lib.cluster.repair import repair
 from runbook_lib.exceptions import CheckFailed, MigrationError
 from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import fill_slot, tag_for_slot

@@ -12,7 +12,7 @@ import pytest
 
 from runbook_lib.cluster.topology import observe, parse_ranges
 from runbook_lib.sections.nodes import wait_replica_synced
-from runbook_lib.watch import lifecycle
+from runbook_lib.watch import watchers
 from tests.conftest import PORT_OFFSET, run_expansion, start_sandbox
 from tests.integration.faults import assert_original, assert_sound, cli, data_snapshot, params_variant
 from tests.integration.test_recovery import kill, restart, wait_caught_up, wait_promoted
@@ -50,7 +50,7 @@ def test_the_notebook_rollback_moves_slots_under_the_pace_and_watchers(sandbox, 
     assert [e for e in after[start:] if e["event"] in ("gate", "pace")], "the rollback's batches went through the pace"
     executed = (run_dir / "90_rollback.ipynb").read_text()
     assert "watching: sampler started, probe started" in executed, "the notebook's rollback started the watchers"
-    assert lifecycle.running(run_dir) == {}, "and stopped them"
+    assert watchers.running(run_dir) == {}, "and stopped them"
     assert_original(sandbox, SEED, baseline, baseline["keys"])
 
 
@@ -81,5 +81,5 @@ def test_rollback_after_an_original_master_failed_over_returns_the_slots_to_its_
         assert {owners[s] for s in parse_ranges(m["slots"])} == {shard}, m["address"]
     assert topo.by_address(victim["address"]).master_id == heir_id
     assert {len(view.entries) for view in topo.views.values()} == {6}, "the new nodes are gone from every view"
-    assert lifecycle.running(run_dir) == {}
+    assert watchers.running(run_dir) == {}
     assert_sound(SEED, creds, before, masters=3)

@@ -169,7 +169,7 @@ def test_the_verdict_fails_a_paused_master_and_a_slow_window_and_not_a_quiet_one
     The verdict resamples whole seconds (a stall is a run of slow samples, not independent ones), so a single stall in
     a 1.5 s window is one event in two blocks and honestly inconclusive; a stall in every second is sure."""
     from runbook_lib.config import Gates
-    from runbook_lib.watch.lifecycle import downtime, latency_variation
+    from runbook_lib.watch.acceptance import downtime, latency_evidence
     creds = sandbox.credentials()
     probe = TrafficProbe([SEED], creds, tmp_path, rate=RATE)
     probe.start()
@@ -187,9 +187,9 @@ def test_the_verdict_fails_a_paused_master_and_a_slow_window_and_not_a_quiet_one
     records = probe.records()
     base = {"since": quiet[0] - 3.0, "ts": quiet[0]}
     gates = Gates(latency_budget_pct=10.0)
-    slow = latency_variation(records, base, [paused], gates)
+    slow, _ = latency_evidence(records, base, [paused], gates)
     assert slow.status == "fail", slow
-    assert latency_variation(records, base, [quiet], gates).status != "fail"
+    assert latency_evidence(records, base, [quiet], gates)[0].status != "fail"
     window = records[(records["ts"] >= paused[0] - 1) & (records["ts"] < paused[1])]
     stalled = downtime(window, probe.settings.prefix, limit_s=0.25)
     assert stalled.status == "fail" and MASTERS[2] in stalled.detail, stalled

@@ -14,8 +14,8 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import load_params
 from runbook_lib.exceptions import PaceStop
-from runbook_lib.sections import nodes
-from runbook_lib.watch import lifecycle
+from runbook_lib.sections import migration, nodes
+from runbook_lib.watch import watchers
 from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import params_variant
 
@@ -68,7 +68,7 @@ def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(san
 
     def migrate() -> None:
         try:
-            done["result"] = lifecycle.watched_migration(params, run_dir, observe(SEED, creds), journal,
+            done["result"] = migration.run(params, run_dir, observe(SEED, creds), journal, apply=True,
                                                          progress=False, max_batches=1)
         except BaseException as e:
             done["error"] = e
@@ -85,7 +85,7 @@ def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(san
     finally:
         worker.join(timeout=120)
     assert "error" not in done, done.get("error")
-    the_plan, batches, _, _ = done["result"]
+    the_plan, batches = done["result"].plan, done["result"].batches
     assert len(batches) == 1 and batches[0].slots == 64, "max_batches=1: one batch of 64 slots"
     kinds = [e["event"] for e in events(run_dir)]
     assert kinds.index("window_wait") < kinds.index("window_open") < kinds.index("slots_open"), kinds
@@ -95,10 +95,10 @@ def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(san
     assert events(run_dir)[-1]["event"] == "migration_end" and events(run_dir)[-1]["remaining"] == len(
         the_plan.moves) - 64
 
-    _, again, _, _ = lifecycle.watched_migration(params, run_dir, observe(SEED, creds), journal, progress=False,
-                                                 max_batches=1)
+    again = migration.run(params, run_dir, observe(SEED, creds), journal, apply=True, progress=False,
+                          max_batches=1).batches
     assert len(again) == 1 and new_master_slots(creds) == 128, "a second execution goes on where the first stopped"
-    lifecycle.stop_all(run_dir)
+    watchers.stop_all(run_dir)
 
 
 def test_outside_stop_stops_before_any_slot_moves(sandbox, tmp_path):
@@ -108,10 +108,10 @@ def test_outside_stop_stops_before_any_slot_moves(sandbox, tmp_path):
     run_dir = tmp_path / "run"
     try:
         with pytest.raises(PaceStop, match="outside the off-peak window .* `runbook resume` continues"):
-            lifecycle.watched_migration(params, run_dir, observe(SEED, creds), Journal(run_dir / "journal.jsonl"),
+            migration.run(params, run_dir, observe(SEED, creds), Journal(run_dir / "journal.jsonl"), apply=True,
                                         progress=False)
     finally:
-        lifecycle.stop_all(run_dir)
+        watchers.stop_all(run_dir)
     assert new_master_slots(creds) == before and observe(SEED, creds).open_slots() == []
     assert "slots_open" not in [e["event"] for e in events(run_dir)]
     assert any(e["event"] == "window_stop" for e in events(run_dir))

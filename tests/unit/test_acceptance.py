@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from runbook_lib.config import Gates
-from runbook_lib.watch.lifecycle import downtime, latency_variation
+from runbook_lib.watch.acceptance import downtime, latency_evidence
 from runbook_lib.watch.timeline import moving_windows
 
 
@@ -32,16 +32,16 @@ def test_latency_fails_at_plus_15_percent_and_passes_at_plus_5_with_the_article_
     quick = records(np.concatenate([base, base * 1.05]))
     window = {"ts": 100.0, "since": 0.0}
     moving = [(100.0, 1000.0)]
-    assert latency_variation(slow, window, moving, Gates(latency_budget_pct=10)).status == "fail"
-    ok = latency_variation(quick, window, moving, Gates(latency_budget_pct=10))
+    assert latency_evidence(slow, window, moving, Gates(latency_budget_pct=10))[0].status == "fail"
+    ok, _ = latency_evidence(quick, window, moving, Gates(latency_budget_pct=10))
     assert ok.status == "pass" and "interval" in ok.detail
 
 
 def test_a_wider_budget_and_a_floor_are_named_beside_the_article_verdict():
     rng = np.random.default_rng(2)
     base = rng.gamma(4, 0.1, 20_000)
-    check = latency_variation(records(np.concatenate([base, base * 1.3])), {"ts": 100.0, "since": 0.0},
-                              [(100.0, 1000.0)], Gates(latency_budget_pct=50, latency_floor_ms=2.0))
+    check, _ = latency_evidence(records(np.concatenate([base, base * 1.3])), {"ts": 100.0, "since": 0.0},
+                                 [(100.0, 1000.0)], Gates(latency_budget_pct=50, latency_floor_ms=2.0))
     assert check.status == "pass"
     assert "against the article's +10 %: fail" in check.detail and "floor" in check.detail
 
@@ -57,17 +57,9 @@ def test_downtime_is_judged_per_master():
     assert downtime(fine, "runbook:probe:").status == "pass"
 
 
-def test_the_baseline_spread_says_when_a_baseline_is_tight_enough_to_judge():
-    from runbook_lib.watch.lifecycle import p99_spread
-    rng = np.random.default_rng(3)
-    assert p99_spread(rng.gamma(4, 0.1, 50)) == float("inf")
-    assert p99_spread(rng.gamma(4, 0.1, 20_000)) < 0.10
-    assert p99_spread(rng.gamma(4, 0.1, 300)) > p99_spread(rng.gamma(4, 0.1, 20_000))
-
-
 def test_the_latency_evidence_is_the_verdict_s_own_samples_and_its_chart_draws_the_same_budget():
     from runbook_lib.run.charts import acceptance_latency
-    from runbook_lib.watch.lifecycle import latency_evidence
+    from runbook_lib.watch.acceptance import latency_evidence
     rng = np.random.default_rng(4)
     base = rng.gamma(4, 0.1, 5_000)
     frame = records(np.concatenate([base, base * 1.02]))
@@ -87,7 +79,7 @@ def test_the_latency_evidence_is_the_verdict_s_own_samples_and_its_chart_draws_t
 
 def test_nothing_while_slots_moved_is_not_measured_and_the_chart_says_so():
     from runbook_lib.run.charts import acceptance_latency
-    from runbook_lib.watch.lifecycle import latency_evidence
+    from runbook_lib.watch.acceptance import latency_evidence
     check, data = latency_evidence(records(np.full(100, 0.5)), {"ts": 1.0, "since": 0.0}, [], Gates())
     assert check.status == "warn" and "not measured" in check.detail and data["measured"] is False
     fig = acceptance_latency(data)

@@ -1,8 +1,9 @@
-"""The package's layers (DESIGN §2): imports run downwards only, and no module imports itself back through others."""
+"""The package's layers (docs/design.md, Layers): imports run downwards only, and no module imports itself back through others."""
 
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,34 @@ def test_the_check_finds_a_violation(tmp_path):
     assert not allowed("runbook_lib.cluster.mover", "runbook_lib.sections.validate")
     assert not allowed("runbook_lib.watch.throttle", "runbook_lib.sections.preflight")
     assert allowed("runbook_lib.sections.rollback", "runbook_lib.cluster.mover")
+
+
+NOTEBOOKS = PACKAGE.parent / "notebooks"
+NOTEBOOK_MAY_IMPORT = ("runbook_lib.sections", "runbook_lib.run.notebook", "runbook_lib.run.charts")
+"""Notebooks are the user interface: they call the sections and the notebook helpers, never the engine below."""
+
+
+def notebook_imports(path: Path) -> set[str]:
+    """Every runbook_lib module a notebook's code cells import."""
+    cells = json.loads(path.read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("runbook_lib"):
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("runbook_lib"))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebooks_import_only_sections_and_the_notebook_helpers(path):
+    wrong = sorted(m for m in notebook_imports(path) if not m.startswith(NOTEBOOK_MAY_IMPORT))
+    assert not wrong, f"{path.name} imports {wrong}: call a section instead"
+
+
+def test_the_notebook_rule_fails_on_an_engine_import(tmp_path):
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["from runbook_lib.cluster import topology\n"]}]}))
+    assert "runbook_lib.cluster.topology" in notebook_imports(bad)
+    assert not "runbook_lib.cluster.topology".startswith(NOTEBOOK_MAY_IMPORT)

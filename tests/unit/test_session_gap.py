@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from runbook_lib.watch.lifecycle import session_gap
+from runbook_lib.watch.acceptance import session_gap
 
 PREFIX = "runbook:probe:"
 
