@@ -13,7 +13,7 @@ import pandas as pd
 
 from runbook_lib import __version__
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.config import known_secrets, load_params, replicas_pending
+from runbook_lib.config import known_secrets, load_params
 from runbook_lib.exceptions import BadInput, RunbookError
 from runbook_lib.run.audit import git_commit, redact
 
@@ -188,11 +188,9 @@ def _print_plan(plan, names: dict[str, str], prefix: str = "") -> None:
 
 def _check(args) -> int:
     from runbook_lib.cluster.topology import observe
-    from runbook_lib.sections.validate import balance, health
+    from runbook_lib.sections.validate import check_now
     params = load_params(args.params)
-    topo = observe(params.model.cluster.seed, params.credentials())
-    checks = health(topo, pending_replicas=replicas_pending(params)) + [balance(topo)]
-    checks[-1].status = "pass" if checks[-1].ok else "warn"
+    checks = check_now(observe(params.model.cluster.seed, params.credentials()), params)
     print(pd.DataFrame([c.__dict__ for c in checks]).to_string(index=False))
     failed = [c for c in checks if c.status == "fail"]
     print("healthy" if not failed else f"UNHEALTHY: {len(failed)} checks failed")

@@ -10,7 +10,7 @@ from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import CLIENT_NAME, cluster_client, node_client
 from runbook_lib.cluster.lock import lock_keys
 from runbook_lib.cluster.topology import SLOTS, Topology, misplaced_keys
-from runbook_lib.config import Credentials, Params
+from runbook_lib.config import Credentials, Params, replicas_pending
 from runbook_lib.watch.acceptance import Acceptance, acceptance
 from runbook_lib.watch.traffic import ProbeSummary
 from runbook_lib.watch.watchers import finish_probe
@@ -57,6 +57,13 @@ def slot_map(topo: Topology, pending_replicas: set[str] = frozenset()) -> list[C
               else "no replica yet: " + ", ".join(orphans))
     checks.append(Check("every master has a replica", "fail" if blocking else ("warn" if orphans else "pass"), detail))
     return checks
+
+
+def check_now(topo: Topology, params: Params) -> list[Check]:
+    """`runbook check`: the cluster's health, and its balance as a warning (a cluster mid-change is not balanced)."""
+    spread = balance(topo)
+    spread.status = "pass" if spread.ok else "warn"
+    return health(topo, pending_replicas=replicas_pending(params)) + [spread]
 
 
 def stop_probe(params: Params, run_dir: Path) -> ProbeSummary | None:
