@@ -1,5 +1,5 @@
-"""Pure statistics for the latency verdict (DESIGN section 6): the article's limit, p99 during the migration within
-+10 % of the baseline p99, decided on a confidence interval rather than on two point estimates.
+"""Pure statistics for the latency verdict (docs/design.md, Proof of zero downtime): the article's limit, p99 during
+the migration within +10 % of the baseline p99, decided on a confidence interval rather than on two point estimates.
 
 Sub-millisecond p99s on shared cores jitter by more than 10 % between quiet windows, so a single ratio of two p99s
 says little; a bootstrap interval of that ratio says how sure we are. `latency_verdict` answers "pass" when the whole

@@ -1,4 +1,5 @@
-"""The package's layers (docs/design.md, Layers): imports run downwards only, and no module imports itself back through others."""
+"""The package's layers (docs/design.md, Layers): imports run downwards only, and no module imports itself back
+through others."""
 
 from __future__ import annotations
 
