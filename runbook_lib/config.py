@@ -6,6 +6,7 @@ import os
 import stat
 import zoneinfo
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -239,7 +240,8 @@ class Backup(_Section):
 
 
 class Probe(_Section):
-    """The traffic probe (DESIGN section 6): client processes writing and reading keys under `prefix` during the run.
+    """The traffic probe (docs/design.md, Proof of zero downtime): client processes writing and reading keys under
+    `prefix` during the run.
 
     On by default, against production too, at a modest rate: it writes only under `prefix`, each key with a TTL, and
     needs SET/GET/DEL on that prefix only (docs/acl.md). Without it latency, failed requests and downtime are not
@@ -336,7 +338,12 @@ class Params:
         return self.resolve(self.model.report.dir)
 
     def credentials(self) -> Credentials:
-        """Read the password from the environment variable or 0600 file the params name."""
+        """The password from the environment variable or 0600 file the params name, and the TLS files: read and
+        checked at the first call, the same Credentials after it (a failed read is tried again)."""
+        return self._credentials
+
+    @cached_property
+    def _credentials(self) -> Credentials:
         c = self.model.cluster
         password = ""
         if c.password_env:

@@ -1,8 +1,9 @@
 """A second copy first: a target master receives slots only while a replica of it is in sync.
 
-MIGRATE deletes the source copy as soon as the target replies, before the target's replica has the key (DESIGN §5):
-a target without an in-sync replica holds the only copy of everything moved to it. `25_add_replicas` attaches each
-new master's replica while the master is still empty; the mover asks `require_replicas` before it moves a slot.
+MIGRATE deletes the source copy as soon as the target replies, before the target's replica has the key
+(docs/design.md, A second copy first): a target without an in-sync replica holds the only copy of everything moved to
+it. `25_add_replicas` attaches each new master's replica while the master is still empty; the mover asks
+`require_replicas` before it moves a slot.
 """
 
 from __future__ import annotations

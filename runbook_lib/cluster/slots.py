@@ -1,11 +1,11 @@
 """The slot state machine (pure): what one slot looks like in the live cluster, and the one next transition.
 
 Every path that moves a slot (the planned move, batched or not, resume, repair, rollback) asks `next_step` what to
-do next and does exactly that, so the protocol of DESIGN section 5 exists once. The state is read from the live
-cluster: who claims the slot, the IMPORTING/MIGRATING markers on every master, and the slot's key count on *every*
-master (markers are not replicated, so a promoted replica holds moved keys without a marker). `Shards` maps a node
-that failed over to the master now serving its shard, from the live cluster and the journal's record of who
-replicated whom.
+do next and does exactly that, so the protocol (docs/design.md, The slot protocol) exists once. The state is read
+from the live cluster: who claims the slot, the IMPORTING/MIGRATING markers on every master, and the slot's key count
+on *every* master (markers are not replicated, so a promoted replica holds moved keys without a marker). `Shards`
+maps a node that failed over to the master now serving its shard, from the live cluster and the journal's record of
+who replicated whom.
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import redis
 
@@ -281,14 +279,6 @@ def observe(seed: str, creds: Credentials, extra: list[str] | None = None) -> To
         except (redis.RedisError, OSError) as e:
             topo.unreachable[addr] = str(e)
     return topo
-
-
-def save_snapshot(topology: Topology, path: Path) -> None:
-    """Write a topology snapshot as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(topology.snapshot(), indent=2))
-
-
 
 
 def cluster_info(client: redis.Redis) -> dict[str, str]:

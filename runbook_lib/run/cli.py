@@ -106,7 +106,7 @@ def _seal(args) -> int:
 
 
 def _acl(args) -> int:
-    from runbook_lib.sections.acl import setuser_command
+    from runbook_lib.acl import setuser_command
     print(setuser_command(args.user, args.section or None))
     return 0
 

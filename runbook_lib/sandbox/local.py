@@ -23,13 +23,13 @@ from redis.crc import key_slot
 from tqdm.auto import tqdm
 
 import runbook_lib.sandbox.network as network
+from runbook_lib import acl as acl_rules
 from runbook_lib.addresses import meet_address
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import SLOTS, cluster_info, read_view
 from runbook_lib.config import Credentials
 from runbook_lib.exceptions import SandboxError
 from runbook_lib.sandbox.certs import make_certificates
-from runbook_lib.sections import acl as acl_rules
 
 STATE_FILE = "sandbox.json"
 PASSWORD_FILE = "password"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from runbook_lib.checks import Check
@@ -174,10 +173,5 @@ def round_trip(topo: Topology, creds: Credentials, count: int = 16) -> Check:
     return _check("read/write round trip", not problems,
                   f"{count} keys written and read back on {len(served_by)} masters; KEYSLOT matches the owner"
                   if not problems else "; ".join(problems[:3]))
-
-
-def checks_table(checks: list[Check]) -> list[dict]:
-    """Rows for a pandas table."""
-    return [asdict(c) for c in checks]
 
 

@@ -114,12 +114,3 @@ def follow(journal_path: Path, desc: str, file: IO | None = None, interval_s: fl
     """A context manager showing the progress of whatever the journal records while the block runs."""
     return JournalFollower(Path(journal_path), desc=desc, interval_s=interval_s, file=file)
 
-
-def replay(journal_path: Path) -> Progress:
-    """The progress state of a whole journal (for tests and `runbook check`)."""
-    state = Progress()
-    follower = JournalFollower(Path(journal_path))
-    for entry in follower.read():
-        state.feed(entry)
-    return state
-

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 BatchWindow = tuple[int, float, float]
-PHASES = ("baseline", "batch", "pause", "after")
 
 
 def batch_windows(entries: Iterable[dict], now: float | None = None) -> list[BatchWindow]:

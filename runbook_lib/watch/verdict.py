@@ -1,5 +1,5 @@
-"""Pure statistics for the latency verdict (DESIGN section 6): the article's limit, p99 during the migration within
-+10 % of the baseline p99, decided on a confidence interval rather than on two point estimates.
+"""Pure statistics for the latency verdict (docs/design.md, Proof of zero downtime): the article's limit, p99 during
+the migration within +10 % of the baseline p99, decided on a confidence interval rather than on two point estimates.
 
 Sub-millisecond p99s on shared cores jitter by more than 10 % between quiet windows, so a single ratio of two p99s
 says little; a bootstrap interval of that ratio says how sure we are. `latency_verdict` answers "pass" when the whole
@@ -17,10 +17,8 @@ wide interval a few observations deserve; under two seconds' worth of blocks the
 from __future__ import annotations
 
 from statistics import NormalDist
-from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
 from runbook_lib.checks import Check
 
@@ -48,12 +46,6 @@ def tail_latency(values) -> dict:
         out[name] = float(np.percentile(x, q)) if len(x) else float("nan")
     out["max_ms"] = float(x.max()) if len(x) else float("nan")
     return out
-
-
-def tail_latency_table(samples: Mapping[str, object]) -> pd.DataFrame:
-    """p50, p99, p99.9 and max side by side, one row per named set of samples (e.g. baseline, during, after)."""
-    rows = [{"samples": name, **tail_latency(values)} for name, values in samples.items()]
-    return pd.DataFrame(rows, columns=["samples", "n", *[n for n, _ in TAIL_QUANTILES], "max_ms"]).set_index("samples")
 
 
 def _linear_quantile_from_sorted(x: np.ndarray, q: float) -> float:

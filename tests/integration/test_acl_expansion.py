@@ -12,11 +12,11 @@ import pytest
 import redis
 import yaml
 
+from runbook_lib import acl
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Credentials
 from runbook_lib.sandbox import Sandbox, SandboxLayout
-from runbook_lib.sections import acl
 from runbook_lib.sections.validate import key_count
 from tests.conftest import LOOSE_GATES, PORT_OFFSET, files_holding, loosen
 

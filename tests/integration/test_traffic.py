@@ -51,7 +51,8 @@ def new_masters(sandbox) -> dict[str, str]:
 
 
 class SlotMover:
-    """The slot protocol by hand (DESIGN section 5), so that slots can be held open while clients run."""
+    """The slot protocol by hand (docs/design.md, The slot protocol), so that slots can be held open while clients
+    run."""
 
     def __init__(self, sb, target: str, target_id: str) -> None:
         self.creds = sb.credentials()
@@ -115,8 +116,8 @@ def test_redis_py_fails_on_ask_to_an_unknown_node_and_the_probe_client_follows_i
 
 def test_probe_has_no_error_and_loses_nothing_while_many_slots_are_open(sandbox, new_masters, tmp_path):
     """Like a batch-pipelined mover: the slots of every key written so far are opened at once and their keys moved
-    to a master no client knows, so the probe's reads and writes are ASK-redirected there (DESIGN section 5). Patched
-    workers only: stock ones fail here by design (test_traffic_accounting.py counts them)."""
+    to a master no client knows, so the probe's reads and writes are ASK-redirected there (docs/design.md, The slot
+    protocol). Patched workers only: stock ones fail here by design (test_traffic_accounting.py counts them)."""
     creds = sandbox.credentials()
     new = f"127.0.0.1:{PORT + 4}"
     mover = SlotMover(sandbox, new, new_masters[new])

@@ -1,7 +1,7 @@
-"""The probe's accounting on a real sandbox (DESIGN section 6): a stall of one master is timed from each request's
-scheduled send time (no coordinated omission) and shows as downtime of that master; a stock redis-py worker's failed
-requests (redis-py#4015, an ASK to a master it has never seen) are counted as failed requests, by kind and client,
-while the patched workers have none."""
+"""The probe's accounting on a real sandbox (docs/design.md, Proof of zero downtime): a stall of one master is timed
+from each request's scheduled send time (no coordinated omission) and shows as downtime of that master; a stock
+redis-py worker's failed requests (redis-py#4015, an ASK to a master it has never seen) are counted as failed
+requests, by kind and client, while the patched workers have none."""
 
 from __future__ import annotations
 
@@ -83,8 +83,9 @@ def test_a_paused_master_shows_as_many_slow_samples_and_as_its_own_downtime(sand
 
 
 class OpenSlots:
-    """Slots held open toward the new master by hand (DESIGN section 5): IMPORTING on it, MIGRATING on the source,
-    keys moved with MIGRATE so that their reads are ASK-redirected; close() moves the rest and hands them over."""
+    """Slots held open toward the new master by hand (docs/design.md, The slot protocol): IMPORTING on it, MIGRATING
+    on the source, keys moved with MIGRATE so that their reads are ASK-redirected; close() moves the rest and hands
+    them over."""
 
     def __init__(self, creds, target: str) -> None:
         self.creds, self.target = creds, target

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from runbook_lib import acl
 from runbook_lib.run.report import available
-from runbook_lib.sections import acl
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "acl.md"
 

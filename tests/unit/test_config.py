@@ -85,6 +85,26 @@ def test_password_file_must_be_owner_only(tmp_path):
     assert "s3cret" not in repr(creds)
 
 
+def test_credentials_are_read_once_per_params(tmp_path, monkeypatch):
+    """The password (file or environment) and the TLS files are read and checked at a Params' first call only; a
+    Params loaded anew reads them again."""
+    secret = tmp_path / "pw"
+    secret.write_text("first\n")
+    os.chmod(secret, 0o600)
+    params = load_params(write(tmp_path, GOOD))
+    first = params.credentials()
+    secret.write_text("second\n")
+    os.chmod(secret, 0o644)
+    assert params.credentials() is first and first.password == "first"
+    with pytest.raises(ParamsError, match="chmod 600"):
+        load_params(tmp_path / "p.yaml").credentials()
+    monkeypatch.setenv("RB_TEST_PW", "env-first")
+    from_env = load_params(write(tmp_path, GOOD.replace('password_file: "pw"', 'password_env: "RB_TEST_PW"'), "e.yaml"))
+    assert from_env.credentials().password == "env-first"
+    monkeypatch.setenv("RB_TEST_PW", "env-second")
+    assert from_env.credentials().password == "env-first"
+
+
 def test_password_env_must_be_set(tmp_path, monkeypatch):
     params = load_params(write(tmp_path, GOOD.replace('password_file: "pw"', 'password_env: "RB_TEST_PW"')))
     monkeypatch.delenv("RB_TEST_PW", raising=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.watch.journal_progress import Progress, follow, replay
+from runbook_lib.watch.journal_progress import JournalFollower, Progress, follow
 
 
 def test_progress_counts_what_the_journal_says_moved(tmp_path):
@@ -14,7 +14,9 @@ def test_progress_counts_what_the_journal_says_moved(tmp_path):
     j.record("keys_migrated", slots={"1": 40, "2": 2}, source="a", target="b")
     j.record("slots_assigned", slots=[1, 2], source="a", target="b")
     j.record("pace", action="ramp", slots_per_s=6.0, p99_ms=1.2, limit_ms=1.5, ratio=0.9, limit=1.1)
-    state = replay(j.path)
+    state = Progress()
+    for entry in JournalFollower(j.path).read():
+        state.feed(entry)
     assert (state.total, state.slots, state.keys) == (10, 2, 42)
     assert state.postfix() == "keys 42, pace 6 slots/s (ramp), p99 1.20 ms of 1.50 ms budget"
 

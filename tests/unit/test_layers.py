@@ -1,4 +1,5 @@
-"""The package's layers (docs/design.md, Layers): imports run downwards only, and no module imports itself back through others."""
+"""The package's layers (docs/design.md, Layers): imports run downwards only, and no module imports itself back
+through others."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "runbook_lib"
-BASE = {"runbook_lib", "runbook_lib.addresses", "runbook_lib.config", "runbook_lib.exceptions", "runbook_lib.checks",
-        "runbook_lib.files", "runbook_lib.progress"}
+BASE = {"runbook_lib", "runbook_lib.acl", "runbook_lib.addresses", "runbook_lib.config", "runbook_lib.exceptions",
+        "runbook_lib.checks", "runbook_lib.files", "runbook_lib.progress"}
 ALLOWED = {
     "base": BASE,
     "cluster": BASE | {"runbook_lib.cluster"},
     "watch": BASE | {"runbook_lib.cluster", "runbook_lib.watch"},
     "sections": BASE | {"runbook_lib.cluster", "runbook_lib.watch", "runbook_lib.sections"},
-    "sandbox": BASE | {"runbook_lib.cluster", "runbook_lib.sections", "runbook_lib.sandbox"},
+    "sandbox": BASE | {"runbook_lib.cluster", "runbook_lib.sandbox"},
     "run": BASE | {"runbook_lib.cluster", "runbook_lib.watch", "runbook_lib.sections", "runbook_lib.run",
                    "runbook_lib.sandbox"},
 }
@@ -83,6 +84,7 @@ def test_the_check_finds_a_violation(tmp_path):
     """The layer rule fails where it should: a cluster module importing a section is refused."""
     assert not allowed("runbook_lib.cluster.mover", "runbook_lib.sections.validate")
     assert not allowed("runbook_lib.watch.throttle", "runbook_lib.sections.preflight")
+    assert not allowed("runbook_lib.sandbox.local", "runbook_lib.sections.validate")
     assert allowed("runbook_lib.sections.rollback", "runbook_lib.cluster.mover")
 
 

@@ -1,5 +1,7 @@
 """The least ACL rules an operator user needs, per runbook section, and the lines that create such a user.
 
+Pure data, in the base layer: the sandbox writes these rules into its nodes' configs and the CLI prints them.
+
 Keys: MIGRATE reads and deletes every key of a slot on the source and RESTORE-ASKING writes it on the target, so the
 user needs `~*` for those; plain writes (SET, DEL) are granted only on keys under KEY_PREFIX, through a selector.
 """
