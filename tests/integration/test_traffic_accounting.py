@@ -1,7 +1,7 @@
-"""The probe's accounting on a real sandbox (DESIGN section 6): a stall of one master is timed from each request's
-scheduled send time (no coordinated omission) and shows as downtime of that master; a stock redis-py worker's failed
-requests (redis-py#4015, an ASK to a master it has never seen) are counted as failed requests, by kind and client,
-while the patched workers have none."""
+"""The probe's accounting on a real sandbox (docs/design.md, Proving zero downtime): a stall of one master is timed
+from each request's scheduled send time (no coordinated omission) and shows as downtime of that master; a stock
+redis-py worker's failed requests (redis-py#4015, an ASK to a master it has never seen) are counted as failed
+requests, by kind and client, while the patched workers have none."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.topology import read_view
 from runbook_lib.sections.nodes import add_masters
-from runbook_lib.watch.traffic import TrafficProbe, longest_gap_per_node, longest_unanswered_per_node
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_stats import longest_gap_per_node, longest_unanswered_per_node
 from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
@@ -83,8 +84,9 @@ def test_a_paused_master_shows_as_many_slow_samples_and_as_its_own_downtime(sand
 
 
 class OpenSlots:
-    """Slots held open toward the new master by hand (DESIGN section 5): IMPORTING on it, MIGRATING on the source,
-    keys moved with MIGRATE so that their reads are ASK-redirected; close() moves the rest and hands them over."""
+    """Slots held open toward the new master by hand (docs/design.md, How Redis really behaves during a slot move):
+    IMPORTING on it, MIGRATING on the source, keys moved with MIGRATE so that their reads are ASK-redirected; close()
+    moves the rest and hands them over."""
 
     def __init__(self, creds, target: str) -> None:
         self.creds, self.target = creds, target

@@ -13,7 +13,8 @@ from redis.crc import key_slot
 
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import cluster_info, read_view
-from runbook_lib.watch.traffic import AskSafeCluster, TrafficProbe, ask_safe_client
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_client import AskSafeCluster, ask_safe_client
 from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ MASTERS = [f"127.0.0.1:{PORT + i}" for i in range(3)]
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("traffic") / "sandbox", PORT, 1000, replicas=0, new_masters=2)
+    sb = start_sandbox(tmp_path_factory.mktemp("probe") / "sandbox", PORT, 1000, replicas=0, new_masters=2)
     yield sb
     sb.down()
 
@@ -51,7 +52,8 @@ def new_masters(sandbox) -> dict[str, str]:
 
 
 class SlotMover:
-    """The slot protocol by hand (DESIGN section 5), so that slots can be held open while clients run."""
+    """The slot protocol by hand (docs/design.md, How Redis really behaves during a slot move), so that slots can be
+    held open while clients run."""
 
     def __init__(self, sb, target: str, target_id: str) -> None:
         self.creds = sb.credentials()
@@ -115,8 +117,9 @@ def test_redis_py_fails_on_ask_to_an_unknown_node_and_the_probe_client_follows_i
 
 def test_probe_has_no_error_and_loses_nothing_while_many_slots_are_open(sandbox, new_masters, tmp_path):
     """Like a batch-pipelined mover: the slots of every key written so far are opened at once and their keys moved
-    to a master no client knows, so the probe's reads and writes are ASK-redirected there (DESIGN section 5). Patched
-    workers only: stock ones fail here by design (test_traffic_accounting.py counts them)."""
+    to a master no client knows, so the probe's reads and writes are ASK-redirected there (docs/design.md, How Redis
+    really behaves during a slot move). Patched workers only: stock ones fail here by design
+    (test_traffic_accounting.py counts them)."""
     creds = sandbox.credentials()
     new = f"127.0.0.1:{PORT + 4}"
     mover = SlotMover(sandbox, new, new_masters[new])
@@ -149,9 +152,9 @@ def test_probe_has_no_error_and_loses_nothing_while_many_slots_are_open(sandbox,
 
 
 def test_probe_outlives_its_starter_is_stopped_from_another_process_and_reports_a_deleted_key(sandbox, tmp_path):
-    start = ("import sys; from runbook_lib.sandbox import Sandbox; from runbook_lib.watch.traffic import TrafficProbe; "
+    start = ("import sys; from runbook_lib.sandbox import Sandbox; from runbook_lib.watch.probe import TrafficProbe; "
              "TrafficProbe([sys.argv[1]], Sandbox(sys.argv[2]).credentials(), sys.argv[3], rate=200).start()")
-    stop = "import sys; from runbook_lib.watch.traffic import TrafficProbe; print(TrafficProbe.attach(sys.argv[1]).stop())"
+    stop = "import sys; from runbook_lib.watch.probe import TrafficProbe; print(TrafficProbe.attach(sys.argv[1]).stop())"
     subprocess.run([sys.executable, "-c", start, SEED, str(sandbox.root), str(tmp_path)], check=True, timeout=30)
     probe = TrafficProbe.attach(tmp_path, sandbox.credentials())
     assert len(probe.alive()) == 3, "the workers (two patched, one stock) should outlive the process that started them"
