@@ -42,9 +42,10 @@ from runbook_lib.exceptions import PaceStop, SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import health, key_count
-from runbook_lib.watch.metrics import Sampler
 from runbook_lib.watch.pace import governor
-from runbook_lib.watch.traffic import TrafficProbe, latency_stats
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_stats import latency_stats
+from runbook_lib.watch.sampler import Sampler
 from runbook_lib.watch.verdict import latency_verdict, p99_ratio_interval
 
 RESHARD_BATCH = 100

@@ -21,8 +21,9 @@ from runbook_lib.config import Params, new_master_addresses, replicas_pending
 from runbook_lib.sections import nodes, validate
 from runbook_lib.sections import plan as planning
 from runbook_lib.watch.journal_progress import follow
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_stats import latency_stats, per_batch
 from runbook_lib.watch.timeline import batch_windows, pace_series
-from runbook_lib.watch.traffic import TrafficProbe, latency_stats, per_batch
 from runbook_lib.watch.watchers import has_probe, watch
 
 

@@ -28,7 +28,7 @@ from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.sections import bigkeys, host
 from runbook_lib.sections.nodes import check_fresh
 from runbook_lib.sections.validate import health, key_count, keyspace_stats
-from runbook_lib.watch.metrics import cpu_pct
+from runbook_lib.watch.sampler import cpu_pct
 
 PARITY_SETTINGS = ("cluster-node-timeout", "maxmemory", "maxmemory-policy", "appendonly", "save",
                    "cluster-require-full-coverage", "cluster-allow-replica-migration", "repl-backlog-size",

@@ -11,7 +11,7 @@ from runbook_lib.cluster.lock import lock_keys
 from runbook_lib.cluster.topology import SLOTS, Topology, misplaced_keys
 from runbook_lib.config import Credentials, Params, replicas_pending
 from runbook_lib.watch.acceptance import Acceptance, acceptance
-from runbook_lib.watch.traffic import ProbeSummary
+from runbook_lib.watch.probe_stats import ProbeSummary
 from runbook_lib.watch.watchers import finish_probe
 
 

@@ -14,8 +14,9 @@ import pandas as pd
 from runbook_lib.checks import Check
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_stats import ProbeSummary, longest_gap, longest_unanswered_per_node
 from runbook_lib.watch.timeline import MOVE_TAIL_S, batch_windows, inside, label, moving_windows
-from runbook_lib.watch.traffic import ProbeSummary, TrafficProbe, longest_gap, longest_unanswered_per_node
 from runbook_lib.watch.verdict import latency_check, latency_verdict, p99_ratio_interval
 from runbook_lib.watch.watchers import BASELINE_FILE
 

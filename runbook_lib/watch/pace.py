@@ -190,9 +190,9 @@ Measure = Callable[[float], Reading]
 def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
     """The measurement of a run folder: the probe's latencies since the given time, while slots moved (the windows
     the verdict judges, `timeline.moving_windows`), against the baseline window's, and the sampler's node gates."""
-    from runbook_lib.watch.metrics import evaluate, gate_values
-    from runbook_lib.watch.traffic import PROBE_DIR, TrafficProbe
-    has_probe = (Path(run_dir) / PROBE_DIR / "probe.json").exists()
+    from runbook_lib.watch.gates import evaluate, gate_values
+    from runbook_lib.watch.probe import TrafficProbe
+    has_probe = TrafficProbe.was_started(run_dir)
     base_ms = base_ts = None
     if has_probe and baseline.get("since") and baseline.get("p99_ms"):
         records = TrafficProbe.attach(run_dir).records(since=baseline["since"])

@@ -157,7 +157,7 @@ def _moving_window(run_dir: str | Path, window_s: float, reach_s: float = 120.0)
 def run_gate(run_dir: str | Path, gates: Gates, baseline_p99_ms: float | None, window_s: float = 5.0) -> Gate:
     """The gate of a run folder: the sampler's node metrics over the last `window_s`, and the probe's latencies over
     the last `window_s` seconds in which slots moved (not the pauses between them)."""
-    from runbook_lib.watch.metrics import evaluate, gate_values
+    from runbook_lib.watch.gates import evaluate, gate_values
 
     def gate(since: float | None = None) -> list[Check]:
         if since is not None:

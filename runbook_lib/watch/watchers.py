@@ -21,13 +21,15 @@ import numpy as np
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Params, new_node_addresses
 from runbook_lib.watch import detached
-from runbook_lib.watch.metrics import METRICS_DIR, Sampler, write_table
-from runbook_lib.watch.metrics import STATE_FILE as SAMPLER_STATE
+from runbook_lib.watch.metrics_table import write_table
 from runbook_lib.watch.pace import governor
+from runbook_lib.watch.probe import PROBE_DIR, TrafficProbe
+from runbook_lib.watch.probe import STATE_FILE as PROBE_STATE
+from runbook_lib.watch.probe_stats import ProbeSummary, latency_stats
+from runbook_lib.watch.sampler import METRICS_DIR, Sampler
+from runbook_lib.watch.sampler import STATE_FILE as SAMPLER_STATE
 from runbook_lib.watch.throttle import Throttle, run_gate
 from runbook_lib.watch.timeline import batch_windows
-from runbook_lib.watch.traffic import PROBE_DIR, ProbeSummary, TrafficProbe, latency_stats
-from runbook_lib.watch.traffic import STATE_FILE as PROBE_STATE
 from runbook_lib.watch.verdict import bootstrap_quantile
 from runbook_lib.watch.window import windowed
 

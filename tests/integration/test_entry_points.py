@@ -17,7 +17,7 @@ from runbook_lib.cluster.topology import observe, parse_ranges
 from runbook_lib.config import load_params
 from runbook_lib.run.report import available
 from runbook_lib.watch import detached, watchers
-from runbook_lib.watch.metrics import Sampler
+from runbook_lib.watch.sampler import Sampler
 from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
 from tests.integration.faults import assert_expanded, assert_original, cli, fill_slot, params_variant
 
@@ -188,7 +188,7 @@ def test_another_tools_open_slot_is_left_alone_unless_named(sandbox, params, fir
     assert f"stopped before moving any slot: slot {slot} still open" in left.stdout
     assert f"--slot {slot}" in left.stdout
     assert f"stopped the metrics sampler (pid {stale_pid}), still running from the interrupted run" in left.stdout
-    assert not detached.is_running(stale_pid, "runbook_lib.watch.metrics")
+    assert not detached.is_running(stale_pid, "runbook_lib.watch.sampler")
     assert "watching:" not in left.stdout, "no slot moves, so no watcher starts"
     assert cluster_layout(PORTS, creds) == before, "the foreign open slot was touched"
     assert not [e for e in events(first_run) if e["event"] == "slot_repair" and e["slot"] == slot]
@@ -217,7 +217,7 @@ def test_rollback_runs_watched_and_returns_the_recorded_layout(sandbox, params, 
     back = cli("rollback", "--params", params)
     assert back.returncode == 0, back.stdout + back.stderr
     assert f"stopped the metrics sampler (pid {stale_pid}), still running from the interrupted run" in back.stdout
-    assert not detached.is_running(stale_pid, "runbook_lib.watch.metrics")
+    assert not detached.is_running(stale_pid, "runbook_lib.watch.sampler")
     assert "watching: sampler started, probe started" in back.stdout
     assert "every batch gated by the throttle" in back.stdout
     assert f"moved {moves} slots back to their owners" in back.stdout

@@ -21,7 +21,7 @@ from runbook_lib.run.audit import verify
 from runbook_lib.run.interactive import POINTER
 from runbook_lib.run.report import LocalKernelManager
 from runbook_lib.watch import acceptance, watchers
-from runbook_lib.watch.traffic import TrafficProbe
+from runbook_lib.watch.probe import TrafficProbe
 from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import params_variant
 

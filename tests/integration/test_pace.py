@@ -17,7 +17,7 @@ import redis
 from runbook_lib.cluster.topology import observe
 from runbook_lib.run.notebook import CHARTS_DIR
 from runbook_lib.sections.validate import key_count
-from runbook_lib.watch.traffic import TrafficProbe
+from runbook_lib.watch.probe import TrafficProbe
 from tests.conftest import PORT_OFFSET, start_sandbox
 from tests.integration.faults import RUNBOOK, cli, params_variant
 

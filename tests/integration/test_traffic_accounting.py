@@ -14,7 +14,8 @@ from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.topology import read_view
 from runbook_lib.sections.nodes import add_masters
-from runbook_lib.watch.traffic import TrafficProbe, longest_gap_per_node, longest_unanswered_per_node
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_stats import longest_gap_per_node, longest_unanswered_per_node
 from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration

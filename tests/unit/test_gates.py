@@ -10,16 +10,9 @@ import pandas as pd
 import pytest
 
 from runbook_lib.config import Gates
-from runbook_lib.watch.metrics import (
-    GateValues,
-    cpu_pct,
-    evaluate,
-    memory_pct,
-    node_summary,
-    offset_time,
-    values_from,
-)
-from runbook_lib.watch.traffic import COLUMNS
+from runbook_lib.watch.gates import GateValues, evaluate, node_summary, values_from
+from runbook_lib.watch.probe_stats import COLUMNS
+from runbook_lib.watch.sampler import cpu_pct, memory_pct, offset_time
 
 GOOD = GateValues(window_s=10, nodes=8, sample_age_s=0.4, fresh=True, down_nodes=[], cpu_pct=35.0, cpu_node="a:1",
                   memory_pct=40.0, memory_node="a:1", replication_lag_ms=3.0, lag_node="b:1", avg_latency_ms=0.4,

@@ -13,7 +13,8 @@ from redis.crc import key_slot
 
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import cluster_info, read_view
-from runbook_lib.watch.traffic import AskSafeCluster, TrafficProbe, ask_safe_client
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.probe_client import AskSafeCluster, ask_safe_client
 from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ MASTERS = [f"127.0.0.1:{PORT + i}" for i in range(3)]
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("traffic") / "sandbox", PORT, 1000, replicas=0, new_masters=2)
+    sb = start_sandbox(tmp_path_factory.mktemp("probe") / "sandbox", PORT, 1000, replicas=0, new_masters=2)
     yield sb
     sb.down()
 
@@ -150,9 +151,9 @@ def test_probe_has_no_error_and_loses_nothing_while_many_slots_are_open(sandbox,
 
 
 def test_probe_outlives_its_starter_is_stopped_from_another_process_and_reports_a_deleted_key(sandbox, tmp_path):
-    start = ("import sys; from runbook_lib.sandbox import Sandbox; from runbook_lib.watch.traffic import TrafficProbe; "
+    start = ("import sys; from runbook_lib.sandbox import Sandbox; from runbook_lib.watch.probe import TrafficProbe; "
              "TrafficProbe([sys.argv[1]], Sandbox(sys.argv[2]).credentials(), sys.argv[3], rate=200).start()")
-    stop = "import sys; from runbook_lib.watch.traffic import TrafficProbe; print(TrafficProbe.attach(sys.argv[1]).stop())"
+    stop = "import sys; from runbook_lib.watch.probe import TrafficProbe; print(TrafficProbe.attach(sys.argv[1]).stop())"
     subprocess.run([sys.executable, "-c", start, SEED, str(sandbox.root), str(tmp_path)], check=True, timeout=30)
     probe = TrafficProbe.attach(tmp_path, sandbox.credentials())
     assert len(probe.alive()) == 3, "the workers (two patched, one stock) should outlive the process that started them"

@@ -23,11 +23,10 @@ from redis.exceptions import (
 from runbook_lib.config import Credentials, load_params
 from runbook_lib.exceptions import BadInput, ParamsError
 from runbook_lib.watch.detached import read_appended_csv
-from runbook_lib.watch.timeline import batch_windows, label
-from runbook_lib.watch.traffic import (
+from runbook_lib.watch.probe import TrafficProbe, schedule
+from runbook_lib.watch.probe_client import classify
+from runbook_lib.watch.probe_stats import (
     COLUMNS,
-    TrafficProbe,
-    classify,
     error_kinds,
     error_kinds_by_client,
     latency_stats,
@@ -38,9 +37,9 @@ from runbook_lib.watch.traffic import (
     per_batch,
     per_window,
     read_records,
-    schedule,
     summarize,
 )
+from runbook_lib.watch.timeline import batch_windows, label
 
 
 def records(rows: list[tuple], client: str | None = None, node: str | None = None) -> pd.DataFrame:

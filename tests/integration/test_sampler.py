@@ -12,18 +12,10 @@ import pytest
 
 from runbook_lib.cluster.connection import cluster_client
 from runbook_lib.config import Gates
-from runbook_lib.watch.metrics import (
-    TABLE_FILE,
-    NodePoller,
-    Sampler,
-    evaluate,
-    gate_values,
-    read_samples,
-    tidy,
-    values_from,
-    write_table,
-)
-from runbook_lib.watch.traffic import TrafficProbe
+from runbook_lib.watch.gates import evaluate, gate_values, values_from
+from runbook_lib.watch.metrics_table import TABLE_FILE, tidy, write_table
+from runbook_lib.watch.probe import TrafficProbe
+from runbook_lib.watch.sampler import NodePoller, Sampler, read_samples
 from tests.conftest import PORT_OFFSET, start_sandbox
 
 pytestmark = pytest.mark.integration
@@ -35,7 +27,7 @@ MASTERS, REPLICAS = NODES[:3], NODES[3:]
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("metrics") / "sandbox", PORT, 1000, replicas=1, new_masters=0)
+    sb = start_sandbox(tmp_path_factory.mktemp("sampler") / "sandbox", PORT, 1000, replicas=1, new_masters=0)
     yield sb
     sb.down()
 
