@@ -21,7 +21,7 @@ from runbook_lib.config import Params, known_secrets
 from runbook_lib.exceptions import BadInput
 from runbook_lib.run import audit
 from runbook_lib.run.audit import MANIFEST
-from runbook_lib.run.report import SectionResult, available, earlier_results, write_index
+from runbook_lib.run.report import NOTEBOOKS_DIR, SectionResult, available, earlier_results, write_index
 from runbook_lib.watch import watchers
 from runbook_lib.watch.detached import Heartbeat
 
@@ -111,15 +111,17 @@ class RunContext:
         return audit.invocation(command, self.run_id, self.params, self.started, time.time(), exit_code=exit_code,
                                 **details)
 
-    def seal(self, command: str, exit_code: int, ran: list[SectionResult], **details) -> dict:
+    def seal(self, command: str, exit_code: int, ran: list[SectionResult], notebooks_dir: Path = NOTEBOOKS_DIR,
+             **details) -> dict:
         """End the run: stop its watchers, write provenance (this invocation and the sections it `ran`), the params
-        copy and index.html, then the manifest last. Returns audit.finish's answer and the watchers stopped."""
+        copy and index.html (listing the sections of `notebooks_dir`), then the manifest last. Returns
+        audit.finish's answer and the watchers stopped."""
         record = self.record(command, exit_code, sections=[
             {"name": s.name, "status": s.status, "summary": s.summary, "seconds": round(s.seconds, 2)} for s in ran],
             **details)
         stopped = watchers.stop_all(self.run_dir)
         audit.record(self.run_dir, self.params, record, known_secrets())
-        write_index(self.run_dir, ran, available())
+        write_index(self.run_dir, ran, available(notebooks_dir))
         return {**audit.finish(self.run_dir, self.run_id, known_secrets()), "stopped": stopped}
 
     def seal_recorded(self, command: str) -> dict:

@@ -144,7 +144,7 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
         if lock is not None and not context.release():
             say(f"warning: the run lock {LOCK_KEY!r} was not ours any more or could not be deleted; it expires by "
                  "itself within a minute")
-        sealed = context.seal(COMMAND, result.exit_code, result.sections, stopped=result.stopped,
+        sealed = context.seal(COMMAND, result.exit_code, result.sections, notebooks_dir, stopped=result.stopped,
                               lock={"held": lock is not None, "key": LOCK_KEY if lock else "",
                                     "taken_over_from": lock.taken_over.describe() if lock and lock.taken_over else ""})
         if sealed["stopped"]:
