@@ -15,10 +15,8 @@ import platform
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import redis
 from redis.cluster import RedisCluster
@@ -250,16 +248,6 @@ class RunLock:
         if self._client is not None:
             self._client.close()
             self._client = None
-
-
-@contextmanager
-def holding(seed: str, creds: Credentials, command: str, take_over: bool = False, run_dir: str = "") -> Iterator[RunLock]:
-    """Hold the cluster's run lock for the duration of a `with` block (raises RunLocked when another run holds it)."""
-    lock = RunLock(seed, creds, new_run_id(), command, run_dir).acquire(take_over)
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def lock_keys(topo: Topology, creds: Credentials) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -13,9 +12,13 @@ import pandas as pd
 
 from runbook_lib import __version__
 from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.topology import observe
 from runbook_lib.config import known_secrets, load_params
 from runbook_lib.exceptions import BadInput, RunbookError
 from runbook_lib.run.audit import git_commit, redact
+from runbook_lib.run.confirm import confirm
+from runbook_lib.run.context import RunContext, continued_run_dir, sealed
+from runbook_lib.run.interactive import RUN_RECORD
 
 EPILOG = """exit codes: 0 done, 1 a check or gate failed (cluster left consistent), 2 bad input (nothing changed).
 Passwords never go on the command line or in params: params name an environment variable (password_env) or a
@@ -66,7 +69,7 @@ def _sandbox_down(args) -> int:
 
 
 def _run(args) -> int:
-    from runbook_lib.run.report import run
+    from runbook_lib.run.runner import run  # papermill and nbconvert: seconds no other command should wait for
     result = run(args.params, out=args.out, only=args.only, start=args.start, take_over_lock=args.take_over_lock)
     return result.exit_code
 
@@ -83,9 +86,6 @@ def _verify_report(args) -> int:
 
 def _seal(args) -> int:
     """Seal a run folder by hand: the interactive run it holds ends (the next notebook starts a new one)."""
-    from runbook_lib.cluster.lock import new_run_id
-    from runbook_lib.run.interactive import RUN_RECORD
-    from runbook_lib.run.report import seal_folder
     run_dir = Path(args.dir).resolve()
     if not (run_dir / "results").is_dir():
         raise BadInput(f"{run_dir} holds no section results (results/); give a run folder")
@@ -99,9 +99,9 @@ def _seal(args) -> int:
         raise BadInput(f"{run_dir} does not say which params file it ran with; give it with --params")
     params = load_params(params_file)
     started = float(record.get("started") or time.time())
-    sealed = seal_folder(run_dir, params, "runbook seal", record.get("run_id") or new_run_id(), started)
-    print(f"sealed {run_dir}: index {run_dir / 'index.html'}, manifest {sealed['manifest']} (sha256 "
-          f"{sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
+    done = RunContext(params, run_dir, record.get("run_id", ""), started).seal_recorded("runbook seal")
+    print(f"sealed {run_dir}: index {run_dir / 'index.html'}, manifest {done['manifest']} (sha256 "
+          f"{done['manifest_sha256']}; `runbook verify-report {run_dir}`)")
     return 0
 
 
@@ -113,21 +113,16 @@ def _acl(args) -> int:
 
 def _holding_lock(name: str, params, run_dir: Path | None, take_over: bool, work) -> int:
     """Run `work()` (it changes the cluster) holding the cluster's run lock, then re-seal the run folder it used."""
-    from runbook_lib.cluster.lock import holding
-    from runbook_lib.run.audit import invocation, seal
-    from runbook_lib.watch.detached import Heartbeat
-    started, code = time.time(), 1
-    with holding(params.model.cluster.seed, params.credentials(), f"runbook {name}", take_over,
-                 run_dir=str(run_dir or "")) as lock:
+    context, command, code = RunContext(params, run_dir), f"runbook {name}", 1
+    with context.holding(command, take_over) as lock:
         if lock.taken_over is not None:
             print(f"took over the stale run lock of {lock.taken_over.describe()}")
         try:
-            with Heartbeat(run_dir) if run_dir is not None else contextlib.nullcontext():
+            with context.working():
                 code = work()
         finally:
-            if run_dir is not None and (run_dir / "manifest.json").exists():
-                seal(run_dir, params, invocation(f"runbook {name}", lock.holder.run_id, params, started,
-                                                 time.time(), exit_code=code), known_secrets())
+            if run_dir is not None and sealed(run_dir):
+                context.reseal(command, code)
     return code
 
 
@@ -137,9 +132,6 @@ def _guarded(name: str, act):
     changed); acting holds the run lock. `act(args, params, topo, run_dir, acting)` does the work. The run folder is
     looked up first, but a missing one is reported after the lock, so that a run holding the cluster is named first."""
     def command(args) -> int:
-        from runbook_lib.cluster.topology import observe
-        from runbook_lib.run.confirm import confirm
-        from runbook_lib.run.report import continued_run_dir
         params = load_params(args.params)
         topo = observe(params.model.cluster.seed, params.credentials())
         acting = confirm(params, topo) and not args.dry_run

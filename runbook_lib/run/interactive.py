@@ -8,8 +8,9 @@ lock and the live input checks before a cell changes the cluster, watchers that 
   opened, so re-running a cell never switches folders.
 - **The lock.** A cell that acts (`Section.confirm` said yes) first checks the params' nodes live, as `runbook run`
   does (a new node that is not empty stops it), then takes the cluster's run lock and holds it until the cell ends
-  (or the kernel does). Under `runbook run` (which sets RUNBOOK_RUN_ID for its kernels) the runner holds the lock,
-  checked in the cluster, and seals the folder itself.
+  (or the kernel does), through the run's `RunContext` as every entry point does (`runbook_lib.run.context`).
+  Under `runbook run` (which sets RUNBOOK_RUN_ID for its kernels) the runner holds the lock, checked in the cluster,
+  and seals the folder itself.
 - **The watchers.** While a cell runs, the run folder's heartbeat is touched; the probe and sampler stop by
   themselves when it goes untouched for their idle limit. A kernel that started them stops them when it shuts
   down (atexit).
@@ -30,10 +31,9 @@ from runbook_lib.cluster.connection import LOCK_CLIENT_NAME, cluster_client
 from runbook_lib.cluster.lock import RUN_ID_ENV, RunLock, new_run_id, read_lock
 from runbook_lib.cluster.topology import Topology
 from runbook_lib.config import Params
-from runbook_lib.run.audit import MANIFEST
+from runbook_lib.run.context import RunContext, sealed
 from runbook_lib.run.inputs import check_new_nodes
 from runbook_lib.watch import watchers
-from runbook_lib.watch.detached import Heartbeat
 
 POINTER = "interactive-run.json"
 """In the report folder: the interactive run notebooks given no run_dir write into."""
@@ -57,11 +57,6 @@ class RunInfo:
         return {"run_id": self.run_id, "started": self.started, "params_file": self.params_file,
                 "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
                 "by": f"{getpass.getuser()}@{platform.node()}"}
-
-
-def sealed(run_dir: Path) -> bool:
-    """Whether the folder was sealed (its manifest written): the run it belongs to has ended."""
-    return (run_dir / MANIFEST).exists()
 
 
 def _read(path: Path) -> dict:
@@ -119,13 +114,13 @@ def given_run(params: Params, run_dir: Path) -> RunInfo:
 
 
 class KernelSession:
-    """What one kernel holds for the runs it works in: the run folder per params file, the heartbeat ticking while a
-    cell runs, the locks taken by the running cell, and the watchers it started (stopped at exit)."""
+    """What one kernel holds for the runs it works in: the run folder per params file, each run's context (its
+    heartbeat ticking while a cell runs, the lock taken by the running cell, its seal), and the watchers it started
+    (stopped at exit)."""
 
     def __init__(self) -> None:
         self.runs: dict[tuple[str, str], RunInfo] = {}
-        self.heartbeats: dict[Path, Heartbeat] = {}
-        self.locks: list[RunLock] = []
+        self.contexts: dict[Path, RunContext] = {}
         self.started_watchers: set[Path] = set()
         self._before: dict[Path, set[int]] = {}
         self._hooked = False
@@ -141,8 +136,16 @@ class KernelSession:
             else:
                 run = pointed_run(params) or start_run(params)
             self.runs[key] = run
-        self.heartbeats.setdefault(run.run_dir, Heartbeat(run.run_dir))
+        self.context(params, run)
         return run
+
+    def context(self, params: Params, run: RunInfo) -> RunContext:
+        """The context of `run` in this kernel, one per run folder, acting on the params the notebook opened last."""
+        context = self.contexts.get(run.run_dir)
+        if context is None:
+            context = self.contexts[run.run_dir] = RunContext(params, run.run_dir, run.run_id, run.started)
+        context.params = params
+        return context
 
     def hook(self, shell) -> None:
         """Register the cell hooks with IPython and the exit handler, once per kernel."""
@@ -154,14 +157,14 @@ class KernelSession:
         self._hooked = True
 
     def pre_cell(self, *_info) -> None:
-        for run_dir, beat in self.heartbeats.items():
+        for run_dir, context in self.contexts.items():
             self._before[run_dir] = _pids(run_dir)
-            beat.start()
+            context.heartbeat.start()
 
     def post_cell(self, *_result) -> None:
         """After every cell: stop the heartbeat thread, release the locks the cell took, note watchers it started."""
-        for run_dir, beat in self.heartbeats.items():
-            beat.stop()
+        for run_dir, context in self.contexts.items():
+            context.heartbeat.stop()
             if _pids(run_dir) - self._before.get(run_dir, set()):
                 self.started_watchers.add(run_dir)
         self.release()
@@ -172,22 +175,25 @@ class KernelSession:
         if run.headless and runner_holds_lock(params, run.run_id):
             return None
         check_new_nodes(params, params.credentials(), topo)
-        if any(lock.holder.run_id == run.run_id for lock in self.locks):
+        context = self.context(params, run)
+        if context.lock is not None:
             return None
-        lock = RunLock(params.model.cluster.seed, params.credentials(), run.run_id, f"notebook {section}",
-                       str(run.run_dir)).acquire()
-        self.locks.append(lock)
-        return lock
+        return context.take_lock(f"notebook {section}")
 
     def release(self) -> None:
-        while self.locks:
-            self.locks.pop().release()
+        for context in self.contexts.values():
+            context.release()
+
+    def seal(self, params: Params, run: RunInfo, command: str) -> dict:
+        """Seal the folder of a run by hand, as `runbook run` seals its own: watchers stopped, index.html,
+        provenance, params copy, manifest last."""
+        return self.context(params, run).seal_recorded(command)
 
     def at_exit(self) -> None:
         """The kernel is shutting down: release its locks, stop the watchers it started for a run by hand."""
         self.release()
-        for beat in self.heartbeats.values():
-            beat.stop()
+        for context in self.contexts.values():
+            context.heartbeat.stop()
         for run_dir in self.started_watchers:
             if not any(r.headless for r in self.runs.values() if r.run_dir == run_dir):
                 watchers.stop_all(run_dir)
@@ -205,14 +211,6 @@ def runner_holds_lock(params: Params, run_id: str) -> bool:
     finally:
         client.close()
     return state is not None and state.holder.run_id == run_id
-
-
-def seal_run(params: Params, run: RunInfo, command: str) -> dict:
-    """Seal the folder of a run by hand, as `runbook run` seals its own: watchers stopped, index.html, provenance,
-    params copy, manifest last. (The runner module is imported here, not at the top: it loads papermill and
-    nbconvert, seconds a kernel need not spend on every notebook.)"""
-    from runbook_lib.run.report import seal_folder
-    return seal_folder(run.run_dir, params, command, run.run_id, run.started)
 
 
 SESSION = KernelSession()

@@ -29,6 +29,7 @@ from runbook_lib.exceptions import BadInput, CheckFailed
 from runbook_lib.run import interactive
 from runbook_lib.run.audit import RESULTS_DIR, git_commit
 from runbook_lib.run.confirm import confirm as confirm_cluster
+from runbook_lib.run.context import sealed
 from runbook_lib.run.inputs import check_seed
 
 __all__ = ["BadInput", "Check", "RESULTS_DIR", "Section", "checks_frame", "open_section", "step_markdown",
@@ -236,10 +237,8 @@ class Section:
         folder.mkdir(exist_ok=True)
         (folder / f"{self.name}.json").write_text(json.dumps(verdict, indent=2, default=str))
         self.session.release()
-        if not self.run.headless and (interactive.sealed(self.run_dir) or
-                                      (not failed and self.name in interactive.RUN_ENDS)):
-            sealed = interactive.seal_run(self.params, self.run, f"notebook {self.name}")
-            verdict["sealed"] = str(sealed["manifest"])
+        if not self.run.headless and (sealed(self.run_dir) or (not failed and self.name in interactive.RUN_ENDS)):
+            verdict["sealed"] = str(self.session.seal(self.params, self.run, f"notebook {self.name}")["manifest"])
         if failed:
             raise CheckFailed(f"{self.name}: {summary}")
         return verdict

@@ -19,7 +19,7 @@ from runbook_lib.cluster.topology import observe
 from runbook_lib.config import load_params
 from runbook_lib.run.audit import verify
 from runbook_lib.run.interactive import POINTER
-from runbook_lib.run.report import LocalKernelManager
+from runbook_lib.run.kernel import LocalKernelManager
 from runbook_lib.watch import acceptance, watchers
 from runbook_lib.watch.probe import TrafficProbe
 from tests.conftest import PORT_OFFSET, start_sandbox

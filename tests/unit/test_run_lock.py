@@ -13,7 +13,6 @@ from runbook_lib.cluster.lock import (
     LockState,
     new_run_id,
 )
-from runbook_lib.run.report import RunResult, SectionResult
 
 
 def test_holder_round_trips_and_describes_itself():
@@ -40,16 +39,3 @@ def test_a_live_holder_is_not_stale_a_dead_one_is():
 
 def test_run_ids_are_unique():
     assert len({new_run_id() for _ in range(50)}) == 50
-
-
-def section(status: str, summary: str) -> SectionResult:
-    return SectionResult(name="00_preflight", status=status, summary=summary, seconds=1.0, notebook="", html="")
-
-
-def test_exit_codes_of_a_run():
-    assert RunResult(run_dir=None, sections=[section("pass", "ok")]).exit_code == 0
-    assert RunResult(run_dir=None, sections=[section("fail", "CheckFailed: 00_preflight: 1 of 9")]).exit_code == 1
-    assert RunResult(run_dir=None, sections=[section("fail", "ParamsError: p.yaml: cluster.seed: x")]).exit_code == 2
-    assert RunResult(run_dir=None, sections=[section("fail", "BadInput: confirm_cluster")]).exit_code == 2
-    assert RunResult(run_dir=None, sections=[section("fail", "KeyError: 'x'")]).exit_code == 1
-    assert RunResult(run_dir=None, sections=[section("pass", "ok")], stopped="lock lost").exit_code == 1
