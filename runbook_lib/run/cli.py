@@ -11,14 +11,23 @@ from pathlib import Path
 import pandas as pd
 
 from runbook_lib import __version__
+from runbook_lib.acl import setuser_command
 from runbook_lib.cluster.journal import Journal
+from runbook_lib.cluster.plan import batch_summary
+from runbook_lib.cluster.topology import names as topology_names
 from runbook_lib.cluster.topology import observe
-from runbook_lib.config import known_secrets, load_params
+from runbook_lib.config import known_secrets, load_params, new_node_addresses
 from runbook_lib.exceptions import BadInput, RunbookError
-from runbook_lib.run.audit import git_commit, redact
+from runbook_lib.run.audit import git_commit, redact, verify
 from runbook_lib.run.confirm import confirm
 from runbook_lib.run.context import RunContext, continued_run_dir, sealed
 from runbook_lib.run.interactive import RUN_RECORD
+from runbook_lib.sandbox import Sandbox, SandboxLayout
+from runbook_lib.sections.plan import current
+from runbook_lib.sections.resume import phase, resume
+from runbook_lib.sections.rollback import watched_rollback
+from runbook_lib.sections.validate import check_now
+from runbook_lib.watch import watchers
 
 EPILOG = """exit codes: 0 done, 1 a check or gate failed (cluster left consistent), 2 bad input (nothing changed).
 Passwords never go on the command line or in params: params name an environment variable (password_env) or a
@@ -33,7 +42,6 @@ SAFEGUARDS = ("With apply: false (or --dry-run) a dry run: it prints exactly wha
 
 
 def _sandbox_up(args) -> int:
-    from runbook_lib.sandbox import Sandbox, SandboxLayout
     layout = SandboxLayout(port=args.port, masters=args.masters, replicas=args.replicas, new_masters=args.new_masters,
                            hosts=args.hosts, rtt_ms=args.rtt_ms, ipv6=args.ipv6,
                            announce_hostnames=args.announce_hostnames or (args.tls and args.hosts > 1))
@@ -57,7 +65,6 @@ def _sandbox_up(args) -> int:
 
 
 def _sandbox_down(args) -> int:
-    from runbook_lib.sandbox import Sandbox
     sb = Sandbox(args.dir)
     hosts = sb.hosts()
     stopped = sb.down()
@@ -75,7 +82,6 @@ def _run(args) -> int:
 
 
 def _verify_report(args) -> int:
-    from runbook_lib.run.audit import verify
     result = verify(args.dir)
     for line in result.lines():
         print(line)
@@ -106,7 +112,6 @@ def _seal(args) -> int:
 
 
 def _acl(args) -> int:
-    from runbook_lib.acl import setuser_command
     print(setuser_command(args.user, args.section or None))
     return 0
 
@@ -155,9 +160,6 @@ def _guarded(name: str, act):
 
 
 def _plan(args) -> int:
-    from runbook_lib.cluster.topology import names as topology_names
-    from runbook_lib.cluster.topology import observe
-    from runbook_lib.sections.plan import current
     params = load_params(args.params)
     topo = observe(params.model.cluster.seed, params.credentials())
     plan = current(params, topo)
@@ -170,7 +172,6 @@ def _plan(args) -> int:
 
 def _print_plan(plan, names: dict[str, str], prefix: str = "") -> None:
     """Slots per master now and after, then the batches."""
-    from runbook_lib.cluster.plan import batch_summary
     print(pd.DataFrame([{"master": names.get(i, i), "slots now": plan.before[i], "slots after": plan.after[i]}
                         for i in plan.after]).to_string(index=False))
     print(f"\n{prefix}{len(plan.moves)} slots in {len(plan.batches)} batches, about "
@@ -179,8 +180,6 @@ def _print_plan(plan, names: dict[str, str], prefix: str = "") -> None:
 
 
 def _check(args) -> int:
-    from runbook_lib.cluster.topology import observe
-    from runbook_lib.sections.validate import check_now
     params = load_params(args.params)
     checks = check_now(observe(params.model.cluster.seed, params.credentials()), params)
     print(pd.DataFrame([c.__dict__ for c in checks]).to_string(index=False))
@@ -191,7 +190,6 @@ def _check(args) -> int:
 
 def _resume_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     """Resume the run in `run_dir`, or say exactly what resuming would do."""
-    from runbook_lib.sections.resume import phase, resume
     journal = Journal(run_dir / "journal.jsonl")
     doing = phase(journal)
     last = journal.last("slots_open", "keys_migrated", "slots_handover", "slots_assigned", "migrate_failed",
@@ -248,8 +246,6 @@ def _slots(slots: list[int]) -> str:
 
 def _print_would(out, doing: str, topo, params) -> int:
     """What a resume would move (a dry run)."""
-    from runbook_lib.cluster.topology import names as topology_names
-    from runbook_lib.config import new_node_addresses
     plan = out.plan
     removal = f"remove {', '.join(new_node_addresses(params))} from the cluster"
     if not plan.moves:
@@ -263,7 +259,6 @@ def _print_would(out, doing: str, topo, params) -> int:
 
 def _leftover_watchers(run_dir: Path, acting: bool) -> None:
     """Stop (or, in a dry run, name) the probe and sampler an interrupted run left running in its folder."""
-    from runbook_lib.watch import watchers
     line = watchers.stop_leftovers(run_dir, acting)
     if line:
         print(line)
@@ -271,13 +266,11 @@ def _leftover_watchers(run_dir: Path, acting: bool) -> None:
 
 def _pace(params, run_dir: Path, journal: Journal):
     """The watch 40_migrate moves slots under (sampler, probe, baseline, throttle), started before the first batch."""
-    from runbook_lib.watch import watchers
     return watchers.WatchWhenMoving(params, run_dir, journal,
                                      on_start=lambda watch: print(watchers.watching(watch), flush=True))
 
 
 def _stop_watch(run_dir: Path) -> None:
-    from runbook_lib.watch import watchers
     stopped = watchers.stop_all(run_dir)
     if stopped:
         print(f"stopped the {' and '.join(stopped)} started for this command")
@@ -298,8 +291,6 @@ def _rolled_back(out) -> int:
 
 def _rollback_in(args, params, topo, run_dir: Path, acting: bool) -> int:
     """Roll back to the run's before-picture (the path 90_rollback takes too), or say exactly what it would do."""
-    from runbook_lib.cluster.topology import names as topology_names
-    from runbook_lib.sections.rollback import watched_rollback
     journal = Journal(run_dir / "journal.jsonl")
     print(f"{'rolling back' if acting else 'would roll back'} to the layout recorded in {run_dir / 'baseline.json'}")
     out = watched_rollback(params, run_dir, topo, journal, apply=acting, tell=lambda line: print(line, flush=True))

@@ -275,7 +275,6 @@ def step_summary(step: StepReport, applied: bool) -> str:
 
 def checks_frame(checks: list):
     """Checks as a pandas table coloured by status, for display in a notebook."""
-    import pandas as pd
     colours = {"pass": "background-color:#e3f4e1", "warn": "background-color:#fff4d6",
                "fail": "background-color:#fbe0de"}
     frame = pd.DataFrame([_plain(c) for c in checks], columns=["name", "status", "detail"])

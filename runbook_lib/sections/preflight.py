@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import redis
 
 from runbook_lib.checks import Check
@@ -187,7 +188,6 @@ def config_table(facts: list[NodeFacts]) -> list[dict]:
 
 def config_styler(facts: list[NodeFacts]):
     """The parity table: columns that differ between nodes shaded, the cells that differ from most nodes in bold red."""
-    import pandas as pd
     frame = pd.DataFrame(config_table(facts))
     differing = [c for c in frame.columns if c not in ("node", "role", "new") and frame[c].nunique() > 1]
 

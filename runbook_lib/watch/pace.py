@@ -41,8 +41,11 @@ import numpy as np
 
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Migration
+from runbook_lib.watch.gates import evaluate, gate_values
+from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.throttle import GatePaused
 from runbook_lib.watch.timeline import inside, moving_windows
+from runbook_lib.watch.verdict import p99_ratio_interval
 
 MIN_REQUESTS = 300
 """A window ramps only on at least this many client requests: a p99 rests on its few slowest (here 3)."""
@@ -158,7 +161,6 @@ def ratio_interval(baseline_ms: np.ndarray, window_ms: np.ndarray, baseline_ts: 
                    window_ts: np.ndarray | None = None) -> tuple[float, float, float]:
     """p99(window) / p99(baseline) with its 95 % bootstrap interval, by whole seconds of samples when the timestamps
     are given (the verdict's statistic; low and high NaN under two seconds), cheap enough to run every second."""
-    from runbook_lib.watch.verdict import p99_ratio_interval
     return p99_ratio_interval(baseline_ms, window_ms, n_boot=BOOT, baseline_ts=baseline_ts, during_ts=window_ts)
 
 
@@ -190,8 +192,6 @@ Measure = Callable[[float], Reading]
 def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
     """The measurement of a run folder: the probe's latencies since the given time, while slots moved (the windows
     the verdict judges, `timeline.moving_windows`), against the baseline window's, and the sampler's node gates."""
-    from runbook_lib.watch.gates import evaluate, gate_values
-    from runbook_lib.watch.probe import TrafficProbe
     has_probe = TrafficProbe.was_started(run_dir)
     base_ms = base_ts = None
     if has_probe and baseline.get("since") and baseline.get("p99_ms"):

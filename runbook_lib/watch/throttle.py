@@ -17,6 +17,8 @@ from runbook_lib.checks import Check
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Migration
 from runbook_lib.exceptions import PaceStop
+from runbook_lib.watch.gates import evaluate, gate_values
+from runbook_lib.watch.timeline import moving_windows
 
 Gate = Callable[[float | None], list[Check]]
 
@@ -139,7 +141,6 @@ def _moving_window(run_dir: str | Path, window_s: float, reach_s: float = 120.0)
     """The window whose probe samples the gate judges: the latest `window_s` seconds during which slots were open
     or being handed over (from the journal), looking back at most `reach_s`; the plain last `window_s` before any
     slot moved. Returns (window length back from now, the moving spans in it or None)."""
-    from runbook_lib.watch.timeline import moving_windows
     now = time.time()
     spans = [(max(a, now - reach_s), min(b, now)) for a, b in moving_windows(Journal(Path(run_dir) / "journal.jsonl")
                                                                                 .entries(), now) if b > now - reach_s]
@@ -157,7 +158,6 @@ def _moving_window(run_dir: str | Path, window_s: float, reach_s: float = 120.0)
 def run_gate(run_dir: str | Path, gates: Gates, baseline_p99_ms: float | None, window_s: float = 5.0) -> Gate:
     """The gate of a run folder: the sampler's node metrics over the last `window_s`, and the probe's latencies over
     the last `window_s` seconds in which slots moved (not the pauses between them)."""
-    from runbook_lib.watch.gates import evaluate, gate_values
 
     def gate(since: float | None = None) -> list[Check]:
         if since is not None:
