@@ -20,9 +20,9 @@ commands sent since). `analyse()` also checks the rules of tests/unit/test_failp
 
 Paths are followed through if/else, loops (back edges included), try, with, break/continue, and end at
 return/raise; nested functions and lambdas are not part of their enclosing function. Conditions on plain names are
-tracked, so that `self._pipeline(node, [... for slot in unaware])` (which sends nothing for an empty list) followed
-by `if unaware: failpoint(...)`, or loops over `first` and `then` with `if first and then: failpoint(...)` between
-them, are understood. Formatting does not matter: only the syntax tree is read.
+tracked, so that `self.nodes.pipeline(node, [... for slot in unaware])` (which sends nothing for an empty list)
+followed by `if unaware: failpoint(...)`, or loops over `first` and `then` with `if first and then: failpoint(...)`
+between them, are understood. Formatting does not matter: only the syntax tree is read.
 
 `python -m tests.failpoints` prints the enumeration and the violations; `--rows` prints a docs/failpoints.md row
 skeleton for every point the document lacks.
@@ -128,7 +128,7 @@ class Event:
     leaves_change: bool = True
     """Whether a change is left without a failpoint after it when the call returns (for a plain command: yes)."""
     over: str = ""
-    """A name whose emptiness means the command is not sent (`self._pipeline(n, [... for x in NAME])`)."""
+    """A name whose emptiness means the command is not sent (`self.nodes.pipeline(n, [... for x in NAME])`)."""
 
 
 def _is_self_attr(node: ast.AST, names: set[str] | None = None) -> str | None:

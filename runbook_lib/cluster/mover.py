@@ -99,7 +99,8 @@ def next_group(moves: list[Move], in_flight: int, knows: Callable[[str], bool]) 
 
 
 class Mover:
-    """Moves slots between masters of one cluster through the slot state machine, journaling every change."""
+    """Moves slots between masters of one cluster through the slot state machine, journaling every change; its
+    transitions and MIGRATE rounds read `settings` as the pace last set it."""
 
     def __init__(self, topology: Topology, creds: Credentials, settings: Migration, journal: Journal,
                  bigkeys: BigKeys | None = None) -> None:
