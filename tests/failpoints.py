@@ -4,24 +4,25 @@
 function, line, and what happened before it on the paths that reach it: the journal entry recorded last and the
 commands sent since). `analyse()` also checks the rules of tests/unit/test_failpoints.py:
 
-(a) every transition method of the Mover holds at least one failpoint. The transition methods are the methods
-    `Mover._transition` dispatches to, plus every method they call (transitively) that both journals and sends a
-    command that changes the cluster (the BUSYKEY resolution, `_resolve_busy`). A new transition kind is picked up
-    from the dispatcher; a renamed one is caught by `EXPECTED_TRANSITIONS`.
+(a) every transition method of `Transitions` (runbook_lib/cluster/transitions.py) holds at least one failpoint. The
+    transition methods are the methods `Transitions.act` dispatches to, plus every method they call (transitively)
+    that both journals and sends a command that changes the cluster (the BUSYKEY resolution, `_resolve_busy`). A new
+    transition kind is picked up from the dispatcher; a renamed one is caught by `EXPECTED_TRANSITIONS`.
 (b) in each transition method, on every path from a `journal.record(...)` to the next command sent to the cluster
-    (`self._pipeline`, `self._each`, `self._migrate_rounds`, a client's `execute`/`execute_command`, a call through
-    `self.client(...)`, or a Mover method that sends one of these), a `failpoint(...)` is called.
+    (`self.nodes.pipeline`, `self.nodes.each`, `self.rounds.migrate`, `self.rounds.sizes`, a client's
+    `execute`/`execute_command`, a call through `self.nodes.client(...)`, or a method of the class that sends one of
+    these), a `failpoint(...)` is called.
 (c) failpoint names are unique string literals (without ':', which RUNBOOK_FAILPOINT uses for the hit count).
 (d) docs/failpoints.md has one row per failpoint, naming its function and the journal entry recorded before it.
 (e) in each transition method, on every path between two commands that change the cluster (SETSLOT, MIGRATE, DEL,
-    RESTORE, a script that calls one, ... or a Mover method that sends one before any failpoint of its own), a
+    RESTORE, a script that calls one, ... or a method of the class that sends one before any failpoint of its own), a
     failpoint is called. A command repeated by a loop is not paired with itself in the next iteration.
 
 Paths are followed through if/else, loops (back edges included), try, with, break/continue, and end at
 return/raise; nested functions and lambdas are not part of their enclosing function. Conditions on plain names are
-tracked, so that `self._pipeline(node, [... for slot in unaware])` (which sends nothing for an empty list) followed
-by `if unaware: failpoint(...)`, or loops over `first` and `then` with `if first and then: failpoint(...)` between
-them, are understood. Formatting does not matter: only the syntax tree is read.
+tracked, so that `self.nodes.pipeline(node, [... for slot in unaware])` (which sends nothing for an empty list)
+followed by `if unaware: failpoint(...)`, or loops over `first` and `then` with `if first and then: failpoint(...)`
+between them, are understood. Formatting does not matter: only the syntax tree is read.
 
 `python -m tests.failpoints` prints the enumeration and the violations; `--rows` prints a docs/failpoints.md row
 skeleton for every point the document lacks.
@@ -38,19 +39,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "runbook_lib"
-MOVER = PACKAGE / "cluster" / "mover.py"
+TRANSITIONS = PACKAGE / "cluster" / "transitions.py"
 DOC = ROOT / "docs" / "failpoints.md"
 
-MOVER_CLASS = "Mover"
-DISPATCHER = "_transition"
+TRANSITIONS_CLASS = "Transitions"
+DISPATCHER = "act"
 EXPECTED_TRANSITIONS = {"_open", "_drain", "_handover", "_close", "_rescue", "_resolve_busy"}
 """Transition methods the rules must find; one missing means a rename (update this set) or a dispatcher moved."""
 
-DIRECT_SENDS = {"_pipeline", "_each", "_migrate_rounds"}
-"""Mover helpers that send commands to a node."""
-EMPTY_SENDS_NOTHING = {"_pipeline"}
+DIRECT_SENDS = {"pipeline", "each", "migrate", "sizes"}
+"""Helpers that send commands to a node, called on an object the class holds (`self.nodes.pipeline`, `self.nodes.each`:
+runbook_lib/cluster/nodes.py; `self.rounds.migrate`, `self.rounds.sizes`: runbook_lib/cluster/rounds.py) or on self."""
+EMPTY_SENDS_NOTHING = {"pipeline"}
 """Helpers that send nothing for an empty command list (their second argument)."""
-CHANGING_HELPERS = {"_migrate_rounds": "MIGRATE"}
+CHANGING_HELPERS = {"migrate": "MIGRATE"}
 """Helpers that send commands changing the cluster whatever their arguments say."""
 CHANGING_WORDS = {"SETSLOT", "MIGRATE", "RESTORE", "RESTORE-ASKING", "DEL", "UNLINK", "SET", "ADDSLOTS",
                   "ADDSLOTSRANGE", "DELSLOTS", "DELSLOTSRANGE", "FORGET", "MEET", "REPLICATE", "FAILOVER", "RESET",
@@ -70,9 +72,9 @@ class Failpoint:
 
     name: str
     module: str
-    """Path from the repository root, e.g. runbook_lib/cluster/mover.py."""
+    """Path from the repository root, e.g. runbook_lib/cluster/transitions.py."""
     function: str
-    """Qualified name of the enclosing function, e.g. Mover._open."""
+    """Qualified name of the enclosing function, e.g. Transitions._open."""
     line: int
     records: tuple[str, ...] = ()
     """Journal events recorded last before the point on the paths through its function that reach it ("" for a
@@ -126,13 +128,20 @@ class Event:
     leaves_change: bool = True
     """Whether a change is left without a failpoint after it when the call returns (for a plain command: yes)."""
     over: str = ""
-    """A name whose emptiness means the command is not sent (`self._pipeline(n, [... for x in NAME])`)."""
+    """A name whose emptiness means the command is not sent (`self.nodes.pipeline(n, [... for x in NAME])`)."""
 
 
 def _is_self_attr(node: ast.AST, names: set[str] | None = None) -> str | None:
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
         if names is None or node.attr in names:
             return node.attr
+    return None
+
+
+def _held_attr(node: ast.AST, names: set[str] | None = None) -> str | None:
+    """`self.<object>.<name>`: a method of an object the class holds (`self.nodes.pipeline`)."""
+    if isinstance(node, ast.Attribute) and _is_self_attr(node.value) and (names is None or node.attr in names):
+        return node.attr
     return None
 
 
@@ -147,15 +156,15 @@ def _contains_client_factory(node: ast.AST) -> bool:
             f = n.func
             if isinstance(f, ast.Name) and f.id in CLIENT_FACTORIES:
                 return True
-            if _is_self_attr(f, CLIENT_FACTORIES) or (isinstance(f, ast.Attribute) and f.attr == "get"
-                                                      and _is_self_attr(f.value, {"_clients"})):
+            if _is_self_attr(f, CLIENT_FACTORIES) or _held_attr(f, CLIENT_FACTORIES) or (
+                    isinstance(f, ast.Attribute) and f.attr == "get" and _is_self_attr(f.value, {"_clients"})):
                 return True
     return False
 
 
 def _calls_self(node: ast.AST) -> bool:
-    """Whether an expression calls a method of self (a reply, not a list of commands)."""
-    return any(isinstance(n, ast.Call) and _is_self_attr(n.func) for n in ast.walk(node))
+    """Whether an expression calls a method of self or of an object it holds (a reply, not a list of commands)."""
+    return any(isinstance(n, ast.Call) and (_is_self_attr(n.func) or _held_attr(n.func)) for n in ast.walk(node))
 
 
 def _script_words(script: str) -> list[str]:
@@ -236,20 +245,20 @@ class _Classifier:
             arg = call.args[0] if call.args else None
             name = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "?"
             return Event("record", name, line)
-        helper = _is_self_attr(f, self.senders)
+        helper = _is_self_attr(f, self.senders) or _held_attr(f, DIRECT_SENDS)
         if helper:
             words, changing = self.words(call)
             if helper in CHANGING_HELPERS:
                 changing = True
                 words = [CHANGING_HELPERS[helper]] + [w for w in words if w != CHANGING_HELPERS[helper]]
-            text = " ".join(words) if helper in DIRECT_SENDS else f"self.{helper}()"
+            text = " ".join(words) if helper in DIRECT_SENDS else f"{ast.unparse(f)}()"
             guarded, leaves = self.guards.get(helper, (False, True))
             over = ""
             if helper in EMPTY_SENDS_NOTHING and len(call.args) >= 2 and isinstance(call.args[1], ast.ListComp):
                 gens = call.args[1].generators
                 if len(gens) == 1 and isinstance(gens[0].iter, ast.Name) and not gens[0].ifs:
                     over = gens[0].iter.id
-            return Event("send", text or f"self.{helper}()", line, changing or helper in self.changers, guarded,
+            return Event("send", text or f"{ast.unparse(f)}()", line, changing or helper in self.changers, guarded,
                          leaves, over)
         if isinstance(f, ast.Attribute) and (f.attr in ("execute", "execute_command")
                                              or _contains_client_factory(f.value)):
@@ -600,7 +609,7 @@ def _guards(methods: dict[str, ast.AST], sends: set[str], changes: set[str],
 class Analysis:
     failpoints: list[Failpoint]
     transitions: list[str]
-    """Mover methods the rules (a), (b), (e) apply to."""
+    """Transitions methods the rules (a), (b), (e) apply to."""
     violations: list[Violation]
     problems: list[str]
     """Failpoint calls the enumeration cannot name (not a string literal)."""
@@ -629,17 +638,17 @@ def _nesting(fn: ast.AST, call: ast.Call,
     return bool(inside(fn, False))
 
 
-def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analysis:
+def analyse(paths: list[Path] | None = None, transitions: Path | None = None) -> Analysis:
     """Enumerate the failpoints of `paths` (default: every module under runbook_lib/ that calls one) and check the
-    transition rules on the Mover of `mover` (default: runbook_lib/cluster/mover.py)."""
-    mover = mover or MOVER
+    transition rules on the `Transitions` class of `transitions` (default: runbook_lib/cluster/transitions.py)."""
+    transitions_path = transitions or TRANSITIONS
     paths = list(paths) if paths is not None else _modules()
-    if mover not in paths and mover.exists():
-        paths.append(mover)
+    if transitions_path not in paths and transitions_path.exists():
+        paths.append(transitions_path)
     found: list[Failpoint] = []
     violations: list[Violation] = []
     problems: list[str] = []
-    transitions: list[str] = []
+    rule_methods: list[str] = []
     events: set[str] = set()
     for path in paths:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -651,11 +660,11 @@ def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analy
             by_class.setdefault(cls, {})[fn.name] = fn
         senders = {cls: _class_senders(methods, constants) if cls else (set(), set())
                    for cls, methods in by_class.items()}
-        guards = {cls: _guards(by_class[cls], *senders[cls], constants) for cls in by_class if cls == MOVER_CLASS}
+        guards = {cls: _guards(by_class[cls], *senders[cls], constants) for cls in by_class if cls == TRANSITIONS_CLASS}
         rule_fns: set[str] = set()
-        if path == mover:
-            methods = by_class.get(MOVER_CLASS, {})
-            sends, changes = senders.get(MOVER_CLASS, (set(), set()))
+        if path == transitions_path:
+            methods = by_class.get(TRANSITIONS_CLASS, {})
+            sends, changes = senders.get(TRANSITIONS_CLASS, (set(), set()))
             dispatched = _self_calls(methods[DISPATCHER]) & set(methods) if DISPATCHER in methods else set()
             reach, todo = set(dispatched), list(dispatched)
             while todo:
@@ -666,11 +675,11 @@ def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analy
             base = _Classifier(constants=constants)
             records = {n for n, fn in methods.items() if any(e.kind == "record" for e in base.events(fn))}
             rule_fns = dispatched | {n for n in reach if n in records and n in changes}
-            transitions = sorted(rule_fns, key=lambda n: methods[n].lineno)
+            rule_methods = sorted(rule_fns, key=lambda n: methods[n].lineno)
             events = {e.text for n in rule_fns for e in base.events(methods[n]) if e.kind == "record"}
             missing = EXPECTED_TRANSITIONS - rule_fns
             if missing:
-                violations.append(Violation("a", MOVER_CLASS, 0, f"transition methods not found as such: "
+                violations.append(Violation("a", TRANSITIONS_CLASS, 0, f"transition methods not found as such: "
                                             f"{sorted(missing)} (renamed? not dispatched by {DISPATCHER}? update "
                                             "EXPECTED_TRANSITIONS in tests/failpoints.py)"))
         for qual, fn, cls in functions:
@@ -697,12 +706,12 @@ def analyse(paths: list[Path] | None = None, mover: Path | None = None) -> Analy
                                        last_commands=tuple(sorted({p.last for p in reaching})),
                                        sent=tuple(sent), conditional=_nesting(fn, call),
                                        in_loop=_nesting(fn, call, (ast.For, ast.While, ast.AsyncFor))))
-            if cls == MOVER_CLASS and path == mover and fn.name in rule_fns:
+            if cls == TRANSITIONS_CLASS and path == transitions_path and fn.name in rule_fns:
                 if not calls:
                     violations.append(Violation("a", qual, fn.lineno, "a transition method without any failpoint"))
                 violations.extend(sorted(flow.violations.values(), key=lambda v: (v.rule, v.line)))
     found.sort(key=lambda f: (f.module, f.line))
-    return Analysis(found, transitions, violations, problems, events)
+    return Analysis(found, rule_methods, violations, problems, events)
 
 
 def enumerate_failpoints() -> list[Failpoint]:

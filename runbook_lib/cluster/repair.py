@@ -15,7 +15,8 @@ import redis
 
 from runbook_lib.checks import StepReport
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.mover import Mover, TopologyChanged
+from runbook_lib.cluster.mover import Mover
+from runbook_lib.cluster.nodes import TopologyChanged
 from runbook_lib.cluster.slots import CLOSE, DONE, MANUAL, RESCUE, SlotState, intent_from_markers, repair_step
 from runbook_lib.cluster.topology import Topology, misplaced_keys, observe
 from runbook_lib.config import BigKeys, Credentials, Migration
@@ -39,7 +40,7 @@ def open_slots(topo: Topology) -> set[int]:
 
 def stranded_slots(mover: Mover) -> set[int]:
     """Slots some master holds keys of without owning them."""
-    return set(misplaced_keys(mover.topo, mover.creds))
+    return set(misplaced_keys(mover.nodes.topo, mover.nodes.creds))
 
 
 def findings(mover: Mover, journal: Journal, slots: set[int]) -> list[Finding]:
@@ -65,7 +66,7 @@ def findings(mover: Mover, journal: Journal, slots: set[int]) -> list[Finding]:
 def _shard_of(mover: Mover):
     def shard_of(node: str) -> str | None:
         try:
-            return mover.current_master(node)
+            return mover.nodes.current_master(node)
         except TopologyChanged:
             return None
     return shard_of
@@ -128,22 +129,22 @@ def _repair(topo: Topology, creds: Credentials, journal: Journal, settings: Migr
 
 def _describe(step, mover: Mover) -> str:
     if step.kind == CLOSE:
-        return "SETSLOT STABLE on " + ", ".join(mover.name(n) for n in step.nodes)
+        return "SETSLOT STABLE on " + ", ".join(mover.nodes.name(n) for n in step.nodes)
     if step.kind == RESCUE:
-        return f"rescue stranded keys {mover.name(step.source)} -> {mover.name(step.target)}"
-    return f"finish {mover.name(step.source)} -> {mover.name(step.target)}"
+        return f"rescue stranded keys {mover.nodes.name(step.source)} -> {mover.nodes.name(step.target)}"
+    return f"finish {mover.nodes.name(step.source)} -> {mover.nodes.name(step.target)}"
 
 
 def _keys(state: SlotState, mover: Mover) -> str:
     held = {n: c for n, c in sorted(state.keys.items()) if c}
     if not held:
         return "no key on any master"
-    return "keys: " + ", ".join(f"{c} on {mover.name(n)}" for n, c in held.items())
+    return "keys: " + ", ".join(f"{c} on {mover.nodes.name(n)}" for n, c in held.items())
 
 
 def _markers(state: SlotState, mover: Mover) -> str:
-    marks = [f"{mover.name(n)} migrating to {mover.name(p)}" for n, p in state.migrating.items()]
-    marks += [f"{mover.name(n)} importing from {mover.name(p)}" for n, p in state.importing.items()]
+    marks = [f"{mover.nodes.name(n)} migrating to {mover.nodes.name(p)}" for n, p in state.migrating.items()]
+    marks += [f"{mover.nodes.name(n)} importing from {mover.nodes.name(p)}" for n, p in state.importing.items()]
     return ", ".join(marks) or "no marker"
 
 

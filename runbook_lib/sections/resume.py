@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from runbook_lib.checks import StepReport
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.migrate import current_plan, migrate, new_master_ids
-from runbook_lib.cluster.mover import BatchResult, journal_pairs
+from runbook_lib.cluster.mover import BatchResult
+from runbook_lib.cluster.nodes import journal_pairs
 from runbook_lib.cluster.plan import Plan
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.topology import Topology, observe

@@ -15,7 +15,8 @@ from runbook_lib import progress as shown
 from runbook_lib.checks import Check, StepReport
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.mover import Mover, journal_pairs
+from runbook_lib.cluster.mover import Mover
+from runbook_lib.cluster.nodes import journal_pairs
 from runbook_lib.cluster.plan import Move, Plan
 from runbook_lib.cluster.repair import settle_own_open_slots
 from runbook_lib.cluster.slots import Shards
@@ -77,7 +78,7 @@ def original_owners(snapshot: dict) -> dict[str, set[int]]:
 def serving_masters(snapshot: dict, topo: Topology, pairs: Iterable[tuple[str, str]] = ()) -> dict[str, str | None]:
     """Each recorded master's id -> the healthy master now serving its shard: itself, or the replica promoted in its
     place (a failover since the snapshot); None while no replica has taken over. Who replicated whom comes from the
-    snapshot's replicas, `pairs` (the journal's `replication` records, `mover.journal_pairs`) and the live cluster."""
+    snapshot's replicas, `pairs` (the journal's `replication` records, `nodes.journal_pairs`) and the live cluster."""
     shards = Shards(pairs)
     shards.learn({e.id: m["id"] for m in snapshot["masters"] for e in map(topo.by_address, m.get("replicas", []))
                   if e is not None and e.id != m["id"]})

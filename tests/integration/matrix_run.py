@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at")
     args = ap.parse_args(argv)
 
-    from runbook_lib.cluster import migrate, mover, repair, slots  # noqa: F401  (loaded before the hook goes in)
+    # every module that calls failpoint is loaded before the hook goes in
+    from runbook_lib.cluster import migrate, mover, repair, rounds, slots, transitions  # noqa: F401
     from runbook_lib.cluster.journal import Journal
     from runbook_lib.cluster.topology import observe
     from runbook_lib.config import load_params

@@ -66,12 +66,13 @@ FILL = 24
 """Pre-existing keys written into each slot of a point: 5 keys per MIGRATE makes 5 drain rounds."""
 WRITER_KEYS = 6
 """Writer keys per slot of a point."""
-PER_ROUND = {"_drain", "_migrate_rounds"}
-"""Functions a move passes once per drain round: their points are crashed at the 2nd hit too (keys then on both
-sides of the slot), as are points inside a loop."""
-SCENARIOS = {"_open": "move", "_drain": "move", "_migrate_rounds": "move", "_handover": "move", "_close": "close",
+PER_ROUND = {"_drain", "migrate"}
+"""Functions a move passes once per drain round (`Transitions._drain`, `Rounds.migrate`): their points are crashed at
+the 2nd hit too (keys then on both sides of the slot), as are points inside a loop."""
+SCENARIOS = {"_open": "move", "_drain": "move", "migrate": "move", "_handover": "move", "_close": "close",
              "_rescue": "rescue", "_resolve_busy": "busy"}
-"""How the matrix reaches the points of each function; a point in a function not named here fails its test."""
+"""How the matrix reaches the points of each function (by method name: `Transitions._open`, `Rounds.migrate`, ...);
+a point in a function not named here fails its test."""
 WRITER_PREFIX = "w:"
 
 ANALYSIS = analyse()

@@ -2,8 +2,8 @@
 and the delete, a key created through ASK while a slot is being closed, a source that refuses a hand-over because it
 holds keys, and one slot of a group stopping the run while the others are open.
 
-A race is forced by a subclass of the Mover that runs a client command just before the mover sends a given command
-(`Interleaved`): the servers, the protocol and the client are real; only the moment is chosen.
+A race is forced by a Mover whose node access runs a client command just before the mover sends a given command
+(`interleaved`): the servers, the protocol and the client are real; only the moment is chosen.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from redis.crc import key_slot
 
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.cluster.mover import SAME_COPY_DEL_SCRIPT, Mover
+from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.repair import repair
 from runbook_lib.cluster.slots import HANDOVER, SlotState, Transition, repair_step
 from runbook_lib.cluster.topology import misplaced_keys, observe
+from runbook_lib.cluster.transitions import SAME_COPY_DEL_SCRIPT
 from runbook_lib.config import Migration
 from runbook_lib.exceptions import CheckFailed, MigrationError
 from tests.conftest import PORT_OFFSET, start_sandbox
@@ -28,19 +29,23 @@ PORT = 9340 + PORT_OFFSET
 SETTINGS = Migration(preset="fast", warmup_slot=False, client_learn_wait_s=0)
 
 
-class Interleaved(Mover):
-    """A Mover that calls `before(node_id, commands)` before each pipeline it sends, and `before_each` likewise for
-    per-key commands, so a test can put a client's write at an exact point of a transition."""
+def interleaved(mover: Mover, before) -> Mover:
+    """The mover with `before(node_id, commands)` called before each pipeline its nodes send (its loop, transitions
+    and MIGRATE rounds share them), and likewise before per-key commands, so a test can put a client's write at an
+    exact point of a transition."""
+    nodes = mover.nodes
+    pipeline, each = nodes.pipeline, nodes.each
 
-    before = staticmethod(lambda node_id, commands: None)
+    def hooked_pipeline(node_id, commands, raise_on_error=True):
+        before(node_id, commands)
+        return pipeline(node_id, commands, raise_on_error)
 
-    def _pipeline(self, node_id, commands, raise_on_error=True):
-        type(self).before(node_id, commands)
-        return super()._pipeline(node_id, commands, raise_on_error)
+    def hooked_each(node_id, command, keys, asking):
+        before(node_id, [(command, k) for k in keys])
+        return each(node_id, command, keys, asking)
 
-    def _each(self, node_id, command, keys, asking):
-        type(self).before(node_id, [(command, k) for k in keys])
-        return super()._each(node_id, command, keys, asking)
+    nodes.pipeline, nodes.each = hooked_pipeline, hooked_each
+    return mover
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,8 @@ def cluster(tmp_path_factory):
 
 
 def fresh_mover(sb, seed, tmp_path, before=None) -> Mover:
-    cls = type("Hooked", (Interleaved,), {"before": staticmethod(before or (lambda node_id, commands: None))})
-    return cls(observe(seed, sb.credentials()), sb.credentials(), SETTINGS, Journal(tmp_path / "journal.jsonl"))
+    mover = Mover(observe(seed, sb.credentials()), sb.credentials(), SETTINGS, Journal(tmp_path / "journal.jsonl"))
+    return interleaved(mover, before or (lambda node_id, commands: None))
 
 
 def owned_slot(sb, seed: str, index: int) -> tuple[int, str]:
@@ -182,7 +187,7 @@ def test_a_source_refusing_the_handover_because_it_holds_keys_stops_loudly(clust
     stale = {slot: SlotState(slot, src, {src: tgt}, {tgt: src}, {src: 0, tgt: 0})}
     try:
         with pytest.raises(MigrationError, match="still holds keys") as stop:
-            mover._transition(HANDOVER, [Transition(HANDOVER, slot, src, tgt)], stale, None)
+            mover.transitions.act(HANDOVER, [Transition(HANDOVER, slot, src, tgt)], stale, None)
         assert key in str(stop.value)
         refused = [e for e in mover.journal.entries() if e["event"] == "handover_refused"]
         assert refused and refused[0]["sample"] == [key] and refused[0]["source_keys"] == {str(slot): 1}

@@ -1,5 +1,5 @@
-"""Failpoints enumerated from the code: every transition of the Mover can be crashed between its journal entry and
-its commands, and between the commands that change the cluster; names unique; docs/failpoints.md in step.
+"""Failpoints enumerated from the code: every slot transition (`Transitions`) can be crashed between its journal entry
+and its commands, and between the commands that change the cluster; names unique; docs/failpoints.md in step.
 
 The rules are stated in tests/failpoints.py; `python -m tests.failpoints` prints the enumeration and what is missing.
 """
@@ -75,28 +75,19 @@ def _analyse(tmp_path, body: str) -> fp.Analysis:
     source = textwrap.dedent('''
         from runbook_lib.cluster.journal import failpoint
 
-        class Mover:
-            def _transition(self, kind, group, states):
+        class Transitions:
+            def act(self, kind, group, states):
                 if kind == "a":
                     self._open(group, states)
                 elif kind == "b":
                     self._drain(group, states)
-
-            def _pipeline(self, node, commands, raise_on_error=True):
-                return self.client(node).pipeline().execute()
-
-            def _each(self, node, command, keys, asking):
-                return []
-
-            def _migrate_rounds(self, node, migrates, then):
-                return self._pipeline(node, migrates + then)
     ''') + textwrap.indent(textwrap.dedent(body), "    ")
-    path = tmp_path / "mover.py"
+    path = tmp_path / "transitions.py"
     path.write_text(source)
     saved = fp.EXPECTED_TRANSITIONS
     fp.EXPECTED_TRANSITIONS = {"_open", "_drain"}
     try:
-        return fp.analyse([path], mover=path)
+        return fp.analyse([path], transitions=path)
     finally:
         fp.EXPECTED_TRANSITIONS = saved
 
@@ -112,23 +103,23 @@ def test_analysis_accepts_a_failpoint_after_every_record_and_between_commands(tm
             failpoint("open_journaled")
             self._check(
                 "t",
-                self._pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group]),
+                self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group]),
             )
             failpoint("open_importing")
-            self._pipeline("s", [("CLUSTER", "SETSLOT", s, "MIGRATING", "y") for s in group])
+            self.nodes.pipeline("s", [("CLUSTER", "SETSLOT", s, "MIGRATING", "y") for s in group])
 
         def _drain(self, group, states):
-            keys = self._pipeline("s", [("CLUSTER", "GETKEYSINSLOT", 1, 10)])
+            keys = self.nodes.pipeline("s", [("CLUSTER", "GETKEYSINSLOT", 1, 10)])
             self.journal.record("keys_migrating")
             failpoint("drain_journaled")
-            self._migrate_rounds("s", [("MIGRATE", "h", 1, "", 0, 5, "KEYS", *keys)], [])
+            self.rounds.migrate("s", [("MIGRATE", "h", 1, "", 0, 5, "KEYS", *keys)], [])
             self.journal.record("keys_migrated")
             failpoint("drain_migrated")
     ''')
     assert a.violations == []
     assert [p.name for p in a.failpoints] == ["open_journaled", "open_importing", "drain_journaled", "drain_migrated"]
     importing = a.failpoints[1]
-    assert importing.function == "Mover._open" and importing.records == ("slots_open",)
+    assert importing.function == "Transitions._open" and importing.records == ("slots_open",)
     assert "SETSLOT IMPORTING" in importing.before() and "`slots_open` journaled" in importing.before()
 
 
@@ -140,7 +131,7 @@ def test_analysis_reports_a_record_followed_by_a_command_on_one_branch_only(tmp_
                 failpoint("open_a")
             else:
                 pass
-            self._pipeline("t", [("CLUSTER", "SETSLOT", 1, "IMPORTING", "x")])
+            self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", 1, "IMPORTING", "x")])
 
         def _drain(self, group, states):
             failpoint("drain_a")
@@ -162,7 +153,7 @@ def test_analysis_follows_loops_raise_and_helpers_that_send(tmp_path):
             failpoint("open_end")
 
         def _helper(self, slot):
-            self._each("s", "DEL", [slot], asking=False)
+            self.nodes.each("s", "DEL", [slot], asking=False)
 
         def _drain(self, group, states):
             self.journal.record("keys_migrated")
@@ -178,18 +169,18 @@ def test_analysis_reports_two_changes_without_a_failpoint_but_not_one_loop_state
         def _open(self, group, states):
             failpoint("open_a")
             for node in group:
-                self._pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
-            self._pipeline("t", [("CLUSTER", "SETSLOT", 1, "NODE", "t")])
+                self.nodes.pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
+            self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", 1, "NODE", "t")])
 
         def _drain(self, group, states):
             failpoint("drain_a")
             while True:
-                keys = self._pipeline("s", [("CLUSTER", "GETKEYSINSLOT", 1, 10)])
+                keys = self.nodes.pipeline("s", [("CLUSTER", "GETKEYSINSLOT", 1, 10)])
                 if not keys:
                     break
-                self._pipeline("s", [("MIGRATE", "h", 1, "", 0, 5, "KEYS", *keys)])
+                self.nodes.pipeline("s", [("MIGRATE", "h", 1, "", 0, 5, "KEYS", *keys)])
                 failpoint("drain_round")
-            self._pipeline("s", [("CLUSTER", "SETSLOT", 1, "STABLE")])
+            self.nodes.pipeline("s", [("CLUSTER", "SETSLOT", 1, "STABLE")])
     ''')
     assert _rules(a) == [("e", "_open")]
     assert "SETSLOT STABLE" in str(a.violations[0]) and "SETSLOT NODE" in str(a.violations[0])
@@ -203,7 +194,7 @@ def test_analysis_picks_up_a_new_transition_from_the_dispatcher_and_a_helper_tha
 
         def _settle(self, group):
             self.journal.record("busykey_same_value")
-            self._each("s", "DEL", group, asking=False)
+            self.nodes.each("s", "DEL", group, asking=False)
 
         def _drain(self, group, states):
             failpoint("drain_a")
@@ -213,15 +204,16 @@ def test_analysis_picks_up_a_new_transition_from_the_dispatcher_and_a_helper_tha
 
 
 def test_docs_rows_are_checked_against_the_code(tmp_path):
-    point = fp.Failpoint("after_x", "m.py", "Mover._open", 10, records=("slots_open",))
+    point = fp.Failpoint("after_x", "m.py", "Transitions._open", 10, records=("slots_open",))
     doc = tmp_path / "failpoints.md"
     doc.write_text("| failpoint | function | before | leaves | resume |\n|---|---|---|---|---|\n"
-                   "| `after_x` | `Mover._drain` | nothing | a | b |\n| `gone` | `Mover._open` | x | y | z |\n")
+                   "| `after_x` | `Transitions._drain` | nothing | a | b |\n"
+                   "| `gone` | `Transitions._open` | x | y | z |\n")
     problems = fp.doc_problems([point], doc)
-    assert any("`Mover._open`" in p for p in problems)
+    assert any("`Transitions._open`" in p for p in problems)
     assert any("`slots_open`" in p for p in problems)
     assert any("'gone'" in p and "no longer" in p for p in problems)
-    doc.write_text("| `after_x` | `Mover._open` | `slots_open` journaled | a | b |\n")
+    doc.write_text("| `after_x` | `Transitions._open` | `slots_open` journaled | a | b |\n")
     assert fp.doc_problems([point], doc) == []
     doc.write_text("")
     assert "lacks a row for failpoint 'after_x'" in fp.doc_problems([point], doc)[0]
@@ -233,10 +225,10 @@ def test_analysis_knows_an_empty_command_list_sends_nothing_and_follows_conditio
             self.journal.record("slots_open")
             failpoint("open_a")
             unaware = [s for s in group if s]
-            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "NODE", "x") for s in unaware])
+            self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", s, "NODE", "x") for s in unaware])
             if unaware:
                 failpoint("open_told")
-            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group])
+            self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group])
             failpoint("open_b")
 
         def _drain(self, group, states):
@@ -245,11 +237,11 @@ def test_analysis_knows_an_empty_command_list_sends_nothing_and_follows_conditio
             self.journal.record("slot_closing")
             failpoint("drain_a")
             for node in first:
-                self._pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
+                self.nodes.pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
             if first and then:
                 failpoint("drain_b")
             for node in then:
-                self._pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
+                self.nodes.pipeline(node, [("CLUSTER", "SETSLOT", 1, "STABLE")])
             failpoint("drain_c")
     ''')
     assert a.violations == []
@@ -262,10 +254,10 @@ def test_analysis_reports_the_missing_guard_when_the_condition_does_not_match(tm
         def _open(self, group, states):
             failpoint("open_a")
             unaware = [s for s in group if s]
-            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "NODE", "x") for s in unaware])
+            self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", s, "NODE", "x") for s in unaware])
             if states:
                 failpoint("open_told")
-            self._pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group])
+            self.nodes.pipeline("t", [("CLUSTER", "SETSLOT", s, "IMPORTING", "x") for s in group])
 
         def _drain(self, group, states):
             failpoint("drain_a")
@@ -282,25 +274,25 @@ def test_analysis_reads_the_commands_a_script_calls_and_lists_built_before_they_
         def _settle(self, keys):
             commands = [("EVAL", DELETE_SCRIPT, 1, k) for k in keys]
             self.journal.record("busykey_compare")
-            self._pipeline("s", commands)
+            self.nodes.pipeline("s", commands)
             failpoint("settle_a")
 
         def _drain(self, group, states):
-            self._pipeline("s", [("EVAL", READ_SCRIPT, 1, k) for k in group])
-            self._pipeline("s", [("CLUSTER", "SETSLOT", 1, "STABLE")])
+            self.nodes.pipeline("s", [("EVAL", READ_SCRIPT, 1, k) for k in group])
+            self.nodes.pipeline("s", [("CLUSTER", "SETSLOT", 1, "STABLE")])
             failpoint("drain_a")
-    '''.replace("class Mover", "class Mover"))
+    ''')
     # DELETE_SCRIPT and READ_SCRIPT are unknown names here: a script that cannot be read counts as changing
     assert ("b", "_settle") in _rules(a) and "_settle" in a.transitions
-    source = (tmp_path / "mover.py").read_text()
-    (tmp_path / "mover.py").write_text(source.replace(
+    source = (tmp_path / "transitions.py").read_text()
+    (tmp_path / "transitions.py").write_text(source.replace(
         "from runbook_lib.cluster.journal import failpoint\n",
         "from runbook_lib.cluster.journal import failpoint\n\nDELETE_SCRIPT = \"redis.call('DEL', KEYS[1])\"\n"
         "READ_SCRIPT = \"return redis.call('MEMORY', 'USAGE', KEYS[1])\"\n"))
     saved = fp.EXPECTED_TRANSITIONS
     fp.EXPECTED_TRANSITIONS = {"_open", "_drain"}
     try:
-        b = fp.analyse([tmp_path / "mover.py"], mover=tmp_path / "mover.py")
+        b = fp.analyse([tmp_path / "transitions.py"], transitions=tmp_path / "transitions.py")
     finally:
         fp.EXPECTED_TRANSITIONS = saved
     assert "_settle" in b.transitions and ("b", "_settle") in _rules(b)

@@ -1,9 +1,10 @@
-"""Pure parts of the mover: MIGRATEs cut by bytes."""
+"""Pure parts of the mover: MIGRATEs cut by bytes (`rounds`), groups cut before a target the clients do not know."""
 
 from __future__ import annotations
 
-from runbook_lib.cluster.mover import chunk_by_bytes, next_group
+from runbook_lib.cluster.mover import next_group
 from runbook_lib.cluster.plan import Move
+from runbook_lib.cluster.rounds import chunk_by_bytes
 
 
 def test_migrates_are_cut_by_bytes_and_a_big_value_goes_alone():

@@ -6,9 +6,9 @@ where clients cannot find it, that the slot is never handed over while another m
 mover only ever opens the slot towards its planned target.
 
 The decisions are the real `slots.next_step` / `repair_step` / `intent_from_markers` / `Shards` and the real
-`errors.classify`; the command sequences of each transition follow `mover.py` (`_open`, `_drain`, `_handover`,
-`_close`, `_rescue`, `_resolve_busy`, `drive`, `observe_slots`) and `repair.py`, and can be switched between today's
-code and the fixed code with `FIXED`.
+`errors.classify`; the command sequences of each transition follow `transitions.py` (`_open`, `_drain`,
+`_handover`, `_close`, `_rescue`, `_resolve_busy`), `mover.py` (`drive`, `observe_slots`) and `repair.py`, and can be
+switched between today's code and the fixed code with `FIXED`.
 
 Redis rules modelled (redis `src/cluster.c` getNodeByQuery/migrateCommand and `src/cluster_legacy.c`
 clusterCommand SETSLOT and clusterUpdateSlotsConfigWith, 7.x):
@@ -442,7 +442,7 @@ class Topo:
 
     @property
     def masters(self) -> list[str]:
-        """The masters the snapshot saw healthy (`Mover.masters`)."""
+        """The masters the snapshot saw healthy (`Nodes.masters`)."""
         return sorted(self.views)
 
     def owner(self) -> str | None:
@@ -474,7 +474,7 @@ class ModelMover:
         self.state: SlotState | None = None
 
     def cmd(self, node: str, *op: Any) -> Program:
-        """One command, raw reply (`_pipeline(raise_on_error=False)`); an unreachable node is a topology change."""
+        """One command, raw reply (`Nodes.pipeline(raise_on_error=False)`); an unreachable node is a topology change."""
         reply = yield ("cmd", node, op)
         if isinstance(reply, redis.ConnectionError):
             raise TopologyChanged(f"{node} unreachable")
@@ -487,7 +487,7 @@ class ModelMover:
         return reply
 
     def check(self, node: str, reply: Any, ok: tuple[str, ...] = ()) -> None:
-        """`Mover._check`, with the real `errors.classify`."""
+        """`Nodes.check`, with the real `errors.classify`."""
         if not isinstance(reply, Exception):
             return
         kind = errors.classify(reply)
@@ -498,7 +498,7 @@ class ModelMover:
         raise Stop(f"{node} answered {reply}")
 
     def raw(self, node: str, *op: Any) -> Program:
-        """A command through a plain client (`_each`, `misplaced_keys`): a connection error escapes as it is."""
+        """A command through a plain client (`Nodes.each`, `misplaced_keys`): a connection error escapes as it is."""
         reply = yield ("cmd", node, op)
         if isinstance(reply, redis.ConnectionError):
             raise Stop(f"redis.ConnectionError from {node} escaped")
@@ -513,7 +513,7 @@ class ModelMover:
         self.topo = yield ("topo",)
 
     def current(self, node: str) -> str:
-        """`Mover.current_master` with the real `Shards`: the master serving `node`'s shard now."""
+        """`Nodes.current_master` with the real `Shards`: the master serving `node`'s shard now."""
         found = self.shards.current(node, set(self.topo.masters), self.topo.master_of)
         if found is None:
             raise TopologyChanged(f"no master serves the shard of {node}")
