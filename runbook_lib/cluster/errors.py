@@ -24,6 +24,10 @@ NOT_OWNER = "not_owner"
 """SETSLOT MIGRATING on a node that no longer owns the slot."""
 FATAL = "fatal"
 
+_TOPOLOGY_ERRORS = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                    redis.exceptions.ReadOnlyError)
+"""redis-py parses these replies into their own classes and drops the word that names them (a MOVED reply's text is
+only "<slot> <address>"), so they are known by class, before any text is read."""
 _TOPOLOGY_MARKERS = ("READONLY", "MOVED", "ASK ", "CLUSTERDOWN", "TRYAGAIN", "only with masters",
                      "I don't know about node", "LOADING", "MASTERDOWN", "not a master", "NOREPLICAS")
 
@@ -33,7 +37,7 @@ def classify(error: BaseException, during_migrate: bool = False) -> str:
     text = str(error)
     if isinstance(error, redis.TimeoutError):
         return MIGRATE_FAILED if during_migrate else TOPOLOGY
-    if isinstance(error, (redis.ConnectionError, OSError)):
+    if isinstance(error, (redis.ConnectionError, OSError, *_TOPOLOGY_ERRORS)):
         return TOPOLOGY
     if "still hold keys" in text:
         return HOLDS_KEYS
