@@ -179,8 +179,10 @@ class Cluster:
         return max(node.epoch for node in self.nodes.values())
 
     def claimed_owner(self) -> str | None:
-        """The owner as the masters claim it themselves, highest epoch first (what a fresh client would be told)."""
-        claims = [n for n in self.masters() if self.nodes[n].view == n]
+        """The owner as the masters claim it themselves, highest epoch first (what a fresh client would be told): a
+        master that is down and not yet replaced keeps its claim, as Redis keeps naming it until its replica takes
+        over."""
+        claims = [n for n, node in self.nodes.items() if node.role in ("master", "down") and node.view == n]
         if not claims:
             return self.nodes[self.masters()[0]].view
         return max(claims, key=lambda n: self.nodes[n].epoch)
