@@ -24,20 +24,16 @@ from runbook_lib.watch.metrics import (
     write_table,
 )
 from runbook_lib.watch.traffic import TrafficProbe
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 7750 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NODES = [f"127.0.0.1:{PORT + i}" for i in range(6)]
 MASTERS, REPLICAS = NODES[:3], NODES[3:]
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("metrics") / "sandbox", PORT, 1000, replicas=1, new_masters=0)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 1000, replicas=1, new_masters=0)
 
 
 def test_poller_gives_every_node_plausible_values(sandbox):
