@@ -3,12 +3,12 @@ expanded clusters of tests/expanded.py) and always stopped; the port allocator; 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -160,10 +160,15 @@ def cluster_layout(ports: list[int], creds) -> dict[int, dict]:
 
 
 EXCLUSIVE = "exclusive"
-"""Marker of tests that measure latency: under xdist they run while no other worker runs a test."""
+"""Marker of tests that measure latency. Under xdist they form one group, which starts the run on one worker while
+the other workers wait for it to finish: no other test loads the machine meanwhile, and nobody waits for a long
+test to end before an exclusive one can start."""
+EXCLUSIVE_WAIT_S = 3600.0
+"""How long a test waits for the exclusive tests before it gives up (a worker that died in one never reports it)."""
+EXCLUSIVE_TESTS = pytest.StashKey[list[str]]()
 RUN_DIR = "RUNBOOK_TEST_RUN_DIR"
 """Environment variable naming the folder the xdist controller and its workers share for one run: the groups of
-tests the workers collected, and the test lock."""
+tests the workers collected, and which exclusive tests are done."""
 GROUPS_FILE = "groups.json"
 
 
@@ -180,29 +185,37 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(os.environ.pop(RUN_DIR), ignore_errors=True)
 
 
-@contextlib.contextmanager
-def machine_turn(exclusive: bool) -> Iterator[None]:
-    """Hold the run's test lock for one test: shared, or alone for an exclusive test. A waiting exclusive test holds
-    the gate, which every test passes before it takes its share, so new tests queue behind it instead of starving
-    it. Without xdist (one process, one test at a time) there is nothing to hold."""
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[EXCLUSIVE_TESTS] = [item.nodeid for item in session.items
+                                             if item.get_closest_marker(EXCLUSIVE)]
+
+
+def _done_marker(nodeid: str) -> Path | None:
+    """The file that says an exclusive test is done, on an xdist worker (None elsewhere)."""
     folder = os.environ.get(RUN_DIR)
     if not folder or "PYTEST_XDIST_WORKER" not in os.environ:
-        yield
-        return
-    with open(Path(folder) / "gate.lock", "a") as gate, open(Path(folder) / "tests.lock", "a") as tests:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(tests, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        yield
+        return None
+    return Path(folder) / f"done-{hashlib.sha1(nodeid.encode()).hexdigest()}"
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
-    """Setup, call and teardown of each test under the run's test lock (see `machine_turn`)."""
-    with machine_turn(item.get_closest_marker(EXCLUSIVE) is not None):
+    """An exclusive test says when it is done; any other test first waits until every exclusive test is."""
+    marker = _done_marker(item.nodeid)
+    if marker is None:
         return (yield)
+    if item.get_closest_marker(EXCLUSIVE):
+        try:
+            return (yield)
+        finally:
+            marker.touch()
+    pending = [m for m in map(_done_marker, item.config.stash.get(EXCLUSIVE_TESTS, [])) if m]
+    deadline = time.monotonic() + EXCLUSIVE_WAIT_S
+    while not all(m.exists() for m in pending):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the exclusive tests did not finish within {EXCLUSIVE_WAIT_S:.0f} s")
+        time.sleep(0.5)
+    return (yield)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -253,10 +266,12 @@ def _is_cluster_test(item: pytest.Item) -> bool:
 
 
 def _group(item: pytest.Item) -> str:
-    """The test's xdist_group mark, or the group of the expanded cluster it uses (tests/expanded.py); else its file,
-    or the test itself when it is a cluster test whose fixtures are all function-scoped or cheap session-wide ones
-    (a binary's path), so that it may run beside the rest of its file."""
+    """One group for the exclusive tests; else the test's xdist_group mark, or the group of the expanded cluster it
+    uses (tests/expanded.py); else its file, or the test itself when it is a cluster test whose fixtures are all
+    function-scoped or cheap session-wide ones (a binary's path), so that it may run beside the rest of its file."""
     from tests.expanded import FIXTURES
+    if item.get_closest_marker(EXCLUSIVE):
+        return EXCLUSIVE
     mark = item.get_closest_marker("xdist_group")
     if mark is not None:
         return str(mark.args[0] if mark.args else mark.kwargs["name"])
