@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from tests.browser.conftest import screenshot, shot_on_failure
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 8650 + PORT_OFFSET
+PORT = port_block()
 ROOT = Path(__file__).resolve().parents[2]
 JUPYTER = str(Path(sys.executable).parent / "jupyter")
 LAB_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",

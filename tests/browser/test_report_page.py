@@ -5,34 +5,23 @@ from __future__ import annotations
 
 import functools
 import http.server
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PORT_OFFSET, start_sandbox
-
 pytestmark = pytest.mark.integration
-PORT = 8820 + PORT_OFFSET
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, runbook_bin):
-    """A small sandbox expanded 3+3 -> 4+4 by `runbook run`: its run folder."""
-    root = tmp_path_factory.mktemp("report-page")
-    sb = start_sandbox(root / "sandbox", PORT, 300)
-    try:
-        out = root / "run"
-        proc = subprocess.run([runbook_bin, "run", "--params", str(sb.root / "params.yaml"), "--out", str(out)],
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    finally:
-        sb.down()
-    return out
+def finished_run(plain_expansion) -> Path:
+    """The run folder of the plain sandbox expanded 3+3 -> 4+4 by `runbook run` (tests/expanded.py)."""
+    proc = plain_expansion.proc
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return plain_expansion.out
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -9,20 +9,16 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import BadInput
 from runbook_lib.sections import nodes
-from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
+from tests.conftest import cluster_layout, module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 8920 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW, NEW_REPLICA = f"127.0.0.1:{PORT + 6}", f"127.0.0.1:{PORT + 7}"
 PORTS = list(range(PORT, PORT + 8))
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("replicas") / "sandbox", PORT, 0)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 0)
 
 
 def test_a_replica_of_another_master_is_refused_before_anything_changes(sandbox, tmp_path):

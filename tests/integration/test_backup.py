@@ -18,13 +18,13 @@ from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections.backup import backup, is_local, restore_instructions
-from tests.conftest import PORT_OFFSET
+from tests.conftest import port_block
 
 pytestmark = pytest.mark.integration
 
-PORT = 7450 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
-RESTORE_PORT = 7470 + PORT_OFFSET
+RESTORE_PORT = port_block(1)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 
 from runbook_lib.cluster.topology import observe
 from runbook_lib.sections.backup import backup, checks, restore_instructions, targets
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7620 + PORT_OFFSET
+PORT = port_block(11)
 KEYS = 3000
 
 

@@ -19,20 +19,16 @@ from runbook_lib.cluster.lock import RunLock, read_lock
 from runbook_lib.cluster.topology import observe
 from runbook_lib.sandbox import SandboxLayout, redis_binary
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
+from tests.conftest import cluster_layout, module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 7540 + PORT_OFFSET
+PORT = port_block()
 LAYOUT = SandboxLayout(port=PORT)
-STANDALONE = 7560 + PORT_OFFSET
-NOWHERE = 7598 + PORT_OFFSET
+STANDALONE = port_block(1)
+NOWHERE = port_block(1)
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("bad") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 @pytest.fixture(scope="module")

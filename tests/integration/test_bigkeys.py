@@ -18,11 +18,11 @@ from runbook_lib.sections.bigkeys import (
     scan,
     slot_table,
 )
-from tests.conftest import PORT_OFFSET
+from tests.conftest import port_block
 
 pytestmark = pytest.mark.integration
 
-PORT = 7400 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 MB = 1024 * 1024
 BIG_STRING = "big:{x}"

@@ -9,19 +9,15 @@ import pytest
 from runbook_lib.cluster.connection import application_connections, cluster_client, migrate_auth_args, node_client
 from runbook_lib.cluster.lock import LOCK_KEY, RunLock, new_run_id
 from runbook_lib.cluster.topology import observe
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 from tests.integration.faults import fill_slot, tag_for_slot
 
 pytestmark = pytest.mark.integration
-PORT = 8900 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("clients") / "sandbox", PORT, 0, new_masters=0)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 0, new_masters=0)
 
 
 def counts(topo, creds, node_ips) -> dict[str, int]:

@@ -18,20 +18,16 @@ from runbook_lib.config import load_params
 from runbook_lib.run.report import available
 from runbook_lib.watch import detached, watchers
 from runbook_lib.watch.sampler import Sampler
-from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
+from tests.conftest import cluster_layout, module_sandbox, port_block
 from tests.integration.faults import assert_expanded, assert_original, cli, fill_slot, params_variant
 
 pytestmark = pytest.mark.integration
-PORT = 7800 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 PORTS = list(range(PORT, PORT + 8))
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("entry") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 def variant(sb, name: str, **top) -> str:

@@ -1,4 +1,5 @@
-"""The whole 3+3 -> 4+4 expansion through `runbook run` on a real sandbox, checked by `redis-cli --cluster check`."""
+"""The plain expansion's own record (tests/expanded.py runs it; tests/integration/test_expanded.py checks the cluster):
+the audit folder, the verdict table of the executed 60_validate, and a second run that finds nothing to do."""
 
 from __future__ import annotations
 
@@ -7,57 +8,11 @@ import subprocess
 
 import pytest
 
-from runbook_lib.cluster.topology import observe
-from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, run_expansion, start_sandbox
-
 pytestmark = pytest.mark.integration
-PORT = 7100 + PORT_OFFSET
-KEYS = 20_000
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("expansion") / "sandbox", PORT, KEYS)
-    yield sb
-    sb.down()
-
-
-@pytest.fixture(scope="module")
-def run(sandbox, runbook_bin):
-    return run_expansion(sandbox, runbook_bin, "run1")
-
-
-def test_run_succeeds_in_order(run):
-    proc, out = run
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    order = [line.split()[1].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("[") and ": " in line]
-    assert order == ["00_preflight", "10_backup", "20_add_masters", "25_add_replicas", "30_plan", "40_migrate",
-                     "60_validate", "70_monitoring"]
-
-
-def test_redis_cli_check_passes(run, sandbox, redis_cli):
-    env = {"REDISCLI_AUTH": sandbox.credentials().password, "PATH": "/usr/bin:/bin"}
-    check = subprocess.run([redis_cli, "--cluster", "check", f"127.0.0.1:{PORT}"], capture_output=True, text=True,
-                           env=env, timeout=60)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "All 16384 slots covered" in check.stdout
-    assert f"{KEYS} keys in 4 masters" in check.stdout
-
-
-def test_four_balanced_masters_each_with_a_replica_and_no_key_lost(run, sandbox):
-    creds = sandbox.credentials()
-    topo = observe(f"127.0.0.1:{PORT}", creds)
-    masters = topo.masters()
-    assert len(masters) == 4
-    owned = topo.slots_by_master()
-    assert all(abs(len(owned[m.id]) - 4096) <= 1 for m in masters)
-    assert all(len(topo.replicas_of(m.id)) == 1 for m in masters)
-    assert key_count(topo, creds) == KEYS
-
-
-def test_report_folder_holds_the_audit_record(run):
-    _, out = run
+def test_report_folder_holds_the_audit_record(plain_expansion):
+    out = plain_expansion.out
     index = (out / "index.html").read_text()
     assert "sections: <strong>PASS</strong>" in index
     assert index.index('<table class="acceptance">') < index.index('<table class="sections">') < index.index("<h2>Other")
@@ -76,8 +31,8 @@ def test_report_folder_holds_the_audit_record(run):
     assert list((out / "backup").glob("*.rdb")), "10_backup copied no RDB"
 
 
-def test_verdict_table_in_executed_validate(run):
-    _, out = run
+def test_verdict_table_in_executed_validate(plain_expansion):
+    out = plain_expansion.out
     checks = {c["name"]: c for c in json.loads((out / "results" / "60_validate.json").read_text())["checks"]}
     for name in ("latency variation", "failed requests", "lost writes", "downtime"):
         assert name in checks and checks[name]["status"] in ("pass", "fail", "warn")
@@ -88,9 +43,10 @@ def test_verdict_table_in_executed_validate(run):
     assert (out / "metrics.csv").exists() and "batch-latency.png" in {p.name for p in (out / "charts").glob("*.png")}
 
 
-def test_second_run_does_nothing_and_says_so(run, sandbox, runbook_bin):
+def test_second_run_does_nothing_and_says_so(plain_expansion, runbook_bin):
+    sandbox = plain_expansion.sandbox
     out = sandbox.root.parent / "run2"
-    proc = subprocess.run([runbook_bin, "run", "--params", str(sandbox.root / "params.yaml"), "--out", str(out),
+    proc = subprocess.run([runbook_bin, "run", "--params", str(plain_expansion.params), "--out", str(out),
                            "--from", "20_add_masters"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "20_add_masters: pass" in proc.stdout and "nothing to do" in proc.stdout

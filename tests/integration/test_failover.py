@@ -14,20 +14,16 @@ from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Migration
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 7250 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW = f"127.0.0.1:{PORT + 6}"
 NEW_REPLICA = f"127.0.0.1:{PORT + 7}"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("failover") / "sandbox", PORT, 20000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 20000)
 
 
 class FailOverMidBatch:

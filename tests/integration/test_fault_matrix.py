@@ -48,14 +48,14 @@ from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.config import Migration
 from runbook_lib.exceptions import CheckFailed, MigrationError
 from runbook_lib.sections.validate import health
-from tests.conftest import PORT_OFFSET, ROOT, start_sandbox
+from tests.conftest import ROOT, port_block, start_sandbox
 from tests.failpoints import Failpoint, analyse
 from tests.integration.faults import assert_sound, cli, data_snapshot, params_variant, tag_for_slot
 from tests.integration.test_recovery import joined, restart, wait_promoted
 from tests.integration.writers import Writers, key_names
 
-pytestmark = pytest.mark.integration
-PORT = 8300 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW, NEW_REPLICA = f"127.0.0.1:{PORT + 6}", f"127.0.0.1:{PORT + 7}"
 KEYS = 2000

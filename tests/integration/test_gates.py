@@ -9,19 +9,15 @@ import pytest
 from runbook_lib.cluster.topology import observe
 from runbook_lib.sections.validate import key_count
 from runbook_lib.watch.probe import TrafficProbe
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 from tests.integration.faults import cli, params_variant
 
-pytestmark = pytest.mark.integration
-PORT = 7160 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("gates") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 def test_failing_gate_pauses_with_a_clear_message_and_resume_continues(sandbox, tmp_path):

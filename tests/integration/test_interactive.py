@@ -22,21 +22,17 @@ from runbook_lib.run.interactive import POINTER
 from runbook_lib.run.kernel import LocalKernelManager
 from runbook_lib.watch import acceptance, watchers
 from runbook_lib.watch.probe import TrafficProbe
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 from tests.integration.faults import params_variant
 
 pytestmark = pytest.mark.integration
-PORT = 8600 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW, NEW_REPLICA = f"127.0.0.1:{PORT + 6}", f"127.0.0.1:{PORT + 7}"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("interactive") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 @pytest.fixture()

@@ -20,12 +20,12 @@ from runbook_lib.cluster.topology import misplaced_keys, observe
 from runbook_lib.cluster.transitions import SAME_COPY_DEL_SCRIPT
 from runbook_lib.config import Migration
 from runbook_lib.exceptions import CheckFailed, MigrationError
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 from tests.integration.faults import fill_slot, tag_for_slot
 from tests.integration.test_recovery import joined, kill
 
 pytestmark = pytest.mark.integration
-PORT = 9340 + PORT_OFFSET
+PORT = port_block()
 SETTINGS = Migration(preset="fast", warmup_slot=False, client_learn_wait_s=0)
 
 

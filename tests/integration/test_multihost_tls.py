@@ -1,5 +1,6 @@
 """An expansion across four IPv6 hosts (network namespaces) whose nodes announce their host names, over TLS with
-certificates that name the hosts only: the runbook must verify every node by name."""
+certificates that name the hosts only: the runbook must verify every node by name (tests/expanded.py runs it;
+tests/integration/test_expanded.py checks what every kind must show)."""
 
 from __future__ import annotations
 
@@ -11,34 +12,12 @@ import redis
 from runbook_lib.addresses import parse_address, resolve
 from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import observe, read_view
-from runbook_lib.sandbox import Sandbox, SandboxLayout, changed_keys, network
-from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, loosen, run_expansion
 
 pytestmark = pytest.mark.integration
-PORT = 8200 + PORT_OFFSET
-KEYS = 3000
-MISSING = network.unavailable()
-LAYOUT = SandboxLayout(port=PORT, hosts=4, ipv6=True, announce_hostnames=True)
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    if MISSING:
-        pytest.skip(f"needs network namespaces: {MISSING}")
-    sb = Sandbox(tmp_path_factory.mktemp("multihost-tls") / "sandbox")
-    sb.up(LAYOUT, keys=KEYS, progress=False, tls=True)
-    loosen(sb.root / "params.yaml")
-    yield sb
-    sb.down()
-
-
-@pytest.fixture(scope="module")
-def run(sandbox, runbook_bin):
-    return run_expansion(sandbox, runbook_bin, "run-tls6")
-
-
-def test_hosts_are_ipv6_and_certificates_name_hosts_only(sandbox):
+def test_hosts_are_ipv6_and_certificates_name_hosts_only(multihost_tls_expansion):
+    sandbox = multihost_tls_expansion.sandbox
     hosts = sandbox.hosts()
     assert all(":" in h.ip and resolve(h.name) == [h.ip] for h in hosts)
     san = subprocess.run(["openssl", "x509", "-in", str(sandbox.root / "tls" / "redis.crt"), "-noout", "-ext",
@@ -46,20 +25,22 @@ def test_hosts_are_ipv6_and_certificates_name_hosts_only(sandbox):
     assert all(f"DNS:{h.name}" in san for h in hosts) and "IP" not in san
 
 
-def test_a_node_reached_by_ip_fails_verification_by_name(sandbox):
+def test_a_node_reached_by_ip_fails_verification_by_name(multihost_tls_expansion):
     """The check that makes the rest meaningful: the certificates do not cover the IPs the cluster knows."""
-    host = sandbox.hosts()[0]
+    host = multihost_tls_expansion.sandbox.hosts()[0]
     with pytest.raises(redis.ConnectionError, match="certificate"):
-        node_client(f"[{host.ip}]:{PORT}", sandbox.credentials()).ping()
-    assert node_client(sandbox.address(PORT), sandbox.credentials()).ping()
+        node_client(f"[{host.ip}]:{multihost_tls_expansion.kind.port}", multihost_tls_expansion.creds).ping()
+    assert node_client(multihost_tls_expansion.seed, multihost_tls_expansion.creds).ping()
 
 
-def test_nodes_announce_their_host_names(sandbox):
-    creds = sandbox.credentials()
-    view = read_view(node_client(sandbox.address(PORT), creds), sandbox.address(PORT))
+def test_nodes_announce_their_host_names(multihost_tls_expansion):
+    """Every node of the expanded cluster, the new ones too, is known and reached by its host name."""
+    sandbox, creds, seed = multihost_tls_expansion.sandbox, multihost_tls_expansion.creds, multihost_tls_expansion.seed
+    view = read_view(node_client(seed, creds), seed)
     assert all(e.hostname.endswith(".test") and ":" in e.ip for e in view.entries.values())
-    assert {e.address for e in view.entries.values()} == {sandbox.address(p) for p in range(PORT, PORT + 6)}
-    client = cluster_client([sandbox.address(PORT)], creds)
+    assert {e.address for e in view.entries.values()} == {sandbox.address(p)
+                                                          for p in multihost_tls_expansion.layout.all_ports}
+    client = cluster_client([seed], creds)
     try:
         client.set("runbook:test:by-name", "1")
         assert {n.host for n in client.get_nodes()} <= {h.name for h in sandbox.hosts()}
@@ -68,26 +49,8 @@ def test_nodes_announce_their_host_names(sandbox):
         client.close()
 
 
-def test_run_succeeds(run):
-    proc, _ = run
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_redis_cli_check_is_clean_and_data_unchanged(run, sandbox, redis_cli):
-    creds = sandbox.credentials()
-    tls = sandbox.root / "tls"
-    env = {"REDISCLI_AUTH": creds.password, "PATH": "/usr/bin:/bin"}
-    check = subprocess.run([redis_cli, "--tls", "--cacert", str(tls / "ca.crt"), "--cert", str(tls / "client.crt"),
-                            "--key", str(tls / "client.key"), "--cluster", "check", sandbox.address(PORT)],
-                           capture_output=True, text=True, env=env, timeout=60)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "All 16384 slots covered" in check.stdout and "[ERR]" not in check.stdout
-    assert f"{KEYS} keys in 4 masters" in check.stdout
-    topo = observe(sandbox.address(PORT), creds)
-    owned = topo.slots_by_master()
-    assert len(topo.masters()) == 4 and all(abs(len(owned[m.id]) - 4096) <= 1 for m in topo.masters())
-    new = topo.by_address(sandbox.address(LAYOUT.new_master_ports[0]))
+def test_the_new_master_is_known_by_its_host_name(multihost_tls_expansion):
+    sandbox = multihost_tls_expansion.sandbox
+    topo = observe(multihost_tls_expansion.seed, multihost_tls_expansion.creds)
+    new = topo.by_address(sandbox.address(multihost_tls_expansion.layout.new_master_ports[0]))
     assert new is not None and new.is_master and parse_address(new.address)[0].endswith(".test")
-    assert key_count(topo, creds) == KEYS
-    assert changed_keys(sandbox.address(PORT), creds, KEYS) == []
-

@@ -18,11 +18,11 @@ from runbook_lib.cluster.topology import observe
 from runbook_lib.run.notebook import CHARTS_DIR
 from runbook_lib.sections.validate import key_count
 from runbook_lib.watch.probe import TrafficProbe
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 from tests.integration.faults import RUNBOOK, cli, params_variant
 
 pytestmark = pytest.mark.integration
-PORT = 8020 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 BUDGET = {"preset": "budget", "start_slots_per_s": 2.0, "max_slots_per_s": 64.0}
 
@@ -63,6 +63,7 @@ def sleeper(port: int, password: str, stop: threading.Event) -> threading.Thread
     return t
 
 
+@pytest.mark.exclusive
 def test_a_slow_master_makes_the_pace_drop_within_seconds_and_it_rises_again_after(sandbox, tmp_path):
     creds = sandbox.credentials()
     keys = key_count(observe(SEED, creds), creds)

@@ -15,20 +15,16 @@ from runbook_lib.cluster.migrate import current_plan
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import load_params
 from runbook_lib.sections import bigkeys
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 8800 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW_MASTER = f"127.0.0.1:{PORT + 6}"
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("plan-bigkey") / "sandbox", PORT, 500)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 500)
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,20 @@ from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import nodes_table, observe
 from runbook_lib.config import load_params
 from runbook_lib.sections import bigkeys, monitoring, preflight
-from tests.conftest import PORT_OFFSET, cluster_layout, start_sandbox
+from tests.conftest import cluster_layout, module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 7600 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW_MASTER = f"127.0.0.1:{PORT + 6}"
 NEW_REPLICA = f"127.0.0.1:{PORT + 7}"
-CLOSED = "127.0.0.1:7690"
+CLOSED_PORT = port_block(1)
+CLOSED = f"127.0.0.1:{CLOSED_PORT}"
 BIG_KEY = "big:{preflight}"
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("preflight") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +74,11 @@ def test_bus_ports_come_from_cluster_nodes_and_are_open(sandbox, params, topo):
 def test_a_closed_bus_port_fails(topo):
     probes = preflight.port_probes([SEED, CLOSED], topo, [], timeout=1.0)
     closed = next(r for r in probes if r["node"] == CLOSED)
-    assert closed["bus port"] == 17690 and closed["bus port from"] == "data port + 10000"
+    assert closed["bus port"] == CLOSED_PORT + 10000 and closed["bus port from"] == "data port + 10000"
     assert closed["bus"] != "open" and closed["data"] != "open"
     checks = preflight.port_checks(probes)
     assert [(c.name, c.status) for c in checks] == [(f"ports {CLOSED}", "fail")]
-    assert "bus port 17690" in checks[0].detail and "open both ports" in checks[0].detail
+    assert f"bus port {CLOSED_PORT + 10000}" in checks[0].detail and "open both ports" in checks[0].detail
 
 
 def test_kernel_settings_of_this_host_pass_or_warn_with_reasons():

@@ -15,19 +15,15 @@ from runbook_lib.cluster.connection import cluster_client, node_client
 from runbook_lib.cluster.topology import cluster_info, read_view
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.probe_client import AskSafeCluster, ask_safe_client
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 7700 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 MASTERS = [f"127.0.0.1:{PORT + i}" for i in range(3)]
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("probe") / "sandbox", PORT, 1000, replicas=0, new_masters=2)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 1000, replicas=0, new_masters=2)
 
 
 @pytest.fixture(scope="module")

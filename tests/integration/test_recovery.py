@@ -24,11 +24,14 @@ from runbook_lib.config import BigKeys, Migration
 from runbook_lib.exceptions import MigrationError, PaceStop
 from runbook_lib.sandbox import redis_binary
 from runbook_lib.sections import nodes
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 from tests.integration.faults import assert_sound, cli, data_snapshot, fill_slot, params_variant, tag_for_slot
 
-pytestmark = pytest.mark.integration
-PORT = 7860 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+KILLED_PORTS = {"target": port_block(), "source": port_block()}
+CLUSTER_PORT = port_block()
+EXPIRING_PORT = port_block()
+BATCHED_PORT = port_block()
 
 
 def joined(sb, port: int, journal: Journal) -> tuple[str, str, str]:
@@ -91,7 +94,7 @@ def restart(sb, address: str, creds, timeout: float = 30) -> None:
 
 @pytest.mark.parametrize("victim", ["target", "source"])
 def test_master_killed_while_its_slot_is_open_resume_finishes_towards_the_promoted_replica(tmp_path, victim):
-    port = PORT + (0 if victim == "target" else 20)
+    port = KILLED_PORTS[victim]
     sb = start_sandbox(tmp_path / "sandbox", port, 3000)
     try:
         creds = sb.credentials()
@@ -138,9 +141,9 @@ def test_master_killed_while_its_slot_is_open_resume_finishes_towards_the_promot
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("recovery") / "sandbox", PORT + 40, 3000)
+    sb = start_sandbox(tmp_path_factory.mktemp("recovery") / "sandbox", CLUSTER_PORT, 3000)
     journal = Journal(tmp_path_factory.mktemp("recovery-run") / "journal.jsonl")
-    seed, new, _ = joined(sb, PORT + 40, journal)
+    seed, new, _ = joined(sb, CLUSTER_PORT, journal)
     yield sb, seed, new, journal
     sb.down()
 
@@ -299,15 +302,18 @@ def test_migrate_timeout_stops_with_each_key_located_and_resume_finishes(cluster
 
 def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
     """More keys per slot than one MIGRATE takes, expiring while the slots are open: the big-key check of the later
-    key groups and the MIGRATEs meet keys that are gone, and nothing stops or strands."""
-    sb = start_sandbox(tmp_path / "sandbox", PORT + 60, 2000)
+    key groups and the MIGRATEs meet keys that are gone, and nothing stops or strands. The batch that holds them moves
+    four slots at a time, so they stay open while the keys expire; the rest moves at the fast preset's default."""
+    sb = start_sandbox(tmp_path / "sandbox", EXPIRING_PORT, 2000)
     try:
         creds = sb.credentials()
         journal = Journal(tmp_path / "journal.jsonl")
-        seed, new, _ = joined(sb, PORT + 60, journal)
-        plan = current_plan(observe(seed, creds), creds, [new], Migration(preset="fast", warmup_slot=False))
+        seed, new, _ = joined(sb, EXPIRING_PORT, journal)
+        settings = Migration(preset="fast", keys_per_migrate=10, slots_in_flight=4, warmup_slot=False)
+        plan = current_plan(observe(seed, creds), creds, [new], settings)
         owner = node_client(seed, creds)
-        slots = [m.slot for m in plan.moves if m.source == observe(seed, creds).by_address(seed).id][:40]
+        slots = [m.slot for m in plan.batches[0] if m.source == observe(seed, creds).by_address(seed).id][:40]
+        assert len(slots) == 40, "the first batch moves 40 of the seed's slots"
         for slot in slots:
             tag = tag_for_slot(slot)
             pipe = owner.pipeline(transaction=False)
@@ -315,10 +321,13 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
                 pipe.set(f"{{{tag}}}:ttl:{i}", "x", px=300 + 40 * i)
             pipe.execute()
         before = data_snapshot(seed, creds)
-        settings = Migration(preset="fast", keys_per_migrate=10, slots_in_flight=4, warmup_slot=False)
-        plan, batches = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False,
-                                bigkeys=BigKeys(threshold_bytes=1 << 20))
-        assert sum(b.slots for b in batches) == 4096
+        bigkeys = BigKeys(threshold_bytes=1 << 20)
+        _, first = migrate(observe(seed, creds), creds, [new], settings, journal, progress=False, bigkeys=bigkeys,
+                           max_batches=1)
+        assert [b.slots for b in first] == [len(plan.batches[0])]
+        rest = Migration(preset="fast", keys_per_migrate=10, warmup_slot=False)
+        _, batches = migrate(observe(seed, creds), creds, [new], rest, journal, progress=False, bigkeys=bigkeys)
+        assert sum(b.slots for b in first + batches) == 4096
         assert_sound(seed, creds, before)
     finally:
         sb.down()
@@ -327,7 +336,7 @@ def test_keys_expiring_while_their_slots_move_in_many_migrates(tmp_path):
 @pytest.mark.parametrize("point", ["open.importing", "drain.migrated:2", "handover.journaled:2"])
 def test_whole_run_killed_on_the_batched_path_then_resumed(tmp_path, point):
     """The default (batched) path: SIGKILL of `runbook run` at each protocol step, then resume and the rest."""
-    port = PORT + 80
+    port = BATCHED_PORT
     sb = start_sandbox(tmp_path / "sandbox", port, 3000)
     try:
         creds = sb.credentials()

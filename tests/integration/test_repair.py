@@ -18,7 +18,7 @@ from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Migration
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 from tests.integration.faults import assert_expanded, cli, fill_slot
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def on_target(creds, target: str, *command):
     return pipe.execute()[1]
 
 
-@pytest.mark.parametrize("cluster", [7300 + PORT_OFFSET], indirect=True)
+@pytest.mark.parametrize("cluster", [port_block()], indirect=True, ids=["sandbox"])
 def test_busykey_same_value_is_settled_and_different_value_stops(cluster):
     sb, port, run_dir = cluster
     creds = sb.credentials()
@@ -95,7 +95,7 @@ def test_busykey_same_value_is_settled_and_different_value_stops(cluster):
     assert on_target(creds, target, "GET", differs) == differs.encode()
 
 
-@pytest.mark.parametrize("cluster", [7320 + PORT_OFFSET], indirect=True)
+@pytest.mark.parametrize("cluster", [port_block()], indirect=True, ids=["sandbox"])
 def test_big_key_stops_before_its_slot_unless_allowed(cluster):
     sb, port, run_dir = cluster
     creds = sb.credentials()
@@ -128,7 +128,7 @@ def test_big_key_stops_before_its_slot_unless_allowed(cluster):
     assert len(node_client(target, creds).get(big)) == 11 * 1024 * 1024
 
 
-@pytest.mark.parametrize("cluster", [7340 + PORT_OFFSET], indirect=True)
+@pytest.mark.parametrize("cluster", [port_block()], indirect=True, ids=["sandbox"])
 def test_open_slot_left_by_killed_redis_cli_reshard_is_repaired(cluster, redis_cli):
     sb, port, run_dir = cluster
     creds = sb.credentials()

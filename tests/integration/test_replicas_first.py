@@ -9,20 +9,16 @@ import pytest
 from runbook_lib.cluster.replicas import live_link_status, require_replicas, unreplicated_targets
 from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import CheckFailed
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 from tests.integration.faults import cli
 
 pytestmark = pytest.mark.integration
-PORT = 7660 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW, NEW_REPLICA = f"127.0.0.1:{PORT + 6}", f"127.0.0.1:{PORT + 7}"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("replicas-first") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 def test_no_slot_to_a_new_master_until_its_replica_is_in_sync(sandbox, tmp_path):

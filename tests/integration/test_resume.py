@@ -11,7 +11,7 @@ from runbook_lib.cluster.migrate import current_plan
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Migration
 from runbook_lib.sections.validate import key_count
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 from tests.integration.faults import (
     assert_expanded,
     assert_original,
@@ -20,16 +20,12 @@ from tests.integration.faults import (
     params_variant,
 )
 
-pytestmark = pytest.mark.integration
-PORT = 7200 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("resume") / "sandbox", PORT, 4000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 4000)
 
 
 @pytest.fixture(scope="module")

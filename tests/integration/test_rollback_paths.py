@@ -13,20 +13,16 @@ import pytest
 from runbook_lib.cluster.topology import observe, parse_ranges
 from runbook_lib.sections.nodes import wait_replica_synced
 from runbook_lib.watch import watchers
-from tests.conftest import PORT_OFFSET, run_expansion, start_sandbox
+from tests.conftest import module_sandbox, port_block, run_expansion
 from tests.integration.faults import assert_original, assert_sound, cli, data_snapshot, params_variant
 from tests.integration.test_recovery import kill, restart, wait_caught_up, wait_promoted
 
-pytestmark = pytest.mark.integration
-PORT = 8940 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("rollback") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 def events(run_dir) -> list[dict]:

@@ -16,20 +16,16 @@ from runbook_lib.watch.gates import evaluate, gate_values, values_from
 from runbook_lib.watch.metrics_table import TABLE_FILE, tidy, write_table
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.sampler import NodePoller, Sampler, read_samples
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 
 pytestmark = pytest.mark.integration
-PORT = 7750 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NODES = [f"127.0.0.1:{PORT + i}" for i in range(6)]
 MASTERS, REPLICAS = NODES[:3], NODES[3:]
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("sampler") / "sandbox", PORT, 1000, replicas=1, new_masters=0)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 1000, replicas=1, new_masters=0)
 
 
 def test_poller_gives_every_node_plausible_values(sandbox):

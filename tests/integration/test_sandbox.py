@@ -11,17 +11,15 @@ import pytest
 from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block, start_sandbox
 
 pytestmark = pytest.mark.integration
-PORT = 7150 + PORT_OFFSET
+PORT = port_block()
+TAKEN = port_block()
+OTHER = port_block(6)
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("sb") / "sandbox", PORT, 2000)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000)
 
 
 def test_layout_and_data(sandbox):
@@ -46,14 +44,14 @@ def test_second_up_is_refused(sandbox):
 
 def test_taken_port_is_refused(tmp_path):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 7190))
+        s.bind(("127.0.0.1", TAKEN + 5))
         s.listen()
-        with pytest.raises(SandboxError, match="7190"):
-            Sandbox(tmp_path / "other").up(SandboxLayout(port=7185), keys=0, progress=False)
+        with pytest.raises(SandboxError, match=str(TAKEN + 5)):
+            Sandbox(tmp_path / "other").up(SandboxLayout(port=TAKEN), keys=0, progress=False)
 
 
 def test_down_stops_only_its_own(tmp_path, sandbox):
-    other = start_sandbox(tmp_path / "other", 7170, 0, new_masters=0)
+    other = start_sandbox(tmp_path / "other", OTHER, 0, new_masters=0)
     pids = other.running_pids()
     assert len(pids) == 6
     assert other.down() == sorted(pids)

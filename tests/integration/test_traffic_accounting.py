@@ -16,10 +16,11 @@ from runbook_lib.cluster.topology import read_view
 from runbook_lib.sections.nodes import add_masters
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.probe_stats import longest_gap_per_node, longest_unanswered_per_node
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import module_sandbox, port_block
 
-pytestmark = pytest.mark.integration
-PORT = 7960 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
+"""Exclusive: it times stalls and judges latency, so no other test may load the machine meanwhile."""
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 MASTERS = [f"127.0.0.1:{PORT + i}" for i in range(3)]
 NEW = f"127.0.0.1:{PORT + 3}"
@@ -27,11 +28,7 @@ RATE = 200.0
 PAUSE_MS = 300
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    sb = start_sandbox(tmp_path_factory.mktemp("accounting") / "sandbox", PORT, 2000, replicas=0, new_masters=1)
-    yield sb
-    sb.down()
+sandbox = module_sandbox(PORT, 2000, replicas=0, new_masters=1)
 
 
 def test_a_paused_master_shows_as_many_slow_samples_and_as_its_own_downtime(sandbox, tmp_path):

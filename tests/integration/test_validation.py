@@ -13,11 +13,11 @@ from runbook_lib.cluster.migrate import migrate
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import Migration
 from runbook_lib.sections import nodes, preflight, validate
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 from tests.integration.faults import tag_for_slot
 
 pytestmark = pytest.mark.integration
-PORT = 7980 + PORT_OFFSET
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 
 

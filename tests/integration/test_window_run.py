@@ -16,11 +16,12 @@ from runbook_lib.config import load_params
 from runbook_lib.exceptions import PaceStop
 from runbook_lib.sections import migration, nodes
 from runbook_lib.watch import watchers
-from tests.conftest import PORT_OFFSET, start_sandbox
+from tests.conftest import port_block, start_sandbox
 from tests.integration.faults import params_variant
 
-pytestmark = pytest.mark.integration
-PORT = 8500 + PORT_OFFSET
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
+"""Exclusive: it times a window opening seconds from now, so no other test may load the machine meanwhile."""
+PORT = port_block()
 SEED = f"127.0.0.1:{PORT}"
 NEW = f"127.0.0.1:{PORT + 6}"
 
