@@ -187,8 +187,11 @@ def lock_holder(sandbox):
 
 
 def test_second_run_while_one_is_in_progress_is_refused(sandbox, runbook_bin, unchanged):
+    """The first run scans the big keys at 300 commands/s (about 20 s for the module's 2000 keys), so it surely still
+    holds the lock when the second starts: a quick first run could end before the second, which then rightly runs."""
     params = sandbox.root / "params.yaml"
-    first = subprocess.Popen([runbook_bin, "run", "--params", str(params), "--only", "30_plan",
+    slow = variant(sandbox, "slow-scan", lambda p: p.setdefault("bigkeys", {}).update(max_ops_per_s=300))
+    first = subprocess.Popen([runbook_bin, "run", "--params", str(slow), "--only", "00_preflight",
                               "--out", str(sandbox.root.parent / "run-first")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
