@@ -60,10 +60,11 @@ def events(run_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(sandbox, tmp_path):
+def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(sandbox, tmp_path, request):
     creds = sandbox.credentials()
     params = params_with(sandbox, "wait", window_from_now(12))
     run_dir = tmp_path / "run"
+    request.addfinalizer(lambda: watchers.stop_all(run_dir))
     journal = Journal(run_dir / "journal.jsonl")
     done: dict = {}
 
@@ -99,7 +100,6 @@ def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(san
     again = migration.run(params, run_dir, observe(SEED, creds), journal, apply=True, progress=False,
                           max_batches=1).batches
     assert len(again) == 1 and new_master_slots(creds) == 128, "a second execution goes on where the first stopped"
-    watchers.stop_all(run_dir)
 
 
 def test_outside_stop_stops_before_any_slot_moves(sandbox, tmp_path):
