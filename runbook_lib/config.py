@@ -159,7 +159,9 @@ class Migration(_Section):
     as on the least connected old master, from its CLIENT LIST) its slots move one at a time, each ASK window short:
     stock redis-py fails a request on an ASK to a master it does not know (redis-py#4015); after
     `client_learn_wait_s` (0: no wait) the run goes on at its pace and the journal says the clients were not seen.
-    `window` (absent: any time) limits slot moves to an off-peak window.
+    `window` (absent: any time) limits slot moves to an off-peak window. Every `quiet_every_s` of moving (0: never)
+    nothing moves for `quiet_s`: the clients' latency in these quiet spells is the control that the verdict and the
+    governor compare the moving times with (cluster/quiet.py).
     """
 
     preset: str = DEFAULT_PRESET
@@ -178,6 +180,8 @@ class Migration(_Section):
     convergence_timeout_s: float = Field(60.0, gt=0)
     allow_master_without_replica: bool = False
     client_learn_wait_s: float = Field(30.0, ge=0)
+    quiet_every_s: float = Field(20.0, ge=0)
+    quiet_s: float = Field(2.0, ge=0)
     window: Window | None = None
 
     @model_validator(mode="before")

@@ -25,6 +25,7 @@ from runbook_lib.cluster.connection import application_connections
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.nodes import Nodes, TopologyChanged
 from runbook_lib.cluster.plan import Move, Plan
+from runbook_lib.cluster.quiet import QuietSpells
 from runbook_lib.cluster.replicas import require_replicas
 from runbook_lib.cluster.rounds import Rounds
 from runbook_lib.cluster.slots import DONE, HANDOVER, MANUAL, ORDER, SlotState, Transition, next_step, repair_step
@@ -114,6 +115,7 @@ class Mover:
         self.transitions = Transitions(self.nodes, self.rounds, journal, lambda: self.settings, threshold, allowed)
         self._broadcaster: ThreadPoolExecutor | None = None
         self._pacer = Pacer()
+        self.quiet = QuietSpells(journal, settings.quiet_every_s, settings.quiet_s)
         self._pace: Pace | None = None
         self._stop = threading.Event()
         self._learn_lock = threading.Lock()
@@ -183,6 +185,7 @@ class Mover:
         assigned: list[Move] = []
         failures: list[Exception] = []
         self._stop.clear()
+        self.quiet.start_batch(len(by_source))
         with ThreadPoolExecutor(max_workers=len(by_source)) as pool:
             for worker in [pool.submit(self._move_all, moves, assigned) for moves in by_source.values()]:
                 try:
@@ -213,6 +216,7 @@ class Mover:
         keys, i = 0, 0
         try:
             while i < len(moves) and not self._stop.is_set():
+                self.quiet.before_group(self._stop.is_set)
                 if self._pace is not None:
                     self.settings = self._pace.before_group()
                 group = self.next_group(moves[i:])
@@ -224,6 +228,8 @@ class Mover:
         except Exception:
             self._stop.set()
             raise
+        finally:
+            self.quiet.worker_done()
         return keys
 
     def next_group(self, moves: list[Move]) -> list[Move]:

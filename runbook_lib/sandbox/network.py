@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from runbook_lib.addresses import forget_resolved
 from runbook_lib.exceptions import SandboxError
@@ -125,6 +126,7 @@ def create(folder: Path, port: int, hosts: list[Host], rtt_ms: float = 0.0) -> N
         path.write_text(json.dumps(record, indent=2))
 
     dad = ["nodad"] if ipv6 else []
+    clear_stale(port, len(hosts))
     try:
         note("links", bridge)
         _run(ip, "link", "add", bridge, "type", "bridge")
@@ -172,11 +174,42 @@ def remove(folder: Path) -> list[str]:
             _run(ip, "netns", "del", namespace)
             removed.append(f"namespace {namespace}")
     for link in reversed(record.get("links", [])):
-        if subprocess.run([ip, "link", "show", link], capture_output=True).returncode == 0:
-            _run(ip, "link", "del", link)
+        if _delete_link(ip, link):
             removed.append(f"link {link}")
     path.unlink()
     return removed
+
+
+def clear_stale(port: int, hosts: int) -> list[str]:
+    """Delete the namespaces and links named after `port` that an earlier sandbox left behind (a killed run, a
+    deleted folder), so they cannot collide with a new one; refuses while any process still runs in one of them."""
+    ip, tag, removed = _ip(), f"rb{port}", []
+    existing = set(subprocess.run([ip, "netns", "list"], capture_output=True, text=True).stdout.split())
+    namespaces = [f"{tag}h{i}" for i in range(hosts) if f"{tag}h{i}" in existing]
+    for namespace in namespaces:
+        pids = subprocess.run([ip, "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+        if pids:
+            raise SandboxError(f"network namespace {namespace} is in use (processes {', '.join(pids)}): another "
+                               f"sandbox on port {port} is running; stop it or choose another port")
+    for namespace in namespaces:
+        _run(ip, "netns", "del", namespace)
+        removed.append(f"namespace {namespace}")
+    for link in [*(f"{tag}v{i}" for i in range(hosts)), _bridge(port)]:
+        if _delete_link(ip, link):
+            removed.append(f"link {link}")
+    if _drop_host_names(tag):
+        removed.append(f"{HOSTS_FILE} entries")
+    return removed
+
+
+def _delete_link(ip: str, link: str) -> bool:
+    """Delete `link` if it exists; a veth may vanish on its own once its peer's namespace is gone."""
+    if subprocess.run([ip, "link", "show", link], capture_output=True).returncode != 0:
+        return False
+    proc = subprocess.run([ip, "link", "del", link], capture_output=True, text=True)
+    if proc.returncode != 0 and "Cannot find device" not in proc.stderr:
+        raise SandboxError(f"`{ip} link del {link}` failed: {proc.stderr.strip()}")
+    return proc.returncode == 0
 
 
 def exec_prefix(namespace: str) -> list[str]:
@@ -184,27 +217,52 @@ def exec_prefix(namespace: str) -> list[str]:
     return [_ip(), "netns", "exec", namespace]
 
 
+BLOCK_PREFIX = "# runbook sandbox "
+
+
 def _marker(folder: Path) -> str:
-    return f"# runbook sandbox {folder.resolve()}"
+    return f"{BLOCK_PREFIX}{folder.resolve()}"
 
 
 def _edit_hosts_file(marker: str, lines: list[str]) -> None:
-    """Replace this sandbox's block of /etc/hosts (between its markers) with `lines`, or drop it when empty; in
-    place and under a lock (the file may be a bind mount, which cannot be renamed over)."""
-    begin, end = f"{marker} begin", f"{marker} end"
+    """Replace this sandbox's block of /etc/hosts (between its markers) with `lines`, or drop it when empty."""
+    _rewrite_hosts_file(lambda block_marker, _: block_marker != marker, marker, lines)
+
+
+def _drop_host_names(tag: str) -> bool:
+    """Drop every sandbox block of /etc/hosts that names a host of `tag` (left by a sandbox whose folder is gone);
+    returns whether one was dropped."""
+    suffix = f".{tag}.{DOMAIN}"
+    return _rewrite_hosts_file(lambda _, body: not any(line.endswith(suffix) for line in body), "", [])
+
+
+def _rewrite_hosts_file(keep: Callable[[str, list[str]], bool], marker: str, lines: list[str]) -> bool:
+    """Rewrite /etc/hosts keeping the sandbox blocks `keep(marker, lines)` accepts, then append `lines` under
+    `marker`; in place and under a lock (the file may be a bind mount, which cannot be renamed over). Returns
+    whether a block was dropped."""
     with open(HOSTS_FILE, "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        kept, inside = [], False
+        kept: list[str] = []
+        block: list[str] | None = None
+        dropped = False
         for line in f.read().splitlines():
-            if line == begin:
-                inside = True
-            elif line == end:
-                inside = False
-            elif not inside:
+            if block is None and line.startswith(BLOCK_PREFIX) and line.endswith(" begin"):
+                block = [line]
+            elif block is not None and line == f"{block[0][:-len(' begin')]} end":
+                if keep(block[0][:-len(" begin")], block[1:]):
+                    kept += [*block, line]
+                else:
+                    dropped = True
+                block = None
+            elif block is not None:
+                block.append(line)
+            else:
                 kept.append(line)
+        kept += block or []
         if lines:
-            kept += [begin, *lines, end]
+            kept += [f"{marker} begin", *lines, f"{marker} end"]
         f.seek(0)
         f.truncate()
         f.write("\n".join(kept) + "\n")
     forget_resolved()
+    return dropped

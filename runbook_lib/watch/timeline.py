@@ -8,6 +8,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from runbook_lib.cluster.quiet import HANDOVER_TAIL_S
+
 BatchWindow = tuple[int, float, float]
 
 
@@ -29,9 +31,9 @@ def batch_windows(entries: Iterable[dict], now: float | None = None) -> list[Bat
     return sorted(windows, key=lambda w: w[1])
 
 
-MOVE_TAIL_S = 1.0
+MOVE_TAIL_S = HANDOVER_TAIL_S
 """A handover disturbs clients after it too (MOVED, a topology refresh): a slot counts as moving until this long
-after it was handed over."""
+after it was handed over; the mover's quiet spells start only after it."""
 
 
 def moving_windows(entries: Iterable[dict], now: float | None = None,
@@ -66,6 +68,26 @@ def moving_windows(entries: Iterable[dict], now: float | None = None,
         else:
             merged.append((start, end))
     return merged
+
+
+def quiet_windows(entries: Iterable[dict], now: float | None = None) -> list[tuple[float, float]]:
+    """(start, end) of the mover's quiet spells (`quiet_start` to `quiet_end`, or `now` for one still going): the
+    times in which nothing moved, whose client latency is the control the moving times are compared with."""
+    spans: list[tuple[float, float]] = []
+    started: float | None = None
+    for entry in entries:
+        event = entry.get("event")
+        if event == "quiet_start":
+            started = float(entry["ts"])
+        elif event == "quiet_end" and started is not None:
+            spans.append((started, float(entry["ts"])))
+            started = None
+        elif event == "batch_end" and started is not None:
+            spans.append((started, float(entry["ts"])))
+            started = None
+    if started is not None:
+        spans.append((started, max(started, time.time() if now is None else now)))
+    return spans
 
 
 def inside(ts: np.ndarray, spans: list[tuple[float, float]]) -> np.ndarray:
