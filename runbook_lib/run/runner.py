@@ -16,7 +16,7 @@ from runbook_lib import exceptions, progress
 from runbook_lib.cluster.lock import LOCK_KEY, RUN_ID_ENV
 from runbook_lib.config import known_secrets, load_params
 from runbook_lib.exceptions import BadInput, RunLocked
-from runbook_lib.run import audit
+from runbook_lib.run import audit, verdict_table
 from runbook_lib.run.audit import RESULTS_DIR
 from runbook_lib.run.context import RunContext, continued_run_dir, new_run_dir
 from runbook_lib.run.inputs import check_targets
@@ -153,6 +153,7 @@ def run(params_file: str | Path, out: str | Path | None = None, only: str | None
         if sealed["scrubbed"] or sealed["binary"]:
             say(f"warning: the password appeared in {sealed['scrubbed'] + sealed['binary']} and was redacted where "
                  "possible; this is a bug, please report it")
+        say(verdict_table.headline(run_dir))
         say(f"report: {run_dir / 'index.html'}")
         say(f"manifest: {sealed['manifest']} (sha256 {sealed['manifest_sha256']}; `runbook verify-report {run_dir}`)")
     return result

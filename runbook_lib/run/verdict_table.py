@@ -47,19 +47,39 @@ def _pct(ratio: float | None) -> str:
 
 
 def latency_row(latency: dict, checks: list[dict]) -> Row:
-    """Latency variation: p99 while slots moved against the baseline p99, its interval, and the budget judged
-    against, with the article's +10 % named beside it when the params' budget differs (pure)."""
+    """Latency variation: p99 while slots moved against the control of the quiet spells (or the baseline when there
+    was no control), its interval, the pre-move baseline comparison beside it, the worst 10 s window, and the budget
+    judged against, with the article's +10 % named beside it when the params' budget differs (pure)."""
     budget, article = latency["budget_pct"], latency["article_budget_pct"]
-    against = f"the article's +{article:g} %" if budget == article else (
-        f"the params' budget +{budget:g} % (the article's +{article:g} %: "
+    reference = latency.get("reference", "baseline")
+    against = f"the {reference}: the article's +{article:g} %" if budget == article else (
+        f"the {reference}: the params' budget +{budget:g} % (the article's +{article:g} %: "
         f"{latency.get('article_verdict', NOT_MEASURED)})")
     if not latency.get("measured"):
         return Row("latency variation", f"{NOT_MEASURED}: {latency.get('baseline_n', 0)} baseline requests, "
+                                        f"{latency.get('control_n', 0)} in quiet spells, "
                                         f"{latency.get('during_n', 0)} while slots moved", against, NOT_MEASURED)
+    ref_p99 = latency.get("reference_p99_ms", latency.get("baseline_p99_ms"))
+    ref_n = latency.get("reference_n", latency.get("baseline_n"))
+    if reference == "control":
+        ref_text = (f"{ref_p99:.2f} ms in the quiet spells of the same minutes ({ref_n} requests, "
+                    f"{latency['control_s']:.1f} s)")
+    else:
+        ref_text = f"{ref_p99:.2f} ms baseline before the first slot moved ({ref_n}; no quiet spell to compare with)"
     measured = (f"p99 {latency['during_p99_ms']:.2f} ms while slots moved ({latency['during_n']} requests, "
-                f"{latency['moving_s']:.1f} s) vs {latency['baseline_p99_ms']:.2f} ms baseline "
-                f"({latency['baseline_n']}): {_pct(latency['ratio'])}, {latency['confidence']:.0%} interval "
-                f"{_pct(latency['low'])} to {_pct(latency['high'])}")
+                f"{latency['moving_s']:.1f} s) vs {ref_text}: {_pct(latency['ratio'])}, "
+                f"{latency['confidence']:.0%} interval {_pct(latency['low'])} to {_pct(latency['high'])}")
+    beside = latency.get("against_baseline")
+    if beside:
+        measured += (f"; beside it, against the pre-move baseline {beside['p99_ms']:.2f} ms: {_pct(beside['ratio'])} "
+                     f"[{_pct(beside['low'])}, {_pct(beside['high'])}], {beside['verdict']}")
+    worst = latency.get("worst_window")
+    if worst:
+        measured += f"; worst 10 s window {worst['p99_ms']:.2f} ms from {worst['start_utc']} UTC"
+    quiet = latency.get("quiet") or {}
+    if quiet.get("spells"):
+        measured += (f"; the {quiet['spells']} quiet spells cost {quiet['cost_s']:.1f} s of "
+                     f"{quiet['migration_s']:.1f} s ({quiet['share'] * 100:.0f} %)")
     status = _status(checks, "latency variation")
     return Row("latency variation", measured, against,
                "inconclusive" if latency.get("verdict") == "inconclusive" else status)
@@ -135,6 +155,17 @@ def rows(acceptance: dict | None, validate: dict | None) -> list[Row]:
     return [latency_row(acceptance["latency"], checks), failed_requests_row(acceptance["failed_requests"], checks),
             lost_writes_row(acceptance["lost_writes"], checks), downtime_row(acceptance["downtime"], checks),
             data_row(validate)]
+
+
+def headline(run_dir: Path) -> str:
+    """The verdict in one line for the terminal: the headline, each criterion that did not pass, and what would
+    settle an inconclusive latency verdict."""
+    acceptance, validate = load(run_dir)
+    table = rows(acceptance, validate)
+    text = f"Zero downtime: {overall(table)}"
+    others = [f"{r.criterion}: {r.verdict}" for r in table if r.verdict != "pass"]
+    settle = ((acceptance or {}).get("latency") or {}).get("settle")
+    return text + "".join(f"; {o}" for o in others) + (f" ({settle})" if settle else "")
 
 
 def overall(table: list[Row]) -> str:

@@ -16,8 +16,24 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.probe_stats import ProbeSummary, longest_gap, longest_unanswered_per_node
-from runbook_lib.watch.timeline import MOVE_TAIL_S, batch_windows, inside, label, moving_windows
-from runbook_lib.watch.verdict import latency_check, latency_verdict, p99_ratio_interval
+from runbook_lib.watch.timeline import (
+    MOVE_TAIL_S,
+    batch_windows,
+    inside,
+    label,
+    moving_windows,
+    quiet_cost,
+    quiet_windows,
+)
+from runbook_lib.watch.verdict import (
+    MIN_BLOCKS,
+    effective_blocks,
+    latency_check,
+    latency_verdict,
+    p99_ratio_interval,
+    time_blocks,
+    to_settle,
+)
 from runbook_lib.watch.watchers import BASELINE_FILE
 
 ACCEPTANCE_FILE = "acceptance.json"
@@ -57,7 +73,8 @@ def acceptance(run_dir: Path, summary: ProbeSummary | None, gates: Gates) -> Acc
     entries = list(Journal(run_dir / "journal.jsonl").entries())
     probe = TrafficProbe.attach(run_dir)
     records = label(probe.records(), batch_windows(entries))
-    latency, latency_data = latency_evidence(records, base, moving_windows(entries), gates)
+    latency, latency_data = latency_evidence(records, base, moving_windows(entries), gates, quiet_windows(entries),
+                                             quiet_cost(entries))
     worst, gap = downtime_numbers(records, probe.settings.prefix)
     checks = [latency, failed_requests(summary), lost_writes(summary),
               downtime(records, probe.settings.prefix, gates.max_downtime_ms / 1000)]
@@ -76,66 +93,139 @@ def acceptance(run_dir: Path, summary: ProbeSummary | None, gates: Gates) -> Acc
     return Acceptance(checks, data)
 
 
-def latency_evidence(records: pd.DataFrame, base: dict, moving: list[tuple[float, float]],
-                     gates: Gates) -> tuple[Check, dict]:
-    """The latency verdict and the numbers behind it: both p99s, the ratio's interval, the budget and the article's,
-    and the p99 of consecutive groups of the same samples the verdict judges, for its chart (pure)."""
+CONTROL_MIN_REQUESTS = 100
+"""The control backs the verdict only with at least this many requests (and two seconds of them); a p99 rests on
+its slowest 1 %."""
+
+
+def latency_evidence(records: pd.DataFrame, base: dict, moving: list[tuple[float, float]], gates: Gates,
+                     quiet: list[tuple[float, float]] = (), cost: dict | None = None) -> tuple[Check, dict]:
+    """The latency verdict and the numbers behind it (pure).
+
+    The verdict compares p99 while slots moved with p99 of the control: the requests of the mover's quiet spells,
+    taken in the same minutes (`quiet`), so a change of the machine's load moves both sides. The comparison with
+    the pre-move baseline is made beside it; it is the verdict's reference only when there is no control (no quiet
+    spell: a short migration, or `migration.quiet_every_s: 0`), and the data says which. Also: both p99s, the
+    interval, the budget and the article's, the p99 per fixed 10 s window for the dashboard view, and what the
+    quiet spells cost in time (`cost`, from `timeline.quiet_cost`).
+    """
     ts = records["ts"].to_numpy(float)
     since = base.get("since", (base.get("ts") or 0) - gates.baseline_s)
-    rest_part = records[(ts >= since) & (ts < (base.get("ts") or since))]
-    at_rest = rest_part["latency_ms"].to_numpy(float)
-    moving_part = records[inside(ts, moving)]
-    during = moving_part["latency_ms"].to_numpy(float)
+    rest = records[(ts >= since) & (ts < (base.get("ts") or since))]
+    during = records[inside(ts, moving)]
+    control = records[inside(ts, list(quiet))]
     moved_s = sum(end - start for start, end in moving)
     data = {"measured": False, "budget_pct": gates.latency_budget_pct, "article_budget_pct": ARTICLE_BUDGET_PCT,
-            "baseline_n": int(len(at_rest)), "during_n": int(len(during)), "moving_s": round(moved_s, 2)}
-    if not len(at_rest) or not len(during):
-        return Check("latency variation", "warn", f"not measured: {len(at_rest)} baseline requests and "
-                                                  f"{len(during)} while slots moved"), data
-    interval = p99_ratio_interval(at_rest, during, baseline_ts=rest_part["ts"].to_numpy(float),
-                                  during_ts=moving_part["ts"].to_numpy(float))
-    check = latency_check(at_rest, during, budget_pct=gates.latency_budget_pct, interval=interval)
+            "baseline_n": int(len(rest)), "during_n": int(len(during)), "control_n": int(len(control)),
+            "moving_s": round(moved_s, 2), "control_s": round(sum(end - start for start, end in quiet), 2),
+            "quiet": cost or {}}
+    has_control = len(control) >= CONTROL_MIN_REQUESTS and effective_blocks(time_blocks(control["ts"])) >= MIN_BLOCKS
+    reference = control if has_control else rest
+    if not len(reference) or not len(during):
+        return Check("latency variation", "warn", f"not measured: {len(rest)} baseline requests, {len(control)} in "
+                                                  f"quiet spells and {len(during)} while slots moved"), data
+    interval = _interval(reference, during)
+    check = latency_check(reference["latency_ms"], during["latency_ms"], budget_pct=gates.latency_budget_pct,
+                          interval=interval, reference="control" if has_control else "baseline")
+    against_baseline = _comparison(rest, during, gates.latency_budget_pct) if has_control and len(rest) else None
+    windows = window_p99(records, moving, quiet)
+    notes = [f"while slots moved: {moved_s:.1f} s, each slot from its opening to {MOVE_TAIL_S:g} s after its "
+             "handover"]
+    if has_control:
+        notes.append(f"control: {len(control)} requests in {len(quiet)} quiet spells ({data['control_s']:.1f} s) "
+                     "of the same minutes")
+    else:
+        notes.append(f"no control ({len(control)} requests in quiet spells): judged against the baseline before the "
+                     "first slot moved, which the machine's load may have drifted from")
+    if against_baseline:
+        notes.append(f"against the pre-move baseline: {_pct_text(against_baseline)}")
+    worst = _worst(windows)
+    if worst:
+        notes.append(f"worst 10 s window: {worst['p99_ms']:.2f} ms p99 ({worst['n']} requests) from "
+                     f"{worst['start_utc']} UTC")
+    verdict = latency_verdict(interval, gates.latency_budget_pct)
     article = latency_verdict(interval, ARTICLE_BUDGET_PCT)
-    notes = []
     if gates.latency_budget_pct != ARTICLE_BUDGET_PCT:
         notes.append(f"held to the params' budget +{gates.latency_budget_pct:g} %; against the article's "
                      f"+{ARTICLE_BUDGET_PCT:g} %: {article}")
+    reference_p99 = float(np.percentile(reference["latency_ms"], 99))
+    during_p99 = float(np.percentile(during["latency_ms"], 99))
     floor_within = None
     if gates.latency_floor_ms:
-        floor_within = float(np.percentile(during, 99)) <= float(np.percentile(at_rest, 99)) + gates.latency_floor_ms
+        floor_within = during_p99 <= reference_p99 + gates.latency_floor_ms
         notes.append(f"the params' floor (+{gates.latency_floor_ms:g} ms, not part of the verdict): "
                      f"{'within' if floor_within else 'beyond'} it")
-    detail = (f"{check.detail}; while slots moved ({moved_s:.1f} s: each slot from its opening to "
-              f"{MOVE_TAIL_S:g} s after its handover)" + "".join(f"; {n}" for n in notes))
+    if cost and cost.get("spells"):
+        notes.append(f"the quiet spells cost {cost['cost_s']:.1f} s of {cost['migration_s']:.1f} s "
+                     f"({cost['share'] * 100:.0f} %)")
     ratio, low, high = interval
-    data.update(measured=True, status=check.status, verdict=latency_verdict(interval, gates.latency_budget_pct),
-                article_verdict=article, confidence=0.95, ratio=_finite(ratio), low=_finite(low), high=_finite(high),
-                baseline_p99_ms=float(np.percentile(at_rest, 99)), during_p99_ms=float(np.percentile(during, 99)),
-                floor_ms=gates.latency_floor_ms or None, floor_within=floor_within,
-                points=p99_points(moving_part))
-    return Check(check.name, check.status, detail), data
+    data.update(measured=True, status=check.status, verdict=verdict, article_verdict=article, confidence=0.95,
+                reference="control" if has_control else "baseline", reference_p99_ms=reference_p99,
+                reference_n=int(len(reference)), ratio=_finite(ratio), low=_finite(low), high=_finite(high),
+                baseline_p99_ms=float(np.percentile(rest["latency_ms"], 99)) if len(rest) else None,
+                control_p99_ms=float(np.percentile(control["latency_ms"], 99)) if len(control) else None,
+                during_p99_ms=during_p99, against_baseline=against_baseline, floor_ms=gates.latency_floor_ms or None,
+                floor_within=floor_within, windows=windows, worst_window=worst,
+                settle=to_settle(interval, gates.latency_budget_pct))
+    return Check(check.name, check.status, "; ".join([check.detail, *notes])), data
 
 
-LATENCY_POINT_SAMPLES = 200
-"""Samples per point of the latency chart: fewer make a p99 that is the group's maximum, not its tail."""
+def _interval(reference: pd.DataFrame, during: pd.DataFrame) -> tuple[float, float, float]:
+    return p99_ratio_interval(reference["latency_ms"].to_numpy(float), during["latency_ms"].to_numpy(float),
+                              baseline_ts=reference["ts"].to_numpy(float), during_ts=during["ts"].to_numpy(float))
 
 
-def p99_points(part: pd.DataFrame, min_samples: int = LATENCY_POINT_SAMPLES) -> list[dict]:
-    """The verdict's samples (time order) cut into consecutive groups of at least `min_samples`, each with its p99,
-    time span and the batches it covers: what the verdict pooled, shown over time (pure)."""
-    part = part.sort_values("ts", kind="stable")
-    groups = max(1, len(part) // min_samples)
+def _comparison(reference: pd.DataFrame, during: pd.DataFrame, budget_pct: float) -> dict:
+    """p99 while slots moved against one reference: ratio, interval, verdict and the reference's p99 (pure)."""
+    ratio, low, high = _interval(reference, during)
+    return {"ratio": _finite(ratio), "low": _finite(low), "high": _finite(high),
+            "verdict": latency_verdict((ratio, low, high), budget_pct), "n": int(len(reference)),
+            "p99_ms": float(np.percentile(reference["latency_ms"], 99))}
+
+
+def _pct_text(c: dict) -> str:
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{(x - 1) * 100:+.1f} %"
+    return f"{pct(c['ratio'])} [{pct(c['low'])}, {pct(c['high'])}] vs {c['p99_ms']:.2f} ms: {c['verdict']}"
+
+
+WINDOW_S = 10.0
+"""The dashboard's window: p99 per fixed 10 s, as a Grafana panel of the clients' latency shows it."""
+WINDOW_MIN_REQUESTS = 100
+"""A window's p99 is named the worst only on at least this many requests (fewer: its p99 is its maximum)."""
+
+
+def window_p99(records: pd.DataFrame, moving: list[tuple[float, float]], quiet: list[tuple[float, float]],
+               window_s: float = WINDOW_S) -> list[dict]:
+    """p99 of every request per fixed `window_s` from the first slot opened to the last handed over (epoch-aligned
+    windows, as a dashboard draws them), with how much of each window slots moved and was quiet (pure)."""
+    if not moving or records.empty:
+        return []
+    first = np.floor(moving[0][0] / window_s) * window_s
+    last = moving[-1][1]
+    ts, lat = records["ts"].to_numpy(float), records["latency_ms"].to_numpy(float)
     out = []
-    for chunk in np.array_split(np.arange(len(part)), groups):
-        if not len(chunk):
-            continue
-        rows = part.iloc[chunk]
-        batches = rows["batch"].dropna() if "batch" in rows else pd.Series(dtype="Int64")
-        out.append({"n": int(len(rows)), "p99_ms": float(np.percentile(rows["latency_ms"].to_numpy(float), 99)),
-                    "start": float(rows["ts"].iloc[0]), "end": float(rows["ts"].iloc[-1]),
-                    "first_batch": int(batches.min()) if len(batches) else None,
-                    "last_batch": int(batches.max()) if len(batches) else None})
+    for start in np.arange(first, last, window_s):
+        end = start + window_s
+        part = lat[(ts >= start) & (ts < end)]
+        out.append({"start": float(start), "start_utc": _utc(start), "n": int(len(part)),
+                    "p99_ms": float(np.percentile(part, 99)) if len(part) else None,
+                    "moving_s": round(_overlap(moving, start, end), 2), "quiet_s": round(_overlap(quiet, start, end), 2)})
     return out
+
+
+def _overlap(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+
+
+def _utc(ts: float) -> str:
+    return pd.Timestamp(ts, unit="s").strftime("%H:%M:%S")
+
+
+def _worst(windows: list[dict]) -> dict | None:
+    """The window with the highest p99 among those with enough requests (pure)."""
+    full = [w for w in windows if w["p99_ms"] is not None and w["n"] >= WINDOW_MIN_REQUESTS]
+    return max(full, key=lambda w: w["p99_ms"]) if full else None
 
 
 def _finite(value: float) -> float | None:

@@ -90,6 +90,20 @@ def quiet_windows(entries: Iterable[dict], now: float | None = None) -> list[tup
     return spans
 
 
+def quiet_cost(entries: Iterable[dict]) -> dict:
+    """What the quiet spells cost in time: spells, seconds quiet, seconds lost (the workers' drain, the hand-over
+    tail and the spell), and that as a share of the migration's wall time (first slot opened to last handed over)."""
+    entries = list(entries)
+    starts = [e for e in entries if e.get("event") == "quiet_start"]
+    quiet = sum(end - start for start, end in quiet_windows(entries))
+    lost = quiet + sum(float(e.get("drained_s", 0)) + float(e.get("tail_s", 0)) for e in starts)
+    opened = [float(e["ts"]) for e in entries if e.get("event") == "slots_open"]
+    done = [float(e["ts"]) for e in entries if e.get("event") == "slots_assigned"]
+    wall = max(done) - min(opened) if opened and done else 0.0
+    return {"spells": len(starts), "quiet_s": round(quiet, 2), "cost_s": round(lost, 2),
+            "migration_s": round(wall, 2), "share": round(lost / wall, 4) if wall > 0 else 0.0}
+
+
 def inside(ts: np.ndarray, spans: list[tuple[float, float]]) -> np.ndarray:
     """Which timestamps fall in one of the [start, end) spans."""
     mask = np.zeros(len(ts), dtype=bool)

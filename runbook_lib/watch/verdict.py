@@ -242,26 +242,45 @@ def latency_verdict(ratio_interval: RatioInterval, budget_pct: float = 10.0) -> 
     return "inconclusive"
 
 
+def to_settle(interval: RatioInterval, budget_pct: float) -> str:
+    """What would settle an inconclusive verdict: an interval's half-width shrinks about as one over the square root
+    of the seconds of samples, so the interval clears the limit after about (half-width / distance to the limit)^2
+    times as many on each side (log scale); "" when the verdict is already settled or nothing was measured (pure)."""
+    ratio, low, high = interval
+    limit = 1 + budget_pct / 100
+    if latency_verdict(interval, budget_pct) != "inconclusive" or not ratio == ratio or ratio <= 0:
+        return ""
+    if not (low == low and high == high):
+        return "an interval needs at least two seconds of samples on each side"
+    distance = abs(np.log(ratio) - np.log(limit))
+    half = (np.log(high) - np.log(low)) / 2
+    if distance < half / 10:
+        return (f"the p99 ratio x{ratio:.2f} sits on the limit x{limit:.2f}: more samples would not settle it "
+                "soon")
+    return f"about {max(1.0, (half / distance) ** 2):.0f} times the seconds of samples on each side would settle it"
+
+
 def latency_check(baseline_ms, during_ms, budget_pct: float = 10.0, confidence: float = 0.95, n_boot: int = 2000,
                   name: str = "latency variation", interval: RatioInterval | None = None, *, baseline_ts=None,
-                  during_ts=None) -> Check:
+                  during_ts=None, reference: str = "baseline") -> Check:
     """The verdict as a report Check: pass, fail, or warn when inconclusive, with both sides' tails in the detail.
     `interval` is the p99 ratio's interval when the caller has computed it already (same arguments); otherwise it is
-    computed here, by blocks of time when the timestamps are given (see `p99_ratio_interval`)."""
+    computed here, by blocks of time when the timestamps are given (see `p99_ratio_interval`). `reference` names
+    what the during samples are compared with (the baseline, or the control of quiet spells)."""
     if interval is None:
         interval = p99_ratio_interval(baseline_ms, during_ms, n_boot=n_boot, confidence=confidence,
                                       baseline_ts=baseline_ts, during_ts=during_ts)
     verdict = latency_verdict(interval, budget_pct)
     base, during = tail_latency(baseline_ms), tail_latency(during_ms)
     if base["n"] == 0 or during["n"] == 0:
-        return Check(name, "warn", f"nothing to compare: {base['n']} baseline and {during['n']} samples during")
+        return Check(name, "warn", f"nothing to compare: {base['n']} {reference} and {during['n']} samples during")
     ratio, low, high = interval
     bounds = (f"{confidence:.0%} interval {(low - 1) * 100:+.1f} % to {(high - 1) * 100:+.1f} %" if low == low
               else "no interval: under two seconds of samples on one side")
-    detail = (f"p99 {during['p99_ms']:.2f} ms during ({during['n']} requests) vs {base['p99_ms']:.2f} ms baseline "
+    detail = (f"p99 {during['p99_ms']:.2f} ms during ({during['n']} requests) vs {base['p99_ms']:.2f} ms {reference} "
               f"({base['n']}): {(ratio - 1) * 100:+.1f} %, {bounds} (limit +{budget_pct:g} %); p99.9 "
               f"{during['p999_ms']:.2f} vs {base['p999_ms']:.2f} ms, max {during['max_ms']:.1f} vs "
               f"{base['max_ms']:.1f} ms")
     if verdict == "inconclusive":
-        detail += "; inconclusive: more samples needed (more seconds of them: a longer baseline or window)"
+        detail += f"; inconclusive: {to_settle(interval, budget_pct)}"
     return Check(name, {"pass": "pass", "fail": "fail"}.get(verdict, "warn"), detail)

@@ -98,7 +98,7 @@ def test_latency_check_reports_the_interval():
     assert failed.status == "fail" and "interval" in failed.detail and "limit +10 %" in failed.detail
     assert latency_check(latencies(50_000, seed=3), latencies(50_000, 1.05, seed=4)).status == "pass"
     unsure = latency_check(latencies(200, sigma=0.8, seed=5), latencies(200, 1.10, sigma=0.8, seed=6))
-    assert unsure.status == "warn" and "more samples" in unsure.detail
+    assert unsure.status == "warn" and "times the seconds of samples on each side would settle it" in unsure.detail
     assert latency_check([], [1.0]).status == "warn"
 
 
@@ -195,3 +195,12 @@ def test_one_stall_in_a_short_window_cannot_fail_it_but_a_stall_every_second_doe
     stalled = (dt - np.floor(dt)) < 0.3
     during = 0.5 * rng.lognormal(0.0, 0.4, 600) + stalled * 1000 * (0.3 - (dt - np.floor(dt)))
     assert latency_verdict(p99_ratio_interval(base, during, baseline_ts=bt, during_ts=dt)) == "fail"
+
+
+def test_an_inconclusive_verdict_says_how_many_more_samples_would_settle_it():
+    from runbook_lib.watch.verdict import to_settle
+    assert to_settle((1.05, 0.95, 1.20), 10.0) == "about 6 times the seconds of samples on each side would settle it"
+    assert to_settle((1.02, 0.98, 1.06), 10.0) == "", "a pass is settled"
+    assert to_settle((1.3, 1.2, 1.4), 10.0) == "", "a fail is settled"
+    assert "sits on the limit" in to_settle((1.10, 0.9, 1.3), 10.0)
+    assert "two seconds" in to_settle((1.05, float("nan"), float("nan")), 10.0)
