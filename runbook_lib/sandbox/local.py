@@ -328,7 +328,7 @@ class Sandbox:
                             for m, r in zip(layout.new_master_ports, layout.new_replica_ports)],
             "migration": {"preset": "budget"},
             "probe": {"enabled": True},
-            "gates": {"baseline_s": 10.0, "latency_budget_pct": 200.0, "latency_floor_ms": 2.0},
+            "gates": {"baseline_s": 10.0, "latency_budget_pct": 10.0},
             "validation": {"quiet": True},
             "report": {"dir": str(self.root.parent / "reports")},
             "apply": True,
