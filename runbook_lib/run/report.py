@@ -67,9 +67,11 @@ vertical-align:top}caption{text-align:left;font-weight:bold;padding:.3em 0}
 .headline{font-size:1.3em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f4f4f4;padding:0 .2em}"""
 
 VERDICT_CHARTS = {
-    "acceptance-latency": "The latency verdict from its own numbers: the baseline p99, the budget the verdict used "
-                          "(and the article's +10 % when that differs), the pooled p99 of every request while slots "
-                          "moved with its 95 % interval, and the p99 of consecutive groups of those same requests.",
+    "acceptance-latency": "The latency verdict from its own numbers, as a dashboard shows it: p99 of every request per "
+                          "10 s window across the migration against the control's p99 (requests in the mover's quiet "
+                          "spells of the same minutes; the pre-move baseline when there was none), the budget the "
+                          "verdict used (and the article's +10 % when that differs), the pooled p99 while slots moved "
+                          "with its 95 % interval, and the worst window.",
     "slots-before-after": "Slots per master before and after the expansion, against the even share.",
 }
 CHART_CAPTIONS = {

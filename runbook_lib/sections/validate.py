@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import CLIENT_NAME, cluster_client, node_client
 from runbook_lib.cluster.lock import lock_keys
@@ -90,6 +92,19 @@ def client_acceptance(params: Params, run_dir: Path, probe: ProbeSummary | None)
     """The article's acceptance from the clients' side: latency variation while slots moved, failed requests, lost
     writes, downtime per master (`watch.acceptance`)."""
     return acceptance(run_dir, probe, params.model.gates)
+
+
+def latency_windows(acceptance: Acceptance) -> pd.DataFrame:
+    """The dashboard view of the verdict: p99 of every request per fixed 10 s window across the migration, as a
+    multiple of the reference the verdict used, and how much of each window slots moved or were quiet."""
+    latency = acceptance.data.get("latency", {})
+    rows = latency.get("windows") or []
+    reference = latency.get("reference_p99_ms")
+    return pd.DataFrame([{"window (UTC)": w["start_utc"], "requests": w["n"],
+                          "p99 ms": None if w["p99_ms"] is None else round(w["p99_ms"], 2),
+                          f"x {latency.get('reference', 'reference')}": None if w["p99_ms"] is None or not reference
+                          else round(w["p99_ms"] / reference, 2),
+                          "moving s": w["moving_s"], "quiet s": w["quiet_s"]} for w in rows])
 
 
 def balance(topo: Topology, tolerance_pct: float = 1.0) -> Check:

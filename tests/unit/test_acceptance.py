@@ -137,3 +137,15 @@ def test_nothing_while_slots_moved_is_not_measured_and_the_chart_says_so():
     assert check.status == "warn" and "not measured" in check.detail and data["measured"] is False
     fig = acceptance_latency(data)
     assert "NOT MEASURED" in fig.axes[0].texts[0].get_text()
+
+
+def test_the_dashboard_table_gives_each_window_as_a_multiple_of_the_reference():
+    from runbook_lib.sections.validate import latency_windows
+    from runbook_lib.watch.acceptance import Acceptance
+    frame, moving, quiet = drifting(1.0)
+    _, data = latency_evidence(frame, {"ts": 60.0, "since": 0.0}, moving, Gates(), quiet)
+    table = latency_windows(Acceptance([], {"latency": data}))
+    assert list(table.columns) == ["window (UTC)", "requests", "p99 ms", "x control", "moving s", "quiet s"]
+    assert len(table) == 24 and table["requests"].sum() == 24 * 2000
+    assert abs(table["x control"].median() - 1.0) < 0.15
+    assert latency_windows(Acceptance([], {"latency": {"measured": False}})).empty
