@@ -241,3 +241,34 @@ def test_a_master_that_does_not_answer_stops_a_repair_with_a_message(cluster, tm
     with pytest.raises(CheckFailed, match="repair stopped") as stopped:
         repair(observe(seed, creds), creds, Journal(tmp_path / "journal.jsonl"), SETTINGS, apply=True)
     assert victim.rsplit(":", 1)[1] in str(stopped.value) and "runbook resume" in str(stopped.value)
+
+
+def test_quiet_spells_leave_no_slot_open_and_start_after_the_handover_tail(cluster, tmp_path):
+    from runbook_lib.cluster.plan import Move, Plan
+    from runbook_lib.watch.timeline import quiet_windows
+    sb, seed, new = cluster
+    topo = observe(seed, sb.credentials())
+    target = topo.by_address(new).id
+    moves = [Move(slot, source, target) for source, slots in topo.slots_by_master().items() if source != target
+             for slot in sorted(slots)[-16:]]
+    settings = SETTINGS.model_copy(update={"quiet_every_s": 0.4, "quiet_s": 0.3, "max_slots_per_s": 20.0,
+                                           "slots_in_flight": 2})
+    journal = Journal(tmp_path / "journal.jsonl")
+    Mover(topo, sb.credentials(), settings, journal).run(Plan([moves], {}, {}, {}), progress=False)
+    entries = list(journal.entries())
+    spells = quiet_windows(entries)
+    assert len(spells) >= 2
+    open_slots: set[int] = set()
+    last_handover = 0.0
+    for entry in entries:
+        if entry["event"] == "slots_open":
+            assert not any(a <= entry["ts"] < b for a, b in spells), "a slot opened during a quiet spell"
+            open_slots |= set(entry["slots"])
+        elif entry["event"] in ("slots_assigned", "slot_closed"):
+            open_slots -= set(entry.get("slots", [entry.get("slot")]))
+            last_handover = entry["ts"]
+        elif entry["event"] == "quiet_start":
+            assert not open_slots, f"slots {sorted(open_slots)} open when a quiet spell started"
+            assert entry["ts"] - last_handover >= entry["tail_s"] - 0.01, "the spell began inside the hand-over tail"
+    owners = observe(seed, sb.credentials()).slots_by_master()[target]
+    assert {m.slot for m in moves} <= set(owners)
