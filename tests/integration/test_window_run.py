@@ -35,6 +35,11 @@ def sandbox(tmp_path_factory):
     sb.down()
 
 
+OPENS_IN_S = 25
+"""The window opens this long after the run starts: longer than the run's start (watchers, baseline) takes on a loaded
+machine, or the run would start inside it (CI saw that with 12 s and three workers on two cores)."""
+
+
 def window_from_now(seconds: float, outside: str = "wait") -> dict:
     opens = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
     closes = opens + dt.timedelta(minutes=30)
@@ -62,7 +67,7 @@ def events(run_dir) -> list[dict]:
 
 def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(sandbox, tmp_path, request):
     creds = sandbox.credentials()
-    params = params_with(sandbox, "wait", window_from_now(12))
+    params = params_with(sandbox, "wait", window_from_now(OPENS_IN_S))
     run_dir = tmp_path / "run"
     request.addfinalizer(lambda: watchers.stop_all(run_dir))
     journal = Journal(run_dir / "journal.jsonl")
@@ -77,7 +82,7 @@ def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(san
     worker = threading.Thread(target=migrate)
     worker.start()
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + OPENS_IN_S + 10
         while not any(e["event"] == "window_wait" for e in events(run_dir)) and time.time() < deadline:
             time.sleep(0.2)
         assert any(e["event"] == "window_wait" for e in events(run_dir)), "the wait was journaled"
