@@ -167,12 +167,9 @@ def _redis_cli(creds, *args: str) -> None:
 
 def quiet_seconds(entries: list[dict]) -> float:
     """Seconds the mover spent on its quiet spells: each spell's drain, hand-over tail and the spell itself."""
-    spent = 0.0
-    for e in entries:
-        if e.get("event") == "quiet_start":
-            spent += float(e.get("drained_s", 0.0)) + float(e.get("tail_s", 0.0))
-    spells = quiet_windows(entries)
-    return spent + sum(end - start for start, end in spells)
+    waits = sum(float(e.get("drained_s", 0.0)) + float(e.get("tail_s", 0.0)) for e in entries
+                if e.get("event") == "quiet_start")
+    return waits + sum(end - start for start, end in quiet_windows(entries))
 
 
 def move_ours(seed: str, creds, new: str, settings: Migration, journal: Journal, run_dir: Path, slots: int,
@@ -416,8 +413,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=20000, help="first sandbox port (default 20000)")
     parser.add_argument("--probe-rate", type=float, default=100.0, help="probe requests per second (default 100, "
                                                                         "the params' default)")
-    parser.add_argument("--baseline-s", type=float, default=12.0,
-                        help="seconds of probe at rest before the move (default 12)")
+    parser.add_argument("--baseline-s", type=float, default=10.0,
+                        help="seconds of probe at rest before the move (default 10)")
     parser.add_argument("--pause-s", type=float, default=5.0, help="pause between reshard batches (default 5)")
     parser.add_argument("--out", default="", help="write the results and the summary to this JSON file")
     parser.add_argument("--workdir", default="", help="keep each configuration's sandbox folder (journal, probe "
