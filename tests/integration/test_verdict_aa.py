@@ -1,7 +1,11 @@
 """An A/A test of the latency verdict on a real sandbox: the traffic probe runs while no slot moves, the mover's
 timeline (moving spans and quiet spells, shaped by `Migration()`'s defaults) is laid over its records as a journal,
 and the verdict moving vs control, computed as the report computes it, must not fail and its interval must contain
-1.0: both sides come from one process, so any difference is noise, which the interval has to cover."""
+1.0: both sides come from one process, so any difference is noise, which the interval has to cover.
+
+Measured on the 2-core test machine by sliding this layout over 5 minutes of idle probe traffic (230 placements):
+the interval missed 1.0 in 10 % of them and failed in 2 %; with five cycles instead of three, 5 % and 1 %. The
+control is short (three spells of 2 s), and a short control misses the rare stalls the long moving side holds."""
 
 from __future__ import annotations
 
