@@ -1,7 +1,7 @@
 """An A/A test of the latency verdict on a real sandbox: the traffic probe runs while no slot moves, the mover's
 timeline (moving spans and quiet spells, shaped by `Migration()`'s defaults) is laid over its records as a journal,
-and the verdict moving vs control, computed as the report computes it, must not fail and its interval must contain
-1.0: both sides come from one process, so any difference is noise, which the interval has to cover.
+and the verdict moving vs control, computed by the report's own function, must not fail: both sides come from one
+process, so any difference is noise, which the interval has to cover.
 
 Measured on the 2-core test machine by sliding this layout over 5 minutes of idle probe traffic (230 placements):
 the interval missed 1.0 in 10 % of them and failed in 2 %; with five cycles instead of three, 5 % and 1 %. The
@@ -9,16 +9,15 @@ control is short (three spells of 2 s), and a short control misses the rare stal
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
 
 from runbook_lib.cluster.quiet import HANDOVER_TAIL_S
-from runbook_lib.config import Migration
+from runbook_lib.config import Gates, Migration
+from runbook_lib.watch.acceptance import latency_evidence
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.timeline import inside, moving_windows, quiet_windows
-from runbook_lib.watch.verdict import latency_verdict, p99_ratio_interval
 from tests.conftest import module_sandbox, port_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,8 +52,8 @@ def fake_journal(start: float, settings: Migration, cycles: int) -> tuple[list[d
     return entries, t
 
 
-def test_moving_vs_control_on_traffic_where_nothing_moves_does_not_fail_and_covers_one(sandbox, tmp_path):
-    settings = Migration()
+def a_a_run(sandbox, tmp_path, settings: Migration) -> tuple[dict, object]:
+    """Probe traffic with nothing moving, under the fake timeline; the report's latency evidence for it."""
     probe = TrafficProbe([SEED], sandbox.credentials(), tmp_path, rate=100.0, stock_processes=1)
     probe.start()
     try:
@@ -65,16 +64,23 @@ def test_moving_vs_control_on_traffic_where_nothing_moves_does_not_fail_and_cove
         probe.stop()
     records = probe.records()
     probe.cleanup()
+    moving, quiet = moving_windows(entries, now=end), quiet_windows(entries, now=end)
+    ts = records["ts"].to_numpy(float)
+    assert not (inside(ts, moving) & inside(ts, quiet)).any(), "a quiet spell never overlaps the moving times"
+    check, data = latency_evidence(records, {"since": start - 10, "ts": start}, moving, Gates(), quiet)
+    return data, check
 
-    ts, latency = records["ts"].to_numpy(float), records["latency_ms"].to_numpy(float)
-    moving = inside(ts, moving_windows(entries, now=end))
-    control = inside(ts, quiet_windows(entries, now=end))
-    assert not (moving & control).any(), "a quiet spell never overlaps the moving times"
-    assert control.sum() >= 0.8 * CYCLES * settings.quiet_s * 100, f"{control.sum()} control samples"
-    assert moving.sum() >= 0.8 * CYCLES * settings.quiet_every_s * 100, f"{moving.sum()} moving samples"
 
-    interval = p99_ratio_interval(latency[control], latency[moving], baseline_ts=ts[control], during_ts=ts[moving])
-    ratio, low, high = interval
-    assert math.isfinite(low) and math.isfinite(high), f"no interval: {interval}"
-    assert latency_verdict(interval, 10.0) != "fail", f"A/A failed: p99 ratio x{ratio:.2f} [{low:.2f}, {high:.2f}]"
-    assert low <= 1.0 <= high, f"A/A interval misses 1.0: x{ratio:.2f} [{low:.2f}, {high:.2f}]"
+def test_moving_vs_control_on_traffic_where_nothing_moves_does_not_fail(sandbox, tmp_path):
+    """The verdict a false alarm would give: "fail" on traffic where nothing moved. Measured at 2 % for this layout
+    (docstring above), so one failure is retried once on fresh traffic: two in a row (about 0.04 % for a calibrated
+    verdict) fail the test, as a verdict that fails A/A often (the per-request bootstrap: 19-30 %) does."""
+    settings = Migration()
+    data, check = a_a_run(sandbox, tmp_path / "first", settings)
+    assert data["reference"] == "control", check.detail
+    assert data["control_n"] >= 0.8 * CYCLES * settings.quiet_s * 100, check.detail
+    assert data["during_n"] >= 0.8 * CYCLES * settings.quiet_every_s * 100, check.detail
+    assert data["low"] is not None and data["high"] is not None, f"no interval: {check.detail}"
+    if data["verdict"] == "fail":
+        data, check = a_a_run(sandbox, tmp_path / "again", settings)
+    assert data["verdict"] != "fail", f"A/A failed twice in a row: {check.detail}"
