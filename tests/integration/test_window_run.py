@@ -16,7 +16,7 @@ from runbook_lib.config import load_params
 from runbook_lib.exceptions import PaceStop
 from runbook_lib.sections import migration, nodes
 from runbook_lib.watch import watchers
-from tests.conftest import port_block, start_sandbox
+from tests.conftest import LOOSE_GATES, port_block, start_sandbox
 from tests.integration.faults import params_variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
@@ -49,7 +49,7 @@ def window_from_now(seconds: float, outside: str = "wait") -> dict:
 
 def params_with(sb, name: str, window: dict):
     path = params_variant(sb, name, pace="fixed", slots_per_batch=64, allow_master_without_replica=True, client_learn_wait_s=0.0,
-                          warmup_slot=False, window=window, gates={"baseline_s": 1.0})
+                          warmup_slot=False, window=window, gates={**LOOSE_GATES, "baseline_s": 1.0})
     text = path.read_text().replace("enabled: true", "enabled: false")
     path.write_text(text)
     return load_params(path)
