@@ -1,9 +1,12 @@
 """The budget pace: a governor that sets how fast slots move from the clients' latency, about once a second.
 
-`decide` is the controller, a pure function of one measurement: the ratio of the clients' p99 in the last window
-to the baseline p99, with its bootstrap interval (the verdict's own statistic, watch/verdict.py), and the node gates
-of the article's section 1.5 (CPU, memory, replication lag, absolute latency). It is AIMD, the scheme TCP uses to
-find an unknown capacity from a noisy congestion signal:
+`decide` is the controller, a pure function of one measurement: the ratio of the clients' p99 while slots moved in
+the last window to the p99 of the reference, with its bootstrap interval (the verdict's own statistic,
+watch/verdict.py), and the node gates of the article's section 1.5 (CPU, memory, replication lag, absolute latency).
+The reference is the control, the probe's samples in the mover's recent quiet spells (`CONTROL_S`), measured in the
+same minutes under the same load as the moving ones; the pre-move baseline stands in until the control has enough.
+Requests a stalled probe worker owes count as late samples while the stall lasts (`TrafficProbe.outstanding`). It is
+AIMD, the scheme TCP uses to find an unknown capacity from a noisy congestion signal:
 
 - **Back off multiplicatively** (halve the slot rate, the slots in flight and the keys per MIGRATE) as soon as one
   window says the budget is exceeded or a node gate fails: a step up in latency is answered within one interval,
@@ -18,13 +21,15 @@ find an unknown capacity from a noisy congestion signal:
   window with too few requests holds (it cannot tell): a ramp needs `MIN_REQUESTS` (about 3 s at the probe's
   default 100 requests/s), a back-off `MIN_BACKOFF_REQUESTS`. The interval resamples whole seconds (the probe's
   slow samples come in runs), so it needs two seconds since the change: before that only a point estimate over
-  twice the limit backs off, and nothing ramps.
+  twice the limit backs off, and nothing ramps. A running probe with no samples (a quiet spell, a wait between
+  groups) is no evidence either: it holds. Only without a probe or a baseline do the node gates alone decide.
 
 A proportional controller on the p99 would react to its noise (a 1-second p99 on shared cores jumps by tens of
 percent between quiet windows); AIMD reacts to the sign of a sure measurement only, and its saw-tooth stays below
 the limit on average, which is what the verdict judges. `Governor` runs `decide` in a thread while slots move,
-journals every change with the measurement behind it, hands the mover the pace before each group of slots, and stops
-the run between slots when gates keep failing at the slowest pace for `gates.pause_after_s`.
+journals every change with the measurement behind it (and the reference it judged by), hands the mover the pace before
+each group of slots, does not tick while the run waits for its window (`idle`), and stops the run between slots when
+gates keep failing at the slowest pace for `gates.pause_after_s`.
 """
 
 from __future__ import annotations
