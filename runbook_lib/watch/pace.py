@@ -217,7 +217,7 @@ Measure = Callable[[float], Reading]
 """Reads one window: the clients' latency since the given time, the node gates over the last `gates.window_s`."""
 
 
-def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
+def run_measure(run_dir: str | Path, gates: Gates, baseline: dict, clock: Callable[[], float] = time.time) -> Measure:
     """The measurement of a run folder: the probe's latencies since the given time while slots moved (the windows
     the verdict judges, `timeline.moving_windows`), with the requests outstanding and already later than the limit,
     against the control of the recent quiet spells (the baseline until they have enough samples), and the sampler's
@@ -235,8 +235,8 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
     recent: deque[dict] = deque(maxlen=RECENT_ENTRIES)
 
     def measure(since: float) -> Reading:
-        now = time.time()
-        values = gate_values(run_dir, window_s=gates.window_s)
+        now = clock()
+        values = gate_values(run_dir, window_s=gates.window_s, now=now)
         failing = tuple(f"{c.name}: {c.detail}" for c in evaluate(values, gates) if c.status == "fail")
         if probe is None:
             return Reading(failing=failing)
