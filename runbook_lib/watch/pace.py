@@ -117,7 +117,8 @@ class Bounds:
     def of(cls, settings: Migration, gates: Gates, baseline_p99_ms: float | None) -> "Bounds":
         """Bounds from params: the budget ratio (widened by `gates.latency_floor_ms`), the ceilings of the settings,
         and a ramp step of a sixteenth of the ceiling (about 16 quiet windows from the floor to the ceiling)."""
-        return cls(limit=budget_limit(gates, baseline_p99_ms), max_slots_per_s=settings.max_slots_per_s, min_slots_per_s=settings.min_slots_per_s,
+        return cls(limit=budget_limit(gates, baseline_p99_ms), max_slots_per_s=settings.max_slots_per_s,
+                   min_slots_per_s=settings.min_slots_per_s,
                    max_in_flight=settings.slots_in_flight, max_keys_per_migrate=settings.keys_per_migrate,
                    step=max(settings.min_slots_per_s, settings.max_slots_per_s / 16))
 

@@ -79,8 +79,9 @@ def until(window: Window, at: dt.datetime) -> str:
 class Windowed:
     """A pace (the mover's `Pace`) that keeps another to the off-peak window: before a batch and before each group of
     slots a worker starts (no slot of that worker open, so the cluster is consistent), outside the window it journals
-    and says when it will continue and waits (the inner pace `idle` meanwhile: nothing to measure), or, with `outside: stop`, raises PaceStop for `runbook resume`. Every
-    other attribute (the inner pace's decisions, settings) is the inner pace's."""
+    and says when it will continue and waits (the inner pace `idle` meanwhile: nothing to measure), or, with
+    `outside: stop`, raises PaceStop for `runbook resume`. Every other attribute (the inner pace's decisions,
+    settings) is the inner pace's."""
 
     def __init__(self, inner: Pace, window: Window, journal: Journal, say: Callable[[str], None] = print,
                  now: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,

@@ -340,7 +340,8 @@ def test_run_measure_with_a_probe_but_no_moving_samples_reads_as_probing_and_hol
     run.event("slots_open", 20, slots=[3])
     run.event("slots_assigned", 10, slots=[3])
     run.event("quiet_start", 5)
-    reading = run_measure(tmp_path, Gates(), {"since": now - 100, "ts": now - 70, "p99_ms": 1.0}, clock=lambda: now)(now - 6)
+    measure = run_measure(tmp_path, Gates(), {"since": now - 100, "ts": now - 70, "p99_ms": 1.0}, clock=lambda: now)
+    reading = measure(now - 6)
     assert reading.probing and reading.requests == 0 and reading.ratio is None
     assert decide(Level(4.0, 2, 500), replace(reading, failing=()), BOUNDS)[1] == "hold"
 
