@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -37,11 +38,14 @@ from runbook_lib.exceptions import BadInput, CheckFailed, MigrationError, PaceSt
 
 class Pace(Protocol):
     """What sets the pace (the watch layer's governor or throttle): the settings before each batch, and before each
-    group of slots a worker starts, where it may wait or raise `PaceStop` to stop the run between slots."""
+    group of slots a worker starts, where it may wait or raise `PaceStop` to stop the run between slots; `idle()`
+    is entered while the run waits (for its off-peak window), when nothing that moves is there to measure."""
 
     def before_batch(self, number: int) -> Migration: ...
 
     def before_group(self) -> Migration: ...
+
+    def idle(self) -> AbstractContextManager[None]: ...
 
     def end(self) -> None: ...
 

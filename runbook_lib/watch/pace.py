@@ -1,9 +1,12 @@
 """The budget pace: a governor that sets how fast slots move from the clients' latency, about once a second.
 
-`decide` is the controller, a pure function of one measurement: the ratio of the clients' p99 in the last window
-to the baseline p99, with its bootstrap interval (the verdict's own statistic, watch/verdict.py), and the node gates
-of the article's section 1.5 (CPU, memory, replication lag, absolute latency). It is AIMD, the scheme TCP uses to
-find an unknown capacity from a noisy congestion signal:
+`decide` is the controller, a pure function of one measurement: the ratio of the clients' p99 while slots moved in
+the last window to the p99 of the reference, with its bootstrap interval (the verdict's own statistic,
+watch/verdict.py), and the node gates of the article's section 1.5 (CPU, memory, replication lag, absolute latency).
+The reference is the control, the probe's samples in the mover's recent quiet spells (`CONTROL_S`), measured in the
+same minutes under the same load as the moving ones; the pre-move baseline stands in until the control has enough.
+Requests a stalled probe worker owes count as late samples while the stall lasts (`TrafficProbe.outstanding`). It is
+AIMD, the scheme TCP uses to find an unknown capacity from a noisy congestion signal:
 
 - **Back off multiplicatively** (halve the slot rate, the slots in flight and the keys per MIGRATE) as soon as one
   window says the budget is exceeded or a node gate fails: a step up in latency is answered within one interval,
@@ -18,13 +21,15 @@ find an unknown capacity from a noisy congestion signal:
   window with too few requests holds (it cannot tell): a ramp needs `MIN_REQUESTS` (about 3 s at the probe's
   default 100 requests/s), a back-off `MIN_BACKOFF_REQUESTS`. The interval resamples whole seconds (the probe's
   slow samples come in runs), so it needs two seconds since the change: before that only a point estimate over
-  twice the limit backs off, and nothing ramps.
+  twice the limit backs off, and nothing ramps. A running probe with no samples (a quiet spell, a wait between
+  groups) is no evidence either: it holds. Only without a probe or a baseline do the node gates alone decide.
 
 A proportional controller on the p99 would react to its noise (a 1-second p99 on shared cores jumps by tens of
 percent between quiet windows); AIMD reacts to the sign of a sure measurement only, and its saw-tooth stays below
 the limit on average, which is what the verdict judges. `Governor` runs `decide` in a thread while slots move,
-journals every change with the measurement behind it, hands the mover the pace before each group of slots, and stops
-the run between slots when gates keep failing at the slowest pace for `gates.pause_after_s`.
+journals every change with the measurement behind it (and the reference it judged by), hands the mover the pace before
+each group of slots, does not tick while the run waits for its window (`idle`), and stops the run between slots when
+gates keep failing at the slowest pace for `gates.pause_after_s`.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -44,8 +50,8 @@ from runbook_lib.config import Gates, Migration
 from runbook_lib.watch.gates import evaluate, gate_values
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.throttle import GatePaused
-from runbook_lib.watch.timeline import inside, moving_windows
-from runbook_lib.watch.verdict import p99_ratio_interval
+from runbook_lib.watch.timeline import inside, moving_windows, quiet_windows
+from runbook_lib.watch.verdict import MIN_BLOCKS, effective_blocks, p99_ratio_interval, time_blocks
 
 MIN_REQUESTS = 300
 """A window ramps only on at least this many client requests: a p99 rests on its few slowest (here 3)."""
@@ -59,6 +65,10 @@ SLOTS_PER_FLIGHT = 2.0
 BOOT = 300
 MOVING_REACH = 4
 """The governor looks back at most this many `gates.window_s` for samples taken while slots moved."""
+CONTROL_S = 120.0
+"""The control is the probe's samples in the quiet spells of the last this many seconds: recent enough to share the
+moving times' load, long enough for several spells (one every `migration.quiet_every_s`, 20 s by default: six
+spells of 2 s, about 1 200 samples at the probe's default rate)."""
 RECENT_ENTRIES = 20000
 """The journal entries the governor keeps (read once each, as they are appended) to find when slots moved."""
 
@@ -74,8 +84,11 @@ class Level:
 
 @dataclass(frozen=True)
 class Reading:
-    """One window's measurement: requests, p99 ratio to the baseline with its interval (None: no probe or no
-    baseline), and the node gates that fail."""
+    """One window's measurement: requests (late ones included), p99 ratio to the reference with its interval (None:
+    nothing to judge), the node gates that fail; `probing` says whether a probe with a baseline measures at all (if
+    not, only the node gates can govern), `reference` which samples the window was judged against ("control": the
+    recent quiet spells, "baseline": the pre-move baseline) and their p99, `late` how many of the requests are
+    outstanding ones counted as late (`inflight.late_samples`)."""
 
     requests: int = 0
     ratio: float | None = None
@@ -83,6 +96,10 @@ class Reading:
     high: float | None = None
     p99_ms: float | None = None
     failing: tuple[str, ...] = ()
+    probing: bool = False
+    reference: str | None = None
+    reference_p99_ms: float | None = None
+    late: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,12 +117,19 @@ class Bounds:
     def of(cls, settings: Migration, gates: Gates, baseline_p99_ms: float | None) -> "Bounds":
         """Bounds from params: the budget ratio (widened by `gates.latency_floor_ms`), the ceilings of the settings,
         and a ramp step of a sixteenth of the ceiling (about 16 quiet windows from the floor to the ceiling)."""
-        limit = 1 + gates.latency_budget_pct / 100
-        if baseline_p99_ms:
-            limit = max(limit, 1 + gates.latency_floor_ms / baseline_p99_ms)
-        return cls(limit=limit, max_slots_per_s=settings.max_slots_per_s, min_slots_per_s=settings.min_slots_per_s,
+        return cls(limit=budget_limit(gates, baseline_p99_ms), max_slots_per_s=settings.max_slots_per_s,
+                   min_slots_per_s=settings.min_slots_per_s,
                    max_in_flight=settings.slots_in_flight, max_keys_per_migrate=settings.keys_per_migrate,
                    step=max(settings.min_slots_per_s, settings.max_slots_per_s / 16))
+
+
+def budget_limit(gates: Gates, baseline_p99_ms: float | None) -> float:
+    """The p99 ratio the budget allows: `gates.latency_budget_pct`, widened by `gates.latency_floor_ms` over a
+    baseline so fast that a tenth of it is noise (pure)."""
+    limit = 1 + gates.latency_budget_pct / 100
+    if baseline_p99_ms:
+        limit = max(limit, 1 + gates.latency_floor_ms / baseline_p99_ms)
+    return limit
 
 
 def start_level(settings: Migration) -> Level:
@@ -122,29 +146,31 @@ def in_flight_for(rate: float, ceiling: int) -> int:
 
 def decide(level: Level, reading: Reading, bounds: Bounds) -> tuple[Level, str, str]:
     """The next pace, the action (ramp, back off, hold, slowest) and why, from one window's reading (pure)."""
+    of = reading.reference or "baseline"
     over = (reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS and reading.ratio > bounds.limit
             and ((reading.low is not None and reading.low > 1.0) or reading.ratio > 2 * bounds.limit))
     if reading.failing or over:
-        why = "; ".join([*reading.failing, *([f"p99 x{reading.ratio:.2f} of baseline over the budget x"
+        why = "; ".join([*reading.failing, *([f"p99 x{reading.ratio:.2f} of {of} over the budget x"
                                               f"{bounds.limit:.2f}"] if over else [])])
         rate = max(bounds.min_slots_per_s, level.slots_per_s / 2)
         lower = Level(rate, max(1, min(level.in_flight // 2, in_flight_for(rate, bounds.max_in_flight))),
                       max(MIN_KEYS_PER_MIGRATE, level.keys_per_migrate // 2))
         return (lower, "back off", why) if lower != level else (level, "slowest", why)
-    if reading.ratio is None:
-        if reading.requests:
-            return level, "hold", f"{reading.requests} requests in the window: too few to tell"
+    if reading.ratio is None and not reading.probing and not reading.requests:
         why = "node gates pass; no client latency measured (no probe or no baseline)"
-    elif reading.requests < MIN_REQUESTS:
-        return level, "hold", f"{reading.requests} requests in the window: too few to tell"
+    elif reading.ratio is None and reading.probing and not reading.reference:
+        return level, "hold", "the probe measures but there is no reference yet (quiet spells or baseline) to judge by"
+    elif reading.ratio is None or reading.requests < MIN_REQUESTS:
+        return level, "hold", (f"{reading.requests} requests while slots moved since the last change: too few to "
+                               "tell")
     elif reading.low is None or reading.high is None:
-        return level, "hold", (f"p99 x{reading.ratio:.2f} of baseline, no interval yet (under two seconds of "
+        return level, "hold", (f"p99 x{reading.ratio:.2f} of {of}, no interval yet (under two seconds of "
                                f"samples): not sure it is within x{bounds.limit:.2f}")
     elif reading.high > bounds.limit:
-        return level, "hold", (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of baseline: not "
+        return level, "hold", (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of {of}: not "
                                f"sure it is within x{bounds.limit:.2f}")
     else:
-        why = f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of baseline, within x{bounds.limit:.2f}"
+        why = f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of {of}, within x{bounds.limit:.2f}"
     rate = min(bounds.max_slots_per_s, level.slots_per_s + bounds.step)
     higher = Level(rate, in_flight_for(rate, bounds.max_in_flight),
                    min(bounds.max_keys_per_migrate, level.keys_per_migrate * 2))
@@ -183,46 +209,74 @@ class PaceDecision:
     limit: float
     limit_ms: float | None
     failing: list[str]
+    reference: str | None = None
+    reference_p99_ms: float | None = None
+    late: int = 0
 
 
 Measure = Callable[[float], Reading]
 """Reads one window: the clients' latency since the given time, the node gates over the last `gates.window_s`."""
 
 
-def run_measure(run_dir: str | Path, gates: Gates, baseline: dict) -> Measure:
-    """The measurement of a run folder: the probe's latencies since the given time, while slots moved (the windows
-    the verdict judges, `timeline.moving_windows`), against the baseline window's, and the sampler's node gates."""
-    has_probe = TrafficProbe.was_started(run_dir)
-    base_ms = base_ts = None
-    if has_probe and baseline.get("since") and baseline.get("p99_ms"):
-        records = TrafficProbe.attach(run_dir).records(since=baseline["since"])
-        at_rest = records[records["ts"] <= baseline["ts"]]
+def run_measure(run_dir: str | Path, gates: Gates, baseline: dict, clock: Callable[[], float] = time.time) -> Measure:
+    """The measurement of a run folder: the probe's latencies since the given time while slots moved (the windows
+    the verdict judges, `timeline.moving_windows`), with the requests outstanding and already later than the limit,
+    against the control of the recent quiet spells (the baseline until they have enough samples), and the sampler's
+    node gates."""
+    probing = TrafficProbe.was_started(run_dir) and bool(baseline.get("since") and baseline.get("p99_ms"))
+    probe = TrafficProbe.attach(run_dir) if probing else None
+    base_ms = base_ts = np.zeros(0)
+    if probe is not None:
+        at_rest = probe.records(since=baseline["since"])
+        at_rest = at_rest[at_rest["ts"] <= baseline["ts"]]
         base_ms, base_ts = at_rest["latency_ms"].to_numpy(float), at_rest["ts"].to_numpy(float)
-
+    limit = budget_limit(gates, baseline.get("p99_ms"))
     journal = Journal(Path(run_dir) / "journal.jsonl")
     journal_at = [0]
     recent: deque[dict] = deque(maxlen=RECENT_ENTRIES)
 
     def measure(since: float) -> Reading:
-        now = time.time()
-        values = gate_values(run_dir, window_s=gates.window_s)
+        now = clock()
+        values = gate_values(run_dir, window_s=gates.window_s, now=now)
         failing = tuple(f"{c.name}: {c.detail}" for c in evaluate(values, gates) if c.status == "fail")
-        if base_ms is None or len(base_ms) < MIN_REQUESTS:
+        if probe is None:
             return Reading(failing=failing)
-        records = TrafficProbe.attach(run_dir).records(since=now - gates.window_s * MOVING_REACH)
+        reach = now - gates.window_s * MOVING_REACH
+        records = probe.records(since=min(reach, now - CONTROL_S))
         fresh, journal_at[0] = journal.read_from(journal_at[0])
         recent.extend(fresh)
+        ts, lat = records["ts"].to_numpy(float), records["latency_ms"].to_numpy(float)
+        quiet = inside(ts, quiet_windows(recent, now)) & (ts >= now - CONTROL_S)
+        name, ref_ms, ref_ts = reference(lat[quiet], ts[quiet], base_ms, base_ts)
+        if name is None:
+            return Reading(failing=failing, probing=True)
+        ref_p99 = float(np.percentile(ref_ms, 99))
         moving = moving_windows(recent, now)
-        ts = records["ts"].to_numpy(float)
-        judged = inside(ts, moving) & (ts >= since)
-        lat = records["latency_ms"].to_numpy(float)[judged]
-        if len(lat) < MIN_BACKOFF_REQUESTS:
-            return Reading(requests=len(lat), failing=failing)
-        ratio, low, high = ratio_interval(base_ms, lat, base_ts, ts[judged])
+        judged = inside(ts, moving) & (ts >= max(since, reach))
+        late_ts, late_ms = probe.outstanding(now, since=max(since, reach))
+        late = inside(late_ts, moving) & (late_ms > ref_p99 * limit)
+        win_ms, win_ts = np.concatenate([lat[judged], late_ms[late]]), np.concatenate([ts[judged], late_ts[late]])
+        found = Reading(requests=len(win_ms), failing=failing, probing=True, reference=name, reference_p99_ms=ref_p99,
+                        late=int(late.sum()))
+        if len(win_ms) < MIN_BACKOFF_REQUESTS:
+            return found
+        ratio, low, high = ratio_interval(ref_ms, win_ms, ref_ts, win_ts)
         if not (math.isfinite(low) and math.isfinite(high)):
             low = high = None
-        return Reading(len(lat), ratio, low, high, float(np.percentile(lat, 99)), failing)
+        return replace(found, ratio=ratio, low=low, high=high, p99_ms=float(np.percentile(win_ms, 99)))
     return measure
+
+
+def reference(control_ms: np.ndarray, control_ts: np.ndarray, base_ms: np.ndarray,
+              base_ts: np.ndarray) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """What the moving samples are judged against (pure): the control of the quiet spells once it has `MIN_REQUESTS`
+    and two seconds' worth of blocks (the verdict's `MIN_BLOCKS`), else the pre-move baseline when it has
+    `MIN_REQUESTS`, else nothing (None)."""
+    if len(control_ms) >= MIN_REQUESTS and effective_blocks(time_blocks(control_ts)) >= MIN_BLOCKS:
+        return "control", control_ms, control_ts
+    if len(base_ms) >= MIN_REQUESTS:
+        return "baseline", base_ms, base_ts
+    return None, control_ms, control_ts
 
 
 @dataclass
@@ -239,8 +293,11 @@ class Governor:
     baseline_p99_ms: float | None = None
     level: Level = None
     decisions: list[PaceDecision] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _ticking: threading.Lock = field(default_factory=threading.Lock)
+    _idle: int = 0
     _paused: str | None = None
     _changed: float = 0.0
     _slowest_since: float | None = None
@@ -260,7 +317,7 @@ class Governor:
         if self._paused:
             raise GatePaused(self._paused)
         if self._thread is None:
-            self._changed = time.time()
+            self._changed = self.clock()
             self._record("start", "cautious start", Reading())
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="pace-governor", daemon=True)
@@ -280,6 +337,19 @@ class Governor:
             self._thread.join(timeout=10)
             self._thread = None
 
+    @contextmanager
+    def idle(self) -> Iterator[None]:
+        """While the run waits (for its off-peak window), nothing is measured: no tick, so nothing ramps on an idle
+        cluster; afterwards the pace is judged afresh, on what moved since the wait ended."""
+        with self._ticking:
+            self._idle += 1
+        try:
+            yield
+        finally:
+            with self._ticking:
+                self._idle -= 1
+                self._changed = self.clock()
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s) and not self._paused:
             try:
@@ -288,8 +358,11 @@ class Governor:
                 self._record("hold", f"measurement failed: {e}", Reading())
 
     def tick(self, now: float | None = None) -> str:
-        """One measurement and decision; returns the action."""
-        now = time.time() if now is None else now
+        """One measurement and decision; returns the action ("idle" while the run waits: nothing measured)."""
+        with self._ticking:
+            return "idle" if self._idle else self._tick(self.clock() if now is None else now)
+
+    def _tick(self, now: float) -> str:
         if self._paused:
             return "pause"
         reading = self.measure(self._changed)
@@ -315,11 +388,13 @@ class Governor:
 
     def _record(self, action: str, why: str, reading: Reading) -> None:
         lv, r = self.level, reading
+        reference_p99 = r.reference_p99_ms or self.baseline_p99_ms
         d = PaceDecision(ts=time.time(), batch=self._batch, action=action, reason=why, slots_per_s=lv.slots_per_s,
                          slots_in_flight=lv.in_flight, keys_per_migrate=lv.keys_per_migrate, requests=r.requests,
                          ratio=_finite(r.ratio), low=_finite(r.low), high=_finite(r.high), p99_ms=_finite(r.p99_ms),
                          limit=self.bounds.limit, failing=list(r.failing),
-                         limit_ms=self.baseline_p99_ms * self.bounds.limit if self.baseline_p99_ms else None)
+                         limit_ms=reference_p99 * self.bounds.limit if reference_p99 else None,
+                         reference=r.reference, reference_p99_ms=_finite(r.reference_p99_ms), late=r.late)
         self.decisions.append(d)
         self.journal.record("pace", **{k: v for k, v in asdict(d).items() if k != "ts"})
 

@@ -4,14 +4,16 @@ write was lost.
 
 Workers are detached background processes (see `background`): a probe started in one notebook keeps running while
 other cells and other notebooks run, and `TrafficProbe.attach(run_dir)` stops and verifies it from anywhere. Each
-worker appends its records to `probe/worker-<n>.csv` in the run folder (`probe_stats` reads and summarises them);
-`python -m runbook_lib.watch.probe --dir <probe dir> --worker <n>` runs one worker.
+worker appends its records to `probe/worker-<n>.csv` in the run folder (`probe_stats` reads and summarises them)
+and publishes the scheduled time of the request it has in flight in `probe/inflight.bin` (`inflight`), so that a
+stall shows before its requests complete; `python -m runbook_lib.watch.probe --dir <probe dir> --worker <n>` runs one worker.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import secrets
 import sys
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 from redis.cluster import RedisCluster
@@ -28,6 +31,7 @@ from runbook_lib.config import Credentials, Params, Probe
 from runbook_lib.exceptions import BadInput
 from runbook_lib.watch import detached
 from runbook_lib.watch.background import BackgroundWorkers, stop_flag
+from runbook_lib.watch.inflight import INFLIGHT_FILE, InFlight, in_flight, late_samples
 from runbook_lib.watch.probe_client import ASK_UNKNOWN_NODE, PATCHED, STOCK, AskSafeCluster, ask_safe_client, classify
 from runbook_lib.watch.probe_stats import COLUMNS, ProbeSummary, empty_records, read_records, summarize
 
@@ -107,6 +111,14 @@ class TrafficProbe(BackgroundWorkers):
         if not frames:
             return empty_records()
         return pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)
+
+    def outstanding(self, now: float, since: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ts, latency_ms) at `now` of the requests the workers owe and have not recorded (from `since` on): for a
+        worker stuck since scheduled time t0, every send its schedule had due since, each as late as it already is,
+        so a stall that blocks every worker shows while it lasts (`inflight.late_samples`)."""
+        workers = len(self.clients)
+        return late_samples(in_flight(self.dir / INFLIGHT_FILE, workers), workers / self.settings.rate, now,
+                            -math.inf if since is None else since)
 
     def _client(self) -> AskSafeCluster:
         if self.creds is None:
@@ -246,6 +258,7 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
     worst_lag = 0.0
     path = _worker_path(probe_dir, index, state["token"])
     new_file = not path.exists() or not path.stat().st_size
+    board = InFlight(probe_dir / INFLIGHT_FILE, index, len(kinds))
     with open(path, "a", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         if new_file:
@@ -265,6 +278,7 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
             lag = sent - scheduled
             worst_lag = max(worst_lag, lag)
             ts = time.time() - lag
+            board.sending(ts)
             outcome, error = "ok", ""
             try:
                 if reading:
@@ -281,6 +295,7 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
             except Exception as e:
                 outcome, error = classify(e), f"{type(e).__name__}: {e}"[:200]
             done = time.monotonic()
+            board.done()
             if not reading:
                 seq += 1
             note = ASK_UNKNOWN_NODE if getattr(client, "ask_unknown_targets", 0) > handled else ""
@@ -289,6 +304,7 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
             if done - flushed > 0.2:
                 f.flush()
                 flushed = done
+    board.close()
     client.close()
     return f"{flag.reason} ({kind} client; at most {worst_lag:.3f} s behind schedule)"
 

@@ -9,6 +9,7 @@ time. Every decision is journaled.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -95,6 +96,10 @@ class Throttle:
     def before_group(self) -> Migration:
         """A fixed pace changes only between batches."""
         return self.settings
+
+    def idle(self) -> AbstractContextManager[None]:
+        """Nothing measures between batches, so a wait needs nothing stopped."""
+        return nullcontext()
 
     def end(self) -> None:
         """Nothing runs between batches."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -239,6 +240,9 @@ class WatchWhenMoving:
 
     def before_group(self):
         return self.watch.throttle.before_group()
+
+    def idle(self) -> AbstractContextManager[None]:
+        return nullcontext() if self.watch is None else self.watch.throttle.idle()
 
     def end(self) -> None:
         if self.watch is not None:

@@ -12,6 +12,7 @@ import datetime as dt
 import threading
 import time
 import zoneinfo
+from contextlib import AbstractContextManager
 from typing import Callable
 
 from runbook_lib.cluster.journal import Journal
@@ -78,8 +79,9 @@ def until(window: Window, at: dt.datetime) -> str:
 class Windowed:
     """A pace (the mover's `Pace`) that keeps another to the off-peak window: before a batch and before each group of
     slots a worker starts (no slot of that worker open, so the cluster is consistent), outside the window it journals
-    and says when it will continue and waits, or, with `outside: stop`, raises PaceStop for `runbook resume`. Every
-    other attribute (the inner pace's decisions, settings) is the inner pace's."""
+    and says when it will continue and waits (the inner pace `idle` meanwhile: nothing to measure), or, with
+    `outside: stop`, raises PaceStop for `runbook resume`. Every other attribute (the inner pace's decisions,
+    settings) is the inner pace's."""
 
     def __init__(self, inner: Pace, window: Window, journal: Journal, say: Callable[[str], None] = print,
                  now: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
@@ -111,21 +113,26 @@ class Windowed:
                                     opens_utc=next_open(self.window, at).isoformat())
                 raise PaceStop(message + f"stopped, as migration.window.outside says; the window opens "
                                          f"{until(self.window, at)}; `runbook resume` continues then")
-            if not self._waiting:
-                self._waiting = True
-                self.journal.record("window_wait", window=describe(self.window),
-                                    opens_utc=next_open(self.window, at).isoformat())
-                self.say(message + f"waiting; the run continues {until(self.window, at)}")
-            started = self._now()
-            while not is_open(self.window, self._at()):
-                left = (next_open(self.window, self._at()) - self._at()).total_seconds()
-                self._sleep(max(0.05, min(self.check_every_s, left)))
-            waited = self._now() - started
-            self.waited_s += waited
-            if self._waiting:
-                self._waiting = False
-                self.journal.record("window_open", window=describe(self.window), waited_s=round(waited, 1))
-                self.say(f"the off-peak window {describe(self.window)} is open: moving slots again")
+            with self.inner.idle():
+                self._wait(at, message)
+
+    def _wait(self, at: dt.datetime, message: str) -> None:
+        """The wait itself, journaled and said at its start and end."""
+        if not self._waiting:
+            self._waiting = True
+            self.journal.record("window_wait", window=describe(self.window),
+                                opens_utc=next_open(self.window, at).isoformat())
+            self.say(message + f"waiting; the run continues {until(self.window, at)}")
+        started = self._now()
+        while not is_open(self.window, self._at()):
+            left = (next_open(self.window, self._at()) - self._at()).total_seconds()
+            self._sleep(max(0.05, min(self.check_every_s, left)))
+        waited = self._now() - started
+        self.waited_s += waited
+        if self._waiting:
+            self._waiting = False
+            self.journal.record("window_open", window=describe(self.window), waited_s=round(waited, 1))
+            self.say(f"the off-peak window {describe(self.window)} is open: moving slots again")
 
     def before_batch(self, number: int) -> Migration:
         self.wait_for_window()
@@ -134,6 +141,9 @@ class Windowed:
     def before_group(self) -> Migration:
         self.wait_for_window()
         return self.inner.before_group()
+
+    def idle(self) -> AbstractContextManager[None]:
+        return self.inner.idle()
 
     def end(self) -> None:
         self.inner.end()

@@ -170,3 +170,36 @@ def test_probe_outlives_its_starter_is_stopped_from_another_process_and_reports_
     assert {c.name: c.status for c in summary.checks()}["probe: no lost write"] == "fail"
     assert (tmp_path / "probe" / "summary.json").exists()
     assert probe.cleanup() == summary.writes - 1
+
+
+def test_a_pause_of_every_master_shows_as_late_requests_while_it_lasts(sandbox, tmp_path):
+    """CLIENT PAUSE on every master blocks every worker: no record is written until the pause ends, but the
+    requests the workers owe are read as late pseudo-samples meanwhile, and they are gone once the workers caught up."""
+    creds = sandbox.credentials()
+    probe = TrafficProbe([SEED], creds, tmp_path, rate=200, processes=2, stock_processes=0, timeout_s=5.0)
+    probe.start()
+    try:
+        time.sleep(1.0)
+        _, before = probe.outstanding(time.time())
+        assert len(before[before > 200]) == 0, "a probe that keeps up owes nothing late"
+        paused_at = time.time()
+        for master in MASTERS:
+            node_client(master, creds).execute_command("CLIENT", "PAUSE", 2500, "ALL")
+        time.sleep(1.5)
+        now = time.time()
+        ts, late = probe.outstanding(now)
+        recorded = probe.records(since=paused_at)
+        assert len(recorded[recorded["latency_ms"] > 1000]) == 0, "nothing that waited on the pause is recorded yet"
+        stuck = late > 1000
+        assert stuck.sum() >= 2 * 50, f"each worker owes about 100 sends over a second late: {stuck.sum()}"
+        assert late.max() >= 1300 and ts.min() >= paused_at - 0.5
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            _, after = probe.outstanding(time.time())
+            if len(after[after > 200]) == 0:
+                break
+            time.sleep(0.1)
+        assert len(after[after > 200]) == 0, "the late requests are gone once the workers caught up"
+        assert len(probe.records(since=paused_at).query("latency_ms > 1000")) >= 100, "and recorded, as late"
+    finally:
+        probe.stop()

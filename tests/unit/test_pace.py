@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import replace
+from unittest.mock import patch
+
 import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runbook_lib.cluster.journal import Journal
 from runbook_lib.config import Gates, Migration
+from runbook_lib.watch.inflight import INFLIGHT_FILE, InFlight
 from runbook_lib.watch.pace import (
     MIN_BACKOFF_REQUESTS,
     MIN_REQUESTS,
@@ -16,9 +25,13 @@ from runbook_lib.watch.pace import (
     Reading,
     decide,
     ratio_interval,
+    reference,
+    run_measure,
     settings_at,
     start_level,
 )
+from runbook_lib.watch.probe import PROBE_DIR
+from runbook_lib.watch.probe_stats import COLUMNS
 from runbook_lib.watch.throttle import GatePaused
 
 SETTINGS = Migration(preset="budget")
@@ -214,3 +227,147 @@ def test_the_pace_chart_draws_the_series_and_the_back_offs():
     assert isinstance(fig, Figure)
     lines = fig.axes[1].get_lines()
     assert any(line.get_label() == "backed off" for line in lines)
+
+
+def test_a_probe_without_samples_holds_and_says_so():
+    """The defect: 0 requests from a probe that measures read as "no probe", so every empty window ramped."""
+    level = Level(4.0, 2, 500)
+    for empty in (Reading(probing=True, reference="control", reference_p99_ms=1.0),
+                  Reading(requests=MIN_BACKOFF_REQUESTS - 1, probing=True, reference="baseline"),
+                  Reading(probing=True)):
+        same, action, why = decide(level, empty, BOUNDS)
+        assert (same, action) == (level, "hold"), empty
+        assert "too few" in why or "no reference" in why
+    assert decide(level, Reading(probing=True, failing=("CPU: 91 %",)), BOUNDS)[1] == "back off", \
+        "a failing node gate is evidence enough"
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.floats(0.5, 64.0), in_flight=st.integers(1, 16), keys=st.integers(10, 1000),
+       requests=st.integers(0, MIN_REQUESTS - 1), has_ratio=st.booleans(), ratio=st.floats(0.1, 1.5),
+       spread=st.floats(0.0, 0.5), reference=st.sampled_from([None, "control", "baseline"]))
+def test_no_reading_without_enough_samples_ever_ramps(rate, in_flight, keys, requests, has_ratio, ratio, spread,
+                                                      reference):
+    level = Level(rate, in_flight, keys)
+    reading = Reading(requests=requests, ratio=ratio if has_ratio else None,
+                      low=ratio - spread if has_ratio else None, high=ratio + spread if has_ratio else None,
+                      probing=True, reference=reference)
+    after, action, _ = decide(level, reading, BOUNDS)
+    assert action not in ("ramp", "ceiling")
+    assert after.slots_per_s <= level.slots_per_s and after.keys_per_migrate <= level.keys_per_migrate
+
+
+def test_the_reference_is_the_control_once_it_has_enough_samples_else_the_baseline():
+    base_ms, base_ts = np.ones(3000), 1000.0 + np.arange(3000) / 100
+    thin_ms, thin_ts = np.full(200, 2.0), 2000.0 + np.arange(200) / 100
+    assert reference(thin_ms, thin_ts, base_ms, base_ts)[0] == "baseline", "too few requests"
+    one_second_ms, one_second_ts = np.full(400, 2.0), 2000.0 + np.arange(400) / 1000
+    assert reference(one_second_ms, one_second_ts, base_ms, base_ts)[0] == "baseline", "under two seconds of blocks"
+    ok_ms, ok_ts = np.full(400, 2.0), 2000.0 + np.arange(400) / 100
+    name, ref_ms, _ = reference(ok_ms, ok_ts, base_ms, base_ts)
+    assert name == "control" and ref_ms is ok_ms
+    assert reference(thin_ms, thin_ts, base_ms[:10], base_ts[:10])[0] is None
+
+
+class RunFolder:
+    """A run folder written by hand: a probe state, one worker's records, the journal, the in-flight board."""
+
+    def __init__(self, root, now: float) -> None:
+        self.root, self.now = root, now
+        self.probe = root / PROBE_DIR
+        self.probe.mkdir(parents=True)
+        (self.probe / "probe.json").write_text(json.dumps({
+            "seeds": ["127.0.0.1:1"], "token": "t", "timeout_s": 2.0, "max_runtime_s": 3600.0, "clients": ["patched"],
+            "settings": {"rate": 100.0, "processes": 1, "stock_processes": 0, "prefix": "p:", "ttl_s": 3600,
+                         "read_ratio": 0.5}}))
+        self.journal = Journal(root / "journal.jsonl")
+
+    def records(self, spans: list[tuple[float, float, float]]) -> None:
+        """Records every 10 ms in each (start, end, latency_ms) span."""
+        rows = [(t, lat) for a, b, lat in spans for t in np.arange(a, b, 0.01)]
+        df = pd.DataFrame({c: "" for c in COLUMNS}, index=range(len(rows)))
+        df["ts"] = [f"{t:.6f}" for t, _ in rows]
+        df["latency_ms"] = [f"{lat:.3f}" for _, lat in rows]
+        df["service_ms"] = df["latency_ms"]
+        df["worker"], df["op"], df["outcome"], df["client"] = 0, "set", "ok", "patched"
+        df[COLUMNS].to_csv(self.probe / "worker-0.csv", index=False)
+
+    def event(self, event: str, ago: float, **fields) -> None:
+        with patch("time.time", return_value=self.now - ago):
+            self.journal.record(event, **fields)
+
+
+def test_run_measure_judges_the_moving_samples_against_the_recent_quiet_spells(tmp_path):
+    """The machine got three times slower since the baseline, moving and quiet alike: against the control the
+    moving samples are fine; against the baseline (the old reference) they were three times over."""
+    now = time.time()
+    run = RunFolder(tmp_path, now)
+    run.records([(now - 100, now - 70, 1.0), (now - 50, now - 46, 3.0), (now - 40, now - 30, 3.0),
+                 (now - 25, now - 21, 3.0), (now - 20, now - 1, 3.0)])
+    run.event("quiet_start", 50)
+    run.event("quiet_end", 46)
+    run.event("slots_open", 40, slots=[1, 2])
+    run.event("slots_assigned", 31, slots=[1, 2])
+    run.event("quiet_start", 25)
+    run.event("quiet_end", 21)
+    run.event("slots_open", 20, slots=[3])
+    measure = run_measure(tmp_path, Gates(latency_budget_pct=10.0), {"since": now - 100, "ts": now - 70,
+                                                                       "p99_ms": 1.0}, clock=lambda: now)
+    reading = measure(now - 19)
+    assert reading.probing and reading.reference == "control"
+    assert reading.reference_p99_ms == pytest.approx(3.0)
+    assert reading.requests == pytest.approx(1800, abs=5), "only samples since the change, while slots moved"
+    assert reading.ratio == pytest.approx(1.0) and reading.high <= 1.1
+
+
+def test_run_measure_falls_back_to_the_baseline_until_the_control_has_enough(tmp_path):
+    now = time.time()
+    run = RunFolder(tmp_path, now)
+    run.records([(now - 100, now - 70, 1.0), (now - 25, now - 23, 3.0), (now - 20, now - 1, 3.0)])
+    run.event("quiet_start", 25)
+    run.event("quiet_end", 23)
+    run.event("slots_open", 20, slots=[3])
+    reading = run_measure(tmp_path, Gates(latency_budget_pct=10.0), {"since": now - 100, "ts": now - 70,
+                                                                      "p99_ms": 1.0}, clock=lambda: now)(now - 19)
+    assert reading.reference == "baseline" and reading.ratio == pytest.approx(3.0)
+
+
+def test_run_measure_with_a_probe_but_no_moving_samples_reads_as_probing_and_holds(tmp_path):
+    """A quiet spell (or a wait between groups) since the last change: nothing moved, nothing to judge."""
+    now = time.time()
+    run = RunFolder(tmp_path, now)
+    run.records([(now - 100, now - 70, 1.0), (now - 5, now - 1, 1.0)])
+    run.event("slots_open", 20, slots=[3])
+    run.event("slots_assigned", 10, slots=[3])
+    run.event("quiet_start", 5)
+    measure = run_measure(tmp_path, Gates(), {"since": now - 100, "ts": now - 70, "p99_ms": 1.0}, clock=lambda: now)
+    reading = measure(now - 6)
+    assert reading.probing and reading.requests == 0 and reading.ratio is None
+    assert decide(Level(4.0, 2, 500), replace(reading, failing=()), BOUNDS)[1] == "hold"
+
+
+def test_run_measure_counts_a_stall_in_progress_as_late_requests(tmp_path):
+    """The only worker has been stuck for 3 s on a request: its 300 owed sends are late now, not in 3 s."""
+    now = time.time()
+    run = RunFolder(tmp_path, now)
+    run.records([(now - 100, now - 70, 1.0), (now - 10, now - 3, 1.0)])
+    run.event("slots_open", 10, slots=[3])
+    InFlight(run.probe / INFLIGHT_FILE, 0, 1).sending(now - 3.0)
+    reading = run_measure(tmp_path, Gates(latency_budget_pct=10.0), {"since": now - 100, "ts": now - 70,
+                                                                      "p99_ms": 1.0}, clock=lambda: now)(now - 10)
+    assert reading.late == pytest.approx(300, abs=5), "the sends owed since the stall began, beyond 1.1 ms late"
+    assert reading.requests == pytest.approx(1000, abs=10)
+    assert reading.ratio > 100, "p99 of the window: seconds late, where the baseline is 1 ms"
+    assert decide(Level(4.0, 2, 500), replace(reading, failing=()), BOUNDS)[1] == "back off"
+
+
+def test_the_governor_journals_the_reference_it_judged_by(tmp_path):
+    journal = Journal(tmp_path / "journal.jsonl")
+    control = replace(QUIET, probing=True, reference="control", reference_p99_ms=2.0, late=3)
+    g = Governor(SETTINGS, BOUNDS, Series([control]), journal, baseline_p99_ms=1.0)
+    g.before_batch(1)
+    g.end()
+    assert g.tick(now=1.0) == "ramp"
+    last = [e for e in journal.entries() if e["event"] == "pace"][-1]
+    assert (last["reference"], last["reference_p99_ms"], last["late"]) == ("control", 2.0, 3)
+    assert last["limit_ms"] == pytest.approx(2.2) and "of control" in last["reason"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from contextlib import nullcontext
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from runbook_lib.cluster.journal import Journal
-from runbook_lib.config import Migration, Window
+from runbook_lib.config import Gates, Migration, Window
 from runbook_lib.exceptions import PaceStop
+from runbook_lib.watch.pace import Bounds, Governor, Level, Reading
 from runbook_lib.watch.window import Windowed, is_open, next_open, until, windowed
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -112,6 +115,9 @@ class Inner:
         self.asked.append("group")
         return self.settings
 
+    def idle(self):
+        return nullcontext()
+
     def end(self) -> None:
         self.asked.append("end")
 
@@ -168,3 +174,50 @@ def test_without_a_window_the_pace_is_the_inner_one(tmp_path):
     inner = Inner()
     assert windowed(inner, None, Journal(tmp_path / "j.jsonl")) is inner
     assert isinstance(windowed(inner, Window(start="02:00", end="04:00"), Journal(tmp_path / "j.jsonl")), Windowed)
+
+
+class Measured:
+    """A measurement that would ramp every tick (node gates pass, no probe), noting the `since` it was asked for."""
+
+    def __init__(self) -> None:
+        self.since: list[float] = []
+
+    def __call__(self, since: float) -> Reading:
+        self.since.append(since)
+        return Reading()
+
+
+def test_a_window_that_closes_mid_migration_freezes_the_governor_until_it_opens_again(tmp_path):
+    """The defect: the governor kept ticking while the run waited for its window, and ramped on an idle cluster."""
+    clock = Clock(dt.datetime(2026, 5, 1, 3, 59, 59, tzinfo=UTC))
+
+    def sleep(s: float) -> None:
+        time.sleep(0.02)
+        clock.sleep(s)
+    journal, measured = Journal(tmp_path / "journal.jsonl"), Measured()
+    settings = Migration(preset="budget", start_slots_per_s=2.0, max_slots_per_s=64.0)
+    governor = Governor(settings, Bounds.of(settings, Gates(), None), measured, journal, interval_s=0.005,
+                        clock=clock.now)
+    levels: list[tuple[str, Level]] = []
+    pace = Windowed(governor, Window(start="02:00", end="04:00"), journal,
+                    say=lambda s: levels.append((s, governor.level)), now=clock.now, sleep=sleep,
+                    check_every_s=3600.0)
+    try:
+        pace.before_batch(1)
+        clock.t += 2.0
+        pace.before_group()
+        assert len(levels) == 2 and "waiting" in levels[0][0] and "open" in levels[1][0]
+        assert levels[1][1] == levels[0][1], "the level when the window opens is the level when it closed"
+        entries = events(journal)
+        wait = next(i for i, e in enumerate(entries) if e["event"] == "window_wait")
+        opened = next(i for i, e in enumerate(entries) if e["event"] == "window_open")
+        assert not [e for e in entries[wait:opened] if e["event"] == "pace"], "no tick while waiting"
+        reopened = clock.now()
+        deadline = time.time() + 5
+        while not [s for s in measured.since if s >= reopened] and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        pace.end()
+    after = [s for s in measured.since if s >= reopened]
+    assert after and after[0] == reopened, "after the wait the governor measures afresh, from the window's opening"
+    assert governor.tick() in ("ramp", "ceiling"), "measuring again after the wait"
