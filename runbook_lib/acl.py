@@ -24,7 +24,7 @@ _MOVER = ("+cluster|setslot", "+cluster|getkeysinslot", "+cluster|countkeysinslo
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "00_preflight": ("+config|get", "+dbsize", "+cluster|countkeysinslot", "+scan", "+type", "+memory|usage",
-                     "+strlen", "+hlen", "+llen", "+scard", "+zcard", "+xlen"),
+                     "+strlen", "+hlen", "+llen", "+scard", "+zcard", "+xlen", "+readonly"),
     "10_backup": ("+bgsave", "+lastsave", "+time", "+dbsize", "+config|get"),
     "20_add_masters": ("+cluster|meet", "+dbsize"),
     "25_add_replicas": ("+cluster|meet", "+cluster|replicate", "+dbsize"),

@@ -227,6 +227,7 @@ class BigKeys(_Section):
     max_ops_per_s: float = Field(50000.0, ge=0)
     top_n: int = Field(20, ge=1, le=1000)
     allow: dict[str, int] = Field(default_factory=dict)
+    replica_max_lag_s: float = Field(10.0, gt=0)
 
 
 class Preflight(_Section):
@@ -236,10 +237,18 @@ class Preflight(_Section):
 
 
 class Backup(_Section):
-    """BGSAVE on replicas before the change; `dir` empty means the run folder's backup/."""
+    """BGSAVE on replicas before the change; `dir` empty means the run folder's backup/.
+
+    Each save may take `timeout_floor_s` plus `timeout_per_gb_s` per GB of the saving node's used_memory, unless
+    `timeout_s` sets one timeout for every save. An RDB this host can read is hashed where it lies and copied into
+    `dir` only as `copy` says: `always`, `never`, or `auto` (when it is at most `copy_max_bytes`)."""
 
     enabled: bool = True
-    timeout_s: float = Field(300.0, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+    timeout_floor_s: float = Field(300.0, gt=0)
+    timeout_per_gb_s: float = Field(60.0, ge=0)
+    copy_mode: Literal["auto", "always", "never"] = Field("auto", alias="copy")
+    copy_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     dir: str = ""
 
 

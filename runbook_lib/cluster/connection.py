@@ -42,6 +42,23 @@ def node_client(address: str, creds: Credentials, timeout: float = 10.0) -> redi
                        **_auth_kwargs(creds), **_tls_kwargs(creds))
 
 
+def _readonly_on_connect(connection) -> None:
+    """The usual handshake (AUTH, CLIENT SETNAME), then READONLY: a replica then answers reads of its master's keys
+    itself instead of redirecting them with MOVED."""
+    connection.on_connect()
+    connection.send_command("READONLY")
+    connection.read_response()
+
+
+def readonly_client(address: str, creds: Credentials, timeout: float = 10.0) -> redis.Redis:
+    """A node client like `node_client` whose every connection sends READONLY first (needs +readonly in ACL), for
+    reading keys on a replica; harmless on a master."""
+    host, port = parse_address(address)
+    return redis.Redis(host=host, port=port, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+                       decode_responses=False, retry=Retry(NoBackoff(), 0), client_name=CLIENT_NAME,
+                       redis_connect_func=_readonly_on_connect, **_auth_kwargs(creds), **_tls_kwargs(creds))
+
+
 CLUSTER_COMMANDS = frozenset({"restore-asking", "restore", "migrate", "replconf", "psync", "sync"})
 """Commands no application sends (CLIENT LIST's `cmd=`): a source's MIGRATE keeps a cached connection to its target
 that runs RESTORE-ASKING (RESTORE outside cluster mode), a connection running MIGRATE moves slots, and a replica

@@ -1,5 +1,6 @@
-"""Backups before the change: BGSAVE on every replica (the master where a shard has none), local RDBs copied and
-hashed, and how to restore them."""
+"""Backups before the change: BGSAVE on every replica (the master where a shard has none) with a timeout that follows
+the node's size, each RDB located and hashed where this host can read it, copied only when small or asked to, and how
+to restore them."""
 
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ from tqdm.auto import tqdm
 from runbook_lib.checks import Check
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.topology import NodeEntry, Topology
-from runbook_lib.config import Credentials, parse_address
+from runbook_lib.config import Backup, Credentials, parse_address
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.files import sha256_file
 from runbook_lib.progress import wanted
 from runbook_lib.sections.host import is_local, rdb_copy_hint
 
 POLL_S = 0.2
+GB = 1024 ** 3
+MB = 1024 * 1024
 
 
 @dataclass
 class BackupRecord:
-    """One node's backup of its shard: which node saved it, LASTSAVE before and after, the copied RDB with its sha256."""
+    """One node's backup of its shard: which node saved it, LASTSAVE before and after, where its RDB is (`location`,
+    host:path) with its size and sha256 (None where this host cannot read it), the copy when one was made and why or
+    why not (`copy`), the node's save points (which would overwrite an RDB left in place), and the timeout used."""
 
     shard_master: str
     node: str
@@ -39,6 +44,30 @@ class BackupRecord:
     bytes: int | None
     sha256: str | None
     keys: int
+    location: str | None = None
+    copy: str = ""
+    save_points: str | None = None
+    timeout_s: float = 0.0
+
+
+def save_timeout(used_memory: int, settings: Backup) -> float:
+    """How long one node's save may take: `timeout_s` when set, else `timeout_floor_s` plus `timeout_per_gb_s` per GB
+    of its used_memory (pure)."""
+    if settings.timeout_s is not None:
+        return settings.timeout_s
+    return settings.timeout_floor_s + settings.timeout_per_gb_s * used_memory / GB
+
+
+def copy_decision(size: int, settings: Backup) -> tuple[bool, str]:
+    """Whether to copy an RDB of `size` bytes into the backup folder, and why (pure)."""
+    if settings.copy_mode == "always":
+        return True, "copied (backup.copy: always)"
+    if settings.copy_mode == "never":
+        return False, "left in place (backup.copy: never)"
+    limit = f"{settings.copy_max_bytes / MB:g} MB"
+    if size <= settings.copy_max_bytes:
+        return True, f"copied (backup.copy: auto, at most {limit})"
+    return False, f"left in place (backup.copy: auto, over {limit})"
 
 
 def _pick_nodes(topo: Topology, master: NodeEntry, creds: Credentials) -> list[NodeEntry]:
@@ -80,8 +109,9 @@ def _wait_idle(client: redis.Redis, address: str, deadline: float, timeout_s: fl
             return info
         _show_save(bar, info, waiting)
         if time.monotonic() > deadline:
-            raise CheckFailed(f"{address}: a BGSAVE or AOF rewrite is still running after {timeout_s:.0f}s; raise "
-                              "backup.timeout_s in params or check the node's log for a slow disk")
+            raise CheckFailed(f"{address}: a BGSAVE or AOF rewrite is still running after {timeout_s:.0f}s "
+                              "(the timeout follows the node's used_memory); raise backup.timeout_per_gb_s, or set "
+                              "backup.timeout_s, in params, or check the node's log for a slow disk")
         time.sleep(POLL_S)
 
 
@@ -151,6 +181,15 @@ def _rdb_path(client: redis.Redis) -> tuple[str | None, str]:
     return str(Path(folder) / name), ""
 
 
+def _save_points(client: redis.Redis) -> str | None:
+    """The node's `save` setting ("" when it never saves on its own), None when CONFIG GET is refused."""
+    try:
+        value = next(iter(client.config_get("save").values()), b"")
+    except redis.ResponseError:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _copy(source: str, target: Path, show: bool) -> None:
     """Copy an RDB, with a bar in bytes when `show`."""
     size = Path(source).stat().st_size
@@ -160,15 +199,42 @@ def _copy(source: str, target: Path, show: bool) -> None:
             shutil.copyfileobj(src, out, length=1024 * 1024)
 
 
-def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 300.0,
-           progress: bool | None = None) -> list[BackupRecord]:
-    """BGSAVE every in-sync replica (the master only where a shard has none, so masters don't fork), copy local RDBs
-    to dest.
+def _place(record: BackupRecord, dest: Path, settings: Backup, show: bool) -> None:
+    """Where the record's RDB is, and its size and sha256 where this host can read it; copied into `dest` when
+    `settings` say so."""
+    host, port = parse_address(record.node)
+    record.location = f"{host}:{record.rdb_path}" if record.rdb_path else None
+    if record.rdb_path is None:
+        return
+    if not is_local(host):
+        record.copy = (f"on another host, not readable from here (size and sha256 unknown): "
+                       f"{rdb_copy_hint(record.node, record.rdb_path, str(dest))}")
+        return
+    source = Path(record.rdb_path)
+    try:
+        size = source.stat().st_size
+        wanted_copy, record.copy = copy_decision(size, settings)
+        if not wanted_copy:
+            record.bytes, record.sha256 = size, sha256_file(source)
+            return
+        target = dest / f"{host}_{port}.rdb"
+        _copy(record.rdb_path, target, show)
+    except OSError as e:
+        record.status = f"ok (local, but reading or copying the RDB failed: {e}; copy it yourself)"
+        return
+    record.copied_to, record.bytes, record.sha256 = str(target), target.stat().st_size, sha256_file(target)
 
-    Writes dest/backups.json. Nodes are saved one after another; timeout_s applies to each save. With `progress`
-    (default: when someone watches, see `runbook_lib.progress`) a bar per node shows what it waits for, then the keys
-    saved of its DBSIZE, then the RDB copied in bytes.
+
+def backup(topo: Topology, creds: Credentials, dest: Path, settings: Backup | None = None,
+           progress: bool | None = None) -> list[BackupRecord]:
+    """BGSAVE every in-sync replica (the master only where a shard has none, so masters don't fork), then locate and
+    hash each RDB, copying it to dest as `settings` say (default: `Backup()`, copy when at most 64 MB).
+
+    Writes dest/backups.json. Nodes are saved one after another; each save's timeout follows its node's used_memory
+    (`save_timeout`). With `progress` (default: when someone watches, see `runbook_lib.progress`) a bar per node shows
+    what it waits for, then the keys saved of its DBSIZE, then the RDB copied in bytes.
     """
+    settings = settings or Backup()
     show = wanted(progress)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -181,11 +247,13 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
         client.set_response_callback("LASTSAVE", int)
         bar = tqdm(total=None, unit="key", desc=f"BGSAVE {role} {node.address}", leave=False, disable=not show)
         try:
+            timeout_s = save_timeout(int(client.info("memory").get("used_memory", 0)), settings)
             if role == "replica":
                 _wait_caught_up(node_client(master.address, creds, timeout=10.0), client, node.address, timeout_s,
                                 bar)
             before, after, keys = _save(client, node.address, timeout_s, bar)
             rdb_path, config_problem = _rdb_path(client)
+            save_points = _save_points(client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             raise CheckFailed(f"{node.address}: lost the connection during the backup ({e}); check the node and "
                               "run the backup again") from None
@@ -197,20 +265,11 @@ def backup(topo: Topology, creds: Credentials, dest: Path, timeout_s: float = 30
             client.close()
         record = BackupRecord(shard_master=master.address, node=node.address, role=role, lastsave_before=before,
                               lastsave_after=after, status="ok", rdb_path=rdb_path, copied_to=None, bytes=None,
-                              sha256=None, keys=keys)
-        host, port = parse_address(node.address)
+                              sha256=None, keys=keys, save_points=save_points, timeout_s=round(timeout_s, 1))
         if rdb_path is None:
             record.status = f"ok (CONFIG GET refused: {config_problem}; find and copy the RDB yourself)"
-        elif not is_local(host):
-            record.status = (f"ok (on another host, not copied: {rdb_copy_hint(node.address, rdb_path, str(dest))})")
         else:
-            target = dest / f"{host}_{port}.rdb"
-            try:
-                _copy(rdb_path, target, show)
-            except OSError as e:
-                record.status = f"ok (local, but copying failed: {e}; copy it yourself)"
-            else:
-                record.copied_to, record.bytes, record.sha256 = str(target), target.stat().st_size, sha256_file(target)
+            _place(record, dest, settings, show)
         records.append(record)
     (dest / "backups.json").write_text(json.dumps([asdict(r) for r in records], indent=2))
     return records
@@ -227,30 +286,63 @@ def targets(topo: Topology, creds: Credentials) -> list[dict]:
     return rows
 
 
+def _where(r: BackupRecord) -> tuple[str, str]:
+    """The check status and the words for where one record's RDB is: copied here, left on the node (hashed), or on a
+    host this one cannot read."""
+    if r.copied_to:
+        return "pass", f"{r.copy} to {r.copied_to} ({r.bytes} bytes, sha256 {r.sha256[:12]})"
+    if r.location is None:
+        return "warn", "RDB location unknown"
+    if r.sha256 is None:
+        return "warn", f"RDB at {r.location}, {r.copy}"
+    kept = (f"the node's save points ({r.save_points}) will overwrite it: copy it off the node now" if r.save_points
+            else "the node's next save overwrites it: keep a copy before the change")
+    return ("warn" if r.save_points else "pass"), (f"RDB {r.copy} at {r.location} ({r.bytes} bytes, sha256 "
+                                                   f"{r.sha256[:12]}); {kept}")
+
+
 def checks(records: list[BackupRecord]) -> list[Check]:
-    """One check per saved node: a verified BGSAVE, and whether the RDB copy is in hand."""
+    """One check per saved node: a verified BGSAVE, and where its RDB is (copied here, or left on the node with its
+    size and sha256); a warning when it is on a host this one cannot read, or will be overwritten by the node's save
+    points."""
     out = []
     for r in records:
-        copied = f", copied to {r.copied_to} ({r.bytes} bytes, sha256 {r.sha256[:12]})" if r.copied_to else ""
-        out.append(Check(f"backup on {r.node} (shard of {r.shard_master})", "pass" if r.status == "ok" else "warn",
-                         f"BGSAVE on {r.role} {r.node}: {r.status}, {r.keys} keys{copied}"))
+        status, where = _where(r)
+        out.append(Check(f"backup on {r.node} (shard of {r.shard_master})", status if r.status == "ok" else "warn",
+                         f"BGSAVE on {r.role} {r.node}: {r.status}, {r.keys} keys; {where}"))
     return out
 
 
+def _file_line(r: BackupRecord) -> str:
+    """Where one record's RDB is for the restore instructions, with the sha256 to check it against."""
+    if r.copied_to:
+        return f"{r.copied_to}  sha256 {r.sha256}  ({r.bytes} bytes; copied from {r.location})"
+    if r.location is None:
+        return "(path unknown: CONFIG GET was refused; find the node's <dir>/<dbfilename>)"
+    if r.sha256:
+        return (f"{r.location}  sha256 {r.sha256}  ({r.bytes} bytes; not copied, it stays on the node: keep a copy "
+                "before the node saves again, which replaces it)")
+    return (f"{r.location}  (on another host, not hashed from here: run `sha256sum {r.rdb_path}` there now, note it, "
+            "and keep a copy before the node saves again)")
+
+
 def restore_instructions(records: list[BackupRecord]) -> str:
-    """A plain-text procedure to restore a shard from its RDB, naming every file with its sha256."""
+    """A plain-text procedure to restore a shard from its RDB, naming every file (copied here or left on its node,
+    host:path) with its sha256."""
     lines = ["Backups (one RDB per saved node; each holds only the keys of the slots its shard owned when saved,",
              "and the RDBs of one shard's replicas hold the same data: restore a shard from one of them):"]
     for r in records:
-        where = (f"{r.copied_to}  sha256 {r.sha256}" if r.copied_to
-                 else f"{r.rdb_path or '(path unknown)'} on {r.node}  (not copied: copy it and run sha256sum yourself)")
         lines.append(f"  shard of master {r.shard_master}: saved on {r.role} {r.node}, {r.keys} keys, "
                      f"LASTSAVE {r.lastsave_after}")
-        lines.append(f"    {where}")
+        lines.append(f"    {_file_line(r)}")
     lines += [
         "",
+        "A file left on its node (host:path above) is replaced by that node's next save: restore from the copy",
+        "you kept, never from the path once the node's LASTSAVE is past the one above.",
+        "",
         "To restore one shard (its slots are unavailable meanwhile):",
-        "  1. Check the file: `sha256sum <file>` must print the sha256 above.",
+        "  1. Check the file: `sha256sum <file>` must print the sha256 above. A file left on its node (host:path)",
+        "     is first copied off that node (`scp`, then `sha256sum` again): step 7 removes the replicas' RDBs.",
         "  2. Restore into the master of that shard, and only while it owns exactly the slots it owned at backup",
         "     time (see the run's topology snapshot). If slots moved since, move them back first or use the import",
         "     below: a node that loads keys of slots it does not own leaves those slots open (importing).",

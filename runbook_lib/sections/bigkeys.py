@@ -1,69 +1,60 @@
-"""Big-key scan: SCAN every master in small pipelined batches (never KEYS), with sizes per key and per slot."""
+"""Big-key scan: SCAN every shard on an in-sync replica (the master only where there is none), all shards at once,
+one pipeline per page, paced overall; sizes per key and per slot, and what they mean for the plan."""
 
 from __future__ import annotations
 
 import heapq
+import threading
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 
 import redis
-from redis.crc import key_slot
 from tqdm.auto import tqdm
 
 from runbook_lib.checks import Check
-from runbook_lib.cluster.connection import node_client
+from runbook_lib.cluster.connection import node_client, readonly_client
+from runbook_lib.cluster.readers import MAX_LAG_S, ReadSource, read_source
 from runbook_lib.cluster.topology import Topology
 from runbook_lib.config import BigKeys, Credentials
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.progress import wanted
+from runbook_lib.sections.keyscan import KeyStat, Pacer, size_page, walk
+
+__all__ = ["KeyStat", "ScanResult", "ShardScan", "scan"]
 
 CHECK_ROWS = 20
 MB = 1024 * 1024
-LENGTH_COMMANDS = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD",
-                   "stream": "XLEN"}
 
 
 @dataclass
-class KeyStat:
-    """One key: where it lives, its type, its length in the type's unit (bytes, fields, items) and MEMORY USAGE."""
+class ShardScan:
+    """Which node one shard was scanned on, its role, why that node, and the keys it returned."""
 
-    key: str
+    shard_master: str
     node: str
-    slot: int
-    type: str
-    length: int
-    bytes: int
+    role: str
+    reason: str
+    keys: int = 0
 
 
 @dataclass
 class ScanResult:
-    """What a scan found: the largest keys, totals per slot, every key over the threshold, and how long it took."""
+    """What a scan found: the largest keys, keys and bytes per slot, every key over the threshold, how long it took,
+    where each shard was read and how many commands it cost."""
 
     top: list[KeyStat]
     per_slot: dict[int, dict]
     big: list[KeyStat]
     keys_scanned: int
     seconds: float
-
-
-class _Pacer:
-    """Sleeps after each round trip so that the commands sent average at most `rate` per second."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.start = time.monotonic()
-        self.sent = 0
-
-    def spend(self, commands: int) -> None:
-        self.sent += commands
-        if self.rate:
-            delay = self.start + self.sent / self.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+    shards: list[ShardScan] = field(default_factory=list)
+    commands: int = 0
 
 
 class _Tally:
-    """Running totals: per-slot counts, keys over the threshold, and a bounded heap of the largest keys."""
+    """Running totals shared by the scan's threads: per-slot keys and bytes, keys over the threshold, and a bounded
+    heap of the largest keys."""
 
     def __init__(self, threshold_bytes: int, top_n: int) -> None:
         self.threshold, self.top_n = threshold_bytes, top_n
@@ -72,18 +63,35 @@ class _Tally:
         self.heap: list[tuple[int, int, KeyStat]] = []
         self.in_heap: set[tuple[str, str]] = set()
         self.count = 0
+        self._offers = 0
+        self._lock = threading.Lock()
 
-    def add(self, stat: KeyStat) -> None:
-        self.count += 1
-        slot = self.per_slot.setdefault(stat.slot, {"keys": 0, "bytes": 0})
-        slot["keys"] += 1
-        slot["bytes"] += stat.bytes
+    def pick(self, sizes: list[int]) -> list[int]:
+        """Indexes of the sizes worth a TYPE and length: at or over the threshold, or among the page's `top_n`
+        largest that would enter the top list now."""
+        floor = self.heap[0][0] if len(self.heap) >= self.top_n and self.heap else -1
+        largest = heapq.nlargest(self.top_n, range(len(sizes)), key=sizes.__getitem__) if self.top_n > 0 else []
+        return sorted({i for i in largest if sizes[i] > floor} | {i for i, n in enumerate(sizes) if n >= self.threshold})
+
+    def add_page(self, sizes: list[tuple[int, int]], detailed: list[KeyStat]) -> None:
+        """Count every (slot, bytes) of a page, and offer its detailed keys to the big list and the top heap."""
+        with self._lock:
+            for slot, size in sizes:
+                totals = self.per_slot.setdefault(slot, {"keys": 0, "bytes": 0})
+                totals["keys"] += 1
+                totals["bytes"] += size
+            self.count += len(sizes)
+            for stat in detailed:
+                self._offer(stat)
+
+    def _offer(self, stat: KeyStat) -> None:
         ident = (stat.node, stat.key)
         if stat.bytes >= self.threshold:
             self.big[ident] = stat
         if self.top_n <= 0 or ident in self.in_heap:
             return
-        entry = (stat.bytes, self.count, stat)
+        self._offers += 1
+        entry = (stat.bytes, self._offers, stat)
         if len(self.heap) < self.top_n:
             heapq.heappush(self.heap, entry)
             self.in_heap.add(ident)
@@ -97,86 +105,84 @@ def _by_size(stats) -> list[KeyStat]:
     return sorted(stats, key=lambda s: (-s.bytes, s.node, s.key))
 
 
-def _display(key: bytes) -> str:
-    return key.decode(errors="backslashreplace")
+def _open(source: ReadSource, creds: Credentials) -> tuple[ReadSource, redis.Redis]:
+    """A client on the source's node (READONLY on a replica), and its DBSIZE checked; a replica that refuses READONLY
+    (ACL without +readonly) gives way to the master, saying so."""
+    if source.role == "master":
+        return source, node_client(source.node, creds)
+    client = readonly_client(source.node, creds)
+    try:
+        client.ping()
+    except redis.ResponseError as e:
+        client.close()
+        fallback = ReadSource(source.shard_master, source.shard_master, "master",
+                              f"replica {source.node} refused READONLY ({e}); add +readonly to the user's ACL")
+        return fallback, node_client(source.shard_master, creds)
+    return source, client
 
 
-def _measure(client: redis.Redis, address: str, keys: list[bytes], pacer: _Pacer) -> list[KeyStat]:
-    """TYPE for the batch, then MEMORY USAGE and the type's length command; keys gone meanwhile are skipped."""
-    pipe = client.pipeline(transaction=False)
-    for k in keys:
-        pipe.type(k)
-    types = [t.decode() if isinstance(t, bytes) else str(t) for t in pipe.execute()]
-    pacer.spend(len(keys))
-    pipe = client.pipeline(transaction=False)
-    lengths_sent = 0
-    for k, t in zip(keys, types):
-        pipe.memory_usage(k)
-        if t in LENGTH_COMMANDS:
-            pipe.execute_command(LENGTH_COMMANDS[t], k)
-            lengths_sent += 1
-    replies = iter(pipe.execute(raise_on_error=False))
-    pacer.spend(len(keys) + lengths_sent)
-    stats = []
-    for k, t in zip(keys, types):
-        size = next(replies)
-        length = next(replies) if t in LENGTH_COMMANDS else 0
-        if isinstance(size, Exception):
-            raise CheckFailed(f"{address}: MEMORY USAGE failed ({size}); the user needs the +memory command "
-                              "(ACL) for the big-key scan")
-        if size is None or t == "none":
-            continue
-        if isinstance(length, redis.ResponseError) and "WRONGTYPE" in str(length):
-            length = 0
-        elif isinstance(length, Exception):
-            raise CheckFailed(f"{address}: {LENGTH_COMMANDS[t]} failed ({length}); check the user's ACL permissions")
-        stats.append(KeyStat(key=_display(k), node=address, slot=key_slot(k), type=t, length=int(length),
-                             bytes=int(size)))
-    return stats
+def _scan_shard(shard: ShardScan, client: redis.Redis, count: int, pacer: Pacer, tally: _Tally, bar: tqdm,
+                stop: threading.Event) -> None:
+    """Walk one shard's node page by page into the shared tally, counting its keys on `shard`; keys are named with
+    the shard's master, where they live and would move from, whichever node was read."""
+    try:
+        for returned, page in walk(client, shard.shard_master, count, pacer, tally.pick, stop):
+            tally.add_page(page.sizes, page.detailed)
+            shard.keys += returned
+            bar.update(returned)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        client.close()
 
 
 def scan(topo: Topology, creds: Credentials, threshold_bytes: int, count: int = 1000, top_n: int = 20,
-         max_ops_per_s: float | None = None, progress: bool | None = None) -> ScanResult:
-    """Size every key on every master with SCAN and pipelines, paced to max_ops_per_s commands so nodes stay responsive.
+         max_ops_per_s: float | None = None, progress: bool | None = None,
+         max_lag_s: float = MAX_LAG_S) -> ScanResult:
+    """Size every key of every shard, each on an in-sync replica (the master where a shard has none, said in
+    `shards`), all shards in parallel with one thread each, paced together to `max_ops_per_s` commands.
 
-    With `progress` (default: when someone watches, see `runbook_lib.progress`) a bar shows the keys scanned of the
-    masters' DBSIZE, and which master of how many is being scanned with its own count.
+    A page costs one SCAN and one pipeline of MEMORY USAGE; TYPE and the length only for its keys over the threshold
+    or in the running top `top_n`. With `progress` (default: when someone watches, see `runbook_lib.progress`) a bar
+    shows the keys scanned of the scanned nodes' DBSIZE.
 
     SCAN may return a key twice while a node resizes its table or a slot moves; counts are then slight overestimates.
     """
     started = time.monotonic()
-    pacer = _Pacer(max_ops_per_s)
+    pacer = Pacer(max_ops_per_s)
     tally = _Tally(threshold_bytes, top_n)
-    masters = [(m.address, node_client(m.address, creds)) for m in topo.masters()]
+    stop = threading.Event()
+    opened: list[tuple[ShardScan, redis.Redis]] = []
     try:
-        totals = {address: int(client.dbsize()) for address, client in masters}
-        bar = tqdm(total=sum(totals.values()), unit="key", desc="scanning for big keys", disable=not wanted(progress))
-        with bar:
-            for number, (address, client) in enumerate(masters, start=1):
-                seen = 0
-                cursor = 0
-                while True:
-                    cursor, keys = client.scan(cursor, count=count)
-                    pacer.spend(1)
-                    if keys:
-                        for stat in _measure(client, address, keys, pacer):
-                            tally.add(stat)
-                        seen += len(keys)
-                        bar.set_postfix_str(f"master {number}/{len(masters)} {address}: {seen} of {totals[address]}",
-                                            refresh=False)
-                        bar.update(len(keys))
-                    if cursor == 0:
-                        break
+        for master in topo.masters():
+            source, client = _open(read_source(topo, master, creds, max_lag_s), creds)
+            opened.append((ShardScan(source.shard_master, source.node, source.role, source.reason), client))
+        total = sum(int(client.dbsize()) for _, client in opened)
+        bar = tqdm(total=total, unit="key", desc=f"scanning {len(opened)} shards for big keys",
+                   disable=not wanted(progress))
+        with bar, ThreadPoolExecutor(max_workers=max(1, len(opened)), thread_name_prefix="bigkeys") as pool:
+            futures = [pool.submit(_scan_shard, shard, client, count, pacer, tally, bar, stop)
+                       for shard, client in opened]
+            for future in futures:
+                future.result()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise CheckFailed(f"big-key scan lost a master ({e}); check that every master is reachable and scan again") from None
+        raise CheckFailed(f"big-key scan lost a node ({e}); check that every node is reachable and scan again") from None
     except redis.ResponseError as e:
-        raise CheckFailed(f"big-key scan failed ({e}); the user needs SCAN, TYPE, MEMORY and DBSIZE (ACL)") from None
+        raise CheckFailed(f"big-key scan failed ({e}); the user needs SCAN, TYPE, MEMORY USAGE, DBSIZE and READONLY "
+                          "(ACL)") from None
     finally:
-        for _, client in masters:
+        for _, client in opened:
             client.close()
     top = _by_size(stat for _, _, stat in tally.heap)
     return ScanResult(top=top, per_slot=dict(sorted(tally.per_slot.items())), big=_by_size(tally.big.values()),
-                      keys_scanned=tally.count, seconds=time.monotonic() - started)
+                      keys_scanned=tally.count, seconds=time.monotonic() - started,
+                      shards=[shard for shard, _ in opened], commands=pacer.sent)
+
+
+def shard_table(result: ScanResult) -> list[dict]:
+    """One row per shard: the node scanned, its role, why, and the keys SCAN returned there."""
+    return [asdict(shard) for shard in result.shards]
 
 
 def keys_per_slot(result: ScanResult) -> dict[int, int]:
@@ -208,7 +214,8 @@ def to_json(result: ScanResult, threshold_bytes: int) -> dict:
     """The scan as JSON for the run folder (bigkeys.json), read back by the planner and the mover's guard."""
     return {"threshold_bytes": threshold_bytes, "keys_scanned": result.keys_scanned,
             "seconds": round(result.seconds, 3), "top": [asdict(s) for s in result.top],
-            "big": [asdict(s) for s in result.big],
+            "big": [asdict(s) for s in result.big], "commands": result.commands,
+            "shards": [asdict(s) for s in result.shards],
             "per_slot": {str(slot): totals for slot, totals in result.per_slot.items()}}
 
 
@@ -217,7 +224,8 @@ def from_json(data: dict) -> ScanResult:
     return ScanResult(top=[KeyStat(**s) for s in data["top"]],
                       per_slot={int(slot): totals for slot, totals in data["per_slot"].items()},
                       big=[KeyStat(**s) for s in data["big"]], keys_scanned=data["keys_scanned"],
-                      seconds=data["seconds"])
+                      seconds=data["seconds"], shards=[ShardScan(**s) for s in data.get("shards", [])],
+                      commands=data.get("commands", 0))
 
 
 def describe(result: ScanResult, threshold_bytes: int) -> str:
@@ -232,6 +240,14 @@ def describe(result: ScanResult, threshold_bytes: int) -> str:
                  f"{heaviest[1]['bytes'] / MB:.2f} MB")
     return line + (f"; **{len(result.big)}** keys at or over {threshold_bytes / MB:g} MB" if result.big
                    else f"; no key at or over {threshold_bytes / MB:g} MB")
+
+
+def source_checks(result: ScanResult) -> list[Check]:
+    """Where each shard was scanned: a pass per shard read on an in-sync replica, a warning per shard read on its
+    master (which serves the clients meanwhile), with the reason."""
+    return [Check(f"big-key scan of {shard.shard_master}'s shard",
+                  "pass" if shard.role == "replica" else "warn",
+                  f"scanned on {shard.role} {shard.node} ({shard.reason}), {shard.keys} keys") for shard in result.shards]
 
 
 def checks(result: ScanResult, settings: BigKeys, slots: set[int] | None = None) -> list[Check]:
@@ -289,7 +305,7 @@ def scan_slots(topo: Topology, creds: Credentials, slots: set[int], threshold_by
     for slot in sorted(slots):
         if owners[slot]:
             by_node.setdefault(address[owners[slot]], []).append(slot)
-    pacer = _Pacer(None)
+    pacer = Pacer(None)
     bar = tqdm(total=len(slots), unit="slot", desc="sizing the keys of the slots to move", disable=not wanted(progress))
     with bar:
         for node, node_slots in by_node.items():
@@ -299,8 +315,8 @@ def scan_slots(topo: Topology, creds: Credentials, slots: set[int], threshold_by
                     held = int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
                     keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, held) if held else []
                     for i in range(0, len(keys), count):
-                        for stat in _measure(client, node, keys[i:i + count], pacer):
-                            tally.add(stat)
+                        page = size_page(client, node, keys[i:i + count], pacer, tally.pick)
+                        tally.add_page(page.sizes, page.detailed)
                     bar.update(1)
     return ScanResult(top=[], per_slot=dict(sorted(tally.per_slot.items())), big=_by_size(tally.big.values()),
                       keys_scanned=tally.count, seconds=time.monotonic() - started)

@@ -425,13 +425,15 @@ def cluster_state(topo: Topology, facts: list[NodeFacts]) -> Check:
 
 def scan_big_keys(topo: Topology, settings: BigKeys, creds: Credentials,
                   progress: bool | None = None) -> tuple[bigkeys.ScanResult | None, list[Check]]:
-    """Scan every master for big keys, paced as the params say; a scan that cannot run is a failed check."""
+    """Scan every shard for big keys (on an in-sync replica where it has one), paced as the params say; a scan that
+    cannot run is a failed check."""
     try:
         result = bigkeys.scan(topo, creds, settings.threshold_bytes, count=settings.scan_count, top_n=settings.top_n,
-                              max_ops_per_s=settings.max_ops_per_s or None, progress=progress)
+                              max_ops_per_s=settings.max_ops_per_s or None, progress=progress,
+                              max_lag_s=settings.replica_max_lag_s)
     except CheckFailed as e:
         return None, [Check("big keys", "fail", str(e))]
-    return result, bigkeys.checks(result, settings)
+    return result, bigkeys.source_checks(result) + bigkeys.checks(result, settings)
 
 
 def headroom_table(facts: list[NodeFacts]) -> list[dict]:

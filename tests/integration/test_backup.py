@@ -15,9 +15,10 @@ import redis
 
 from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.topology import observe
+from runbook_lib.config import Backup
 from runbook_lib.exceptions import CheckFailed
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
-from runbook_lib.sections.backup import backup, is_local, restore_instructions
+from runbook_lib.sections.backup import backup, checks, is_local, restore_instructions
 from tests.conftest import port_block
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def cluster(tmp_path_factory):
 def records(cluster, tmp_path_factory):
     topo, creds = cluster
     dest = tmp_path_factory.mktemp("backup-dest")
-    return dest, backup(topo, creds, dest, timeout_s=60, progress=False)
+    return dest, backup(topo, creds, dest, Backup(timeout_s=60), progress=False)
 
 
 def _sha256(path: Path) -> str:
@@ -117,7 +118,7 @@ def test_restore_instructions_name_every_file(records):
 def test_back_to_back_backups_each_advance_lastsave(cluster, records, tmp_path):
     topo, creds = cluster
     _, first = records
-    again = backup(topo, creds, tmp_path, timeout_s=60, progress=False)
+    again = backup(topo, creds, tmp_path, Backup(timeout_s=60), progress=False)
     for old, new in zip(first, again):
         assert new.lastsave_before >= old.lastsave_after
         assert new.lastsave_after > new.lastsave_before
@@ -132,7 +133,7 @@ def test_waits_for_a_save_already_running(cluster, tmp_path):
     replica.bgsave()
     replica.config_set("rdb-key-save-delay", 0)
     assert replica.info("persistence")["rdb_bgsave_in_progress"] == 1
-    recs = backup(topo, creds, tmp_path, timeout_s=60, progress=False)
+    recs = backup(topo, creds, tmp_path, Backup(timeout_s=60), progress=False)
     assert recs[0].status == "ok"
     assert replica.info("persistence")["rdb_saves"] == saves + 2
 
@@ -144,7 +145,58 @@ def test_timeout_raises_check_failed(cluster, tmp_path):
     replica.config_set("rdb-key-save-delay", 2000)
     try:
         with pytest.raises(CheckFailed, match="timeout_s"):
-            backup(topo, creds, tmp_path, timeout_s=1.0, progress=False)
+            backup(topo, creds, tmp_path, Backup(timeout_s=1.0), progress=False)
+    finally:
+        replica.config_set("rdb-key-save-delay", 0)
+        _wait_no_save(replica)
+
+
+def test_an_rdb_over_the_copy_threshold_is_recorded_where_it_lies_not_copied(cluster, tmp_path):
+    topo, creds = cluster
+    master = topo.masters()[0]
+    saver = node_client(topo.replicas_of(master.id)[0].address, creds)
+    saver.config_set("save", "3600 1")
+    try:
+        recs = backup(topo, creds, tmp_path, Backup(timeout_s=60, copy_max_bytes=1000), progress=False)
+    finally:
+        saver.config_set("save", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backups.json"], "nothing copied"
+    for r in recs:
+        source = Path(r.rdb_path)
+        assert r.copied_to is None and r.status == "ok"
+        assert r.location == f"127.0.0.1:{source}"
+        assert r.bytes == source.stat().st_size > 1000
+        assert r.sha256 == _sha256(source)
+        assert "over 0.000953674 MB" in r.copy
+    text = restore_instructions(recs)
+    assert all(r.location in text and r.sha256 in text for r in recs)
+    assert "copied off that node" in text
+    found = checks(recs)
+    assert [c.status for c in found] == ["warn", "pass", "pass"]
+    assert "save points (3600 1) will overwrite it" in found[0].detail
+    assert f"at {recs[1].location} ({recs[1].bytes} bytes" in found[1].detail
+
+
+def test_always_copies_and_never_leaves_in_place(cluster, tmp_path):
+    topo, creds = cluster
+    always = backup(topo, creds, tmp_path / "always", Backup(timeout_s=60, copy="always", copy_max_bytes=0),
+                    progress=False)
+    assert all(r.copied_to and r.sha256 == _sha256(Path(r.copied_to)) for r in always)
+    never = backup(topo, creds, tmp_path / "never", Backup(timeout_s=60, copy="never"), progress=False)
+    assert all(r.copied_to is None and r.sha256 == _sha256(Path(r.rdb_path)) for r in never)
+
+
+def test_the_save_timeout_follows_used_memory(cluster, tmp_path):
+    topo, creds = cluster
+    master = topo.masters()[0]
+    replica = node_client(topo.replicas_of(master.id)[0].address, creds)
+    used = replica.info("memory")["used_memory"]
+    recs = backup(topo, creds, tmp_path, Backup(timeout_floor_s=5, timeout_per_gb_s=1e6), progress=False)
+    assert recs[0].timeout_s == pytest.approx(5 + 1e6 * used / 1024 ** 3, rel=0.2)
+    replica.config_set("rdb-key-save-delay", 2000)
+    try:
+        with pytest.raises(CheckFailed, match="follows the node's used_memory"):
+            backup(topo, creds, tmp_path, Backup(timeout_floor_s=1.0, timeout_per_gb_s=0), progress=False)
     finally:
         replica.config_set("rdb-key-save-delay", 0)
         _wait_no_save(replica)

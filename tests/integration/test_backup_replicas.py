@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from runbook_lib.cluster.topology import observe
+from runbook_lib.config import Backup
 from runbook_lib.sections.backup import backup, checks, restore_instructions, targets
 from tests.conftest import port_block, start_sandbox
 
@@ -26,7 +27,7 @@ def cluster(tmp_path_factory):
 
 def test_every_replica_saves_and_no_master_forks(cluster, tmp_path):
     topo, creds = cluster
-    records = backup(topo, creds, tmp_path, timeout_s=60, progress=False)
+    records = backup(topo, creds, tmp_path, Backup(timeout_s=60), progress=False)
     masters = topo.masters()
     expected = {(m.address, r.address) for m in masters for r in topo.replicas_of(m.id)}
     assert len(expected) == 6

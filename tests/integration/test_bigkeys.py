@@ -1,4 +1,5 @@
-"""Big-key scan against a real sandbox cluster: sizes, slots, owners, per-slot totals, pacing."""
+"""Big-key scan against a real sandbox cluster: sizes, slots, per-slot totals, read on in-sync replicas (the master
+when a shard has none), every command paid for on the shared pacer."""
 
 from __future__ import annotations
 
@@ -7,17 +8,16 @@ import time
 import pytest
 from redis.crc import key_slot
 
-from runbook_lib.cluster.connection import cluster_client, node_client
+from runbook_lib.cluster.connection import cluster_client, node_client, readonly_client
 from runbook_lib.cluster.topology import observe
 from runbook_lib.sandbox import Sandbox, SandboxLayout
 from runbook_lib.sections.bigkeys import (
-    _measure,
-    _Pacer,
     big_keys_in_slots,
     keys_per_slot,
     scan,
     slot_table,
 )
+from runbook_lib.sections.keyscan import Pacer, size_page
 from tests.conftest import port_block
 
 pytestmark = pytest.mark.integration
@@ -52,9 +52,28 @@ def result(cluster):
     return scan(topo, creds, threshold_bytes=10 * MB, count=500, top_n=20, progress=False)
 
 
+SCAN_COMMANDS = ("scan", "memory|usage", "type", "strlen", "hlen", "llen", "scard", "zcard", "xlen")
+"""What the scan sends per page (INFO commandstats names); the pacer is charged for each of them."""
+
+
 def _owner(topo, key: str) -> str:
     owner_id = topo.reference.owners()[key_slot(key.encode())]
     return topo.nodes[owner_id].address
+
+
+def _replica_of(topo, key: str) -> str:
+    owner_id = topo.reference.owners()[key_slot(key.encode())]
+    return topo.replicas_of(owner_id)[0].address
+
+
+def _reset_stats(topo, creds) -> None:
+    for entry in topo.nodes.values():
+        node_client(entry.address, creds).config_resetstat()
+
+
+def _scan_calls(address: str, creds) -> int:
+    stats = node_client(address, creds).info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in SCAN_COMMANDS)
 
 
 def _total_keys(topo, creds) -> int:
@@ -114,18 +133,75 @@ def test_threshold_above_everything_finds_nothing(cluster):
     assert len(result.top) == 3
 
 
-def test_rate_limit_paces_the_scan(cluster):
+def test_every_shard_is_read_on_its_replica_not_its_master(cluster):
     topo, creds = cluster
+    _reset_stats(topo, creds)
+    result = scan(topo, creds, threshold_bytes=10 * MB, count=500, progress=False)
+    masters = topo.masters()
+    assert [(s.shard_master, s.node, s.role) for s in result.shards] == [
+        (m.address, topo.replicas_of(m.id)[0].address, "replica") for m in masters]
+    assert all("in sync" in s.reason for s in result.shards)
+    assert [_scan_calls(m.address, creds) for m in masters] == [0, 0, 0]
+    assert all(_scan_calls(topo.replicas_of(m.id)[0].address, creds) > 0 for m in masters)
+    assert sum(s.keys for s in result.shards) == result.keys_scanned == 5002
+
+
+def test_the_pacer_is_charged_for_every_command_sent(cluster):
+    topo, creds = cluster
+    _reset_stats(topo, creds)
     rate = 20000.0
     started = time.monotonic()
     result = scan(topo, creds, threshold_bytes=10 * MB, count=500, max_ops_per_s=rate, progress=False)
-    at_least = 2 * result.keys_scanned / rate
-    assert time.monotonic() - started >= at_least
+    sent = sum(_scan_calls(e.address, creds) for e in topo.nodes.values())
+    assert result.commands == sent
+    assert result.keys_scanned <= sent < 1.2 * result.keys_scanned, "one MEMORY USAGE per key, little more"
+    assert time.monotonic() - started >= sent / rate
     assert result.keys_scanned == 5002
+
+
+def test_a_shard_whose_replica_is_out_of_sync_is_read_on_its_master(cluster):
+    topo, creds = cluster
+    master = topo.masters()[0]
+    replica = node_client(topo.replicas_of(master.id)[0].address, creds)
+    replica.config_set("masterauth", "wrong")
+    replica.client_kill_filter(_type="master")
+    try:
+        deadline = time.monotonic() + 15
+        while replica.info("replication")["master_link_status"] == "up":
+            assert time.monotonic() < deadline, "the replica's link did not go down"
+            time.sleep(0.1)
+        _reset_stats(topo, creds)
+        result = scan(topo, creds, threshold_bytes=10 * MB, count=500, progress=False)
+    finally:
+        replica.config_set("masterauth", creds.password)
+    first, *others = result.shards
+    assert (first.node, first.role) == (master.address, "master")
+    assert "master_link_status:down" in first.reason
+    assert [s.role for s in others] == ["replica", "replica"]
+    assert _scan_calls(master.address, creds) > 0
+    assert result.keys_scanned == 5002
+    deadline = time.monotonic() + 30
+    while replica.info("replication")["master_link_status"] != "up":
+        assert time.monotonic() < deadline, "the replica did not sync again"
+        time.sleep(0.2)
+
+
+def test_per_slot_bytes_are_the_memory_usage_sums_on_the_node_scanned(cluster, result):
+    topo, creds = cluster
+    scanned = {s.shard_master: s.node for s in result.shards}
+    owners = topo.reference.owners()
+    address = {e.id: e.address for e in topo.nodes.values()}
+    slots = sorted(result.per_slot)[::300] + [key_slot(BIG_STRING.encode()), key_slot(BIG_HASH.encode())]
+    for slot in slots:
+        client = readonly_client(scanned[address[owners[slot]]], creds)
+        keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10000)
+        assert result.per_slot[slot] == {"keys": len(keys), "bytes": sum(client.memory_usage(k) for k in keys)}
 
 
 def test_keys_gone_meanwhile_are_skipped(cluster):
     topo, creds = cluster
-    address = _owner(topo, BIG_STRING)
-    stats = _measure(node_client(address, creds), address, [b"gone:{x}", BIG_STRING.encode()], _Pacer(None))
-    assert [s.key for s in stats] == [BIG_STRING]
+    address = _replica_of(topo, BIG_STRING)
+    page = size_page(readonly_client(address, creds), address, [b"gone:{x}", BIG_STRING.encode()], Pacer(None),
+                     lambda sizes: list(range(len(sizes))))
+    assert [s.key for s in page.detailed] == [BIG_STRING]
+    assert page.sizes == [(key_slot(BIG_STRING.encode()), page.detailed[0].bytes)]
