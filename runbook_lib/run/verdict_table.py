@@ -162,10 +162,10 @@ def headline(run_dir: Path) -> str:
     settle an inconclusive latency verdict."""
     acceptance, validate = load(run_dir)
     table = rows(acceptance, validate)
-    text = f"Zero downtime: {overall(table)}"
-    others = [f"{r.criterion}: {r.verdict}" for r in table if r.verdict != "pass"]
     settle = ((acceptance or {}).get("latency") or {}).get("settle")
-    return text + "".join(f"; {o}" for o in others) + (f" ({settle})" if settle else "")
+    others = [f"{r.criterion}: {r.verdict}" + (f" ({settle})" if settle and r.criterion == "latency variation" else "")
+              for r in table if r.verdict != "pass"]
+    return f"Zero downtime: {overall(table)}" + "".join(f"; {o}" for o in others)
 
 
 def overall(table: list[Row]) -> str:
