@@ -86,8 +86,12 @@ def test_jitter_over_the_limit_holds_a_sure_or_large_excess_backs_off():
 
 
 def test_an_uncertain_or_thin_window_holds():
-    unsure = Reading(requests=500, ratio=1.05, low=0.9, high=1.25, p99_ms=1.05)
-    assert decide(Level(4.0, 2, 500), unsure, BOUNDS)[1] == "hold"
+    unsure_over = Reading(requests=500, ratio=1.15, low=0.95, high=1.4, p99_ms=1.15)
+    assert decide(Level(4.0, 2, 500), unsure_over, BOUNDS)[1] == "hold", "over the limit, not surely slower"
+    surely_slower = Reading(requests=5000, ratio=1.08, low=1.02, high=1.14, p99_ms=1.08)
+    assert decide(Level(4.0, 2, 500), surely_slower, BOUNDS)[1] == "hold", "within, but surely slower: near the limit"
+    unsure_within = Reading(requests=500, ratio=1.05, low=0.9, high=1.25, p99_ms=1.05)
+    assert decide(Level(4.0, 2, 500), unsure_within, BOUNDS)[1] == "ramp", "within and not shown to hurt"
     thin = Reading(requests=MIN_BACKOFF_REQUESTS - 1, ratio=3.0, low=2.0, high=4.0, p99_ms=3.0)
     assert decide(Level(4.0, 2, 500), thin, BOUNDS)[1] == "hold", "too few requests to judge either way"
     quiet_but_thin = Reading(requests=MIN_REQUESTS - 1, ratio=1.0, low=0.9, high=1.05, p99_ms=1.0)
