@@ -61,7 +61,8 @@ def test_preflight_and_backup_say_what_they_could_not_check_on_other_hosts(multi
         assert f"{h.name} ({h.ip}) (nodes " in kernel["detail"], "a host named and known by IP counts once"
     assert "sysctl vm.overcommit_memory" in kernel["detail"]
     backups = json.loads((out / "backup" / "backups.json").read_text())
-    assert backups and all("on another host, not copied: `scp " in b["status"] for b in backups)
+    assert backups and all("on another host, not readable from here" in b["copy"] and "`scp " in b["copy"]
+                           for b in backups)
 
 
 def test_round_trip_is_emulated(multihost_expansion):

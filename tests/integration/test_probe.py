@@ -123,7 +123,9 @@ def test_probe_has_no_error_and_loses_nothing_while_many_slots_are_open(sandbox,
     try:
         time.sleep(1.0)
         written = probe.records()
-        slots = sorted({key_slot(k.encode()) for k in written.loc[written["op"] == "set", "key"]})
+        old = {e for e, a in mover.address.items() if a in MASTERS}
+        slots = sorted({key_slot(k.encode()) for k in written.loc[written["op"] == "set", "key"]}
+                       & {s for s, owner in enumerate(mover.owners) if owner in old})
         assert len(slots) > 50
         for slot in slots:
             mover.open(slot)
@@ -160,7 +162,9 @@ def test_probe_outlives_its_starter_is_stopped_from_another_process_and_reports_
     assert probe.alive() == []
     records = probe.records()
     assert {"set", "get"} <= set(records["op"]) and (records["outcome"] == "ok").all()
-    assert set(records["client"]) == {"patched", "stock"} and set(records["node"]) == set(MASTERS)
+    assert set(records["client"]) == {"patched", "stock"}
+    assert set(MASTERS) <= set(records["node"]) <= set(MASTERS) | {f"127.0.0.1:{PORT + i}" for i in (3, 4)}, \
+        "every request routed to a master (an earlier test gave a few slots to the new ones)"
     victim = records.loc[records["op"] == "set", "key"].iloc[len(records) // 4]
     assert cluster_client([SEED], sandbox.credentials()).delete(victim) == 1
     summary = probe.verify()
