@@ -14,6 +14,9 @@ AIMD, the scheme TCP uses to find an unknown capacity from a noisy congestion si
   the limit while the interval says the clients are surely slower than at rest (its low end above 1), or the point
   estimate over twice the limit: a p99 of a few hundred requests jitters by tens of percent at rest, and backing
   off on that jitter would pin the pace to its floor for nothing.
+- **Slow start**: until the first back-off a ramp doubles the rate (from the cautious 2 slots/s, the ceiling is
+  five good windows away instead of sixteen), as TCP's slow start finds the neighbourhood of an unknown capacity
+  before AIMD works within it.
 - **Ramp additively** (one `step` of slots/s) when the point estimate is within the budget and the interval does
   not say the clients are surely slower than the reference (its low end at most 1); otherwise hold. Requiring the
   whole interval within +10 % would never ramp: the control is a few seconds of quiet spells, and its interval is
@@ -147,8 +150,9 @@ def in_flight_for(rate: float, ceiling: int) -> int:
     return max(1, min(ceiling, int(rate / SLOTS_PER_FLIGHT)))
 
 
-def decide(level: Level, reading: Reading, bounds: Bounds) -> tuple[Level, str, str]:
-    """The next pace, the action (ramp, back off, hold, slowest) and why, from one window's reading (pure)."""
+def decide(level: Level, reading: Reading, bounds: Bounds, slow_start: bool = False) -> tuple[Level, str, str]:
+    """The next pace, the action (ramp, back off, hold, slowest) and why, from one window's reading (pure). In
+    `slow_start` (no back-off yet) a ramp doubles the rate instead of adding a step, as TCP's slow start does."""
     of = reading.reference or "baseline"
     over = (reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS and reading.ratio > bounds.limit
             and ((reading.low is not None and reading.low > 1.0) or reading.ratio > 2 * bounds.limit))
@@ -177,7 +181,7 @@ def decide(level: Level, reading: Reading, bounds: Bounds) -> tuple[Level, str, 
     else:
         why = (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of {of}: within x{bounds.limit:.2f}"
                + ("" if reading.high <= bounds.limit else " (not yet sure)"))
-    rate = min(bounds.max_slots_per_s, level.slots_per_s + bounds.step)
+    rate = min(bounds.max_slots_per_s, level.slots_per_s * 2 if slow_start else level.slots_per_s + bounds.step)
     higher = Level(rate, in_flight_for(rate, bounds.max_in_flight),
                    min(bounds.max_keys_per_migrate, level.keys_per_migrate * 2))
     return (higher, "ramp", why) if higher != level else (level, "ceiling", why)
@@ -306,6 +310,7 @@ class Governor:
     _idle: int = 0
     _paused: str | None = None
     _changed: float = 0.0
+    _backed_off: bool = False
     _slowest_since: float | None = None
     _batch: int = 0
 
@@ -372,7 +377,8 @@ class Governor:
         if self._paused:
             return "pause"
         reading = self.measure(self._changed)
-        level, action, why = decide(self.level, reading, self.bounds)
+        level, action, why = decide(self.level, reading, self.bounds, slow_start=not self._backed_off)
+        self._backed_off = self._backed_off or action in ("back off", "slowest")
         if action == "slowest":
             self._slowest_since = self._slowest_since or now
             if now - self._slowest_since >= self.pause_after_s:

@@ -56,6 +56,22 @@ def test_a_quiet_series_ramps_to_the_ceilings_and_stays_there():
     assert np.allclose(np.diff(rates), BOUNDS.step), "the ramp is additive: one step per quiet window"
 
 
+def test_before_the_first_back_off_a_ramp_doubles_and_the_governor_leaves_slow_start_on_it(tmp_path):
+    level = start_level(SETTINGS)
+    doubled = decide(level, QUIET, BOUNDS, slow_start=True)[0]
+    assert doubled.slots_per_s == min(SETTINGS.max_slots_per_s, 2 * level.slots_per_s)
+    readings = iter([QUIET, QUIET, STEP_UP, QUIET, QUIET])
+    gov = Governor(SETTINGS, BOUNDS, lambda since: next(readings), Journal(tmp_path / "journal.jsonl"))
+    rates = []
+    for t in range(5):
+        gov.tick(now=100.0 + t)
+        rates.append(gov.level.slots_per_s)
+    start = start_level(SETTINGS).slots_per_s
+    assert rates[:2] == [2 * start, 4 * start], "slow start doubles"
+    assert rates[2] == 2 * start, "a back-off halves"
+    assert np.allclose(np.diff(rates[2:]), BOUNDS.step), "after it, the ramp is additive"
+
+
 def test_a_step_up_in_p99_backs_off_within_one_interval_and_halves():
     level = Level(32.0, 16, 1000)
     lower, action, why = decide(level, STEP_UP, BOUNDS)
