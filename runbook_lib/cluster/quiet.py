@@ -21,6 +21,11 @@ HANDOVER_TAIL_S = 1.0
 """A slot counts as moving until this long after its hand-over (MOVED, topology refreshes follow it)."""
 
 
+FIRST_SPELL_S = 5.0
+"""The first spell comes this soon after the first batch starts (then every `every_s`): until there is a control the
+governor can only judge against the pre-move baseline, which the run's own load has often drifted from."""
+
+
 class QuietSpells:
     """The barrier the mover's workers pass before each group of slots: when a spell is due, every worker waits until
     all have arrived (or finished their slots), one of them keeps the spell, then all go on."""
@@ -44,11 +49,12 @@ class QuietSpells:
         return self.every_s > 0 and self.quiet_s > 0
 
     def start_batch(self, workers: int) -> None:
-        """A batch starts with this many workers; the first spell is due `every_s` after the first batch starts."""
+        """A batch starts with this many workers; the first spell is due `FIRST_SPELL_S` (at most `every_s`) after the
+        first batch starts."""
         with self._cond:
             self._workers, self._arrived = workers, 0
             if self._due is None:
-                self._due = self._now() + self.every_s
+                self._due = self._now() + min(self.every_s, FIRST_SPELL_S)
 
     def worker_done(self) -> None:
         """A worker has no slot left (or stopped): the others no longer wait for it."""

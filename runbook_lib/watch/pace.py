@@ -59,6 +59,10 @@ from runbook_lib.watch.throttle import GatePaused
 from runbook_lib.watch.timeline import inside, moving_windows, quiet_windows
 from runbook_lib.watch.verdict import MIN_BLOCKS, effective_blocks, p99_ratio_interval, time_blocks
 
+MIN_CONTROL_REQUESTS = 150
+"""The control stands as the reference from this many requests (one 2 s spell at the probe's 100 requests/s): its
+uncertainty is in the interval, and the baseline it replaces is the worse reference (the run's own load drifts
+from it)."""
 MIN_REQUESTS = 300
 """A window ramps only on at least this many client requests: a p99 rests on its few slowest (here 3)."""
 MIN_BACKOFF_REQUESTS = 100
@@ -279,10 +283,10 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict, clock: Callab
 
 def reference(control_ms: np.ndarray, control_ts: np.ndarray, base_ms: np.ndarray,
               base_ts: np.ndarray) -> tuple[str | None, np.ndarray, np.ndarray]:
-    """What the moving samples are judged against (pure): the control of the quiet spells once it has `MIN_REQUESTS`
-    and two seconds' worth of blocks (the verdict's `MIN_BLOCKS`), else the pre-move baseline when it has
-    `MIN_REQUESTS`, else nothing (None)."""
-    if len(control_ms) >= MIN_REQUESTS and effective_blocks(time_blocks(control_ts)) >= MIN_BLOCKS:
+    """What the moving samples are judged against (pure): the control of the quiet spells once it has
+    `MIN_CONTROL_REQUESTS` and two seconds' worth of blocks (the verdict's `MIN_BLOCKS`; one spell at the probe's
+    default rate), else the pre-move baseline when it has `MIN_REQUESTS`, else nothing (None)."""
+    if len(control_ms) >= MIN_CONTROL_REQUESTS and effective_blocks(time_blocks(control_ts)) >= MIN_BLOCKS:
         return "control", control_ms, control_ts
     if len(base_ms) >= MIN_REQUESTS:
         return "baseline", base_ms, base_ts

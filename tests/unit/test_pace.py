@@ -18,6 +18,7 @@ from runbook_lib.config import Gates, Migration
 from runbook_lib.watch.inflight import INFLIGHT_FILE, InFlight
 from runbook_lib.watch.pace import (
     MIN_BACKOFF_REQUESTS,
+    MIN_CONTROL_REQUESTS,
     MIN_REQUESTS,
     Bounds,
     Governor,
@@ -279,8 +280,10 @@ def test_no_reading_without_enough_samples_ever_ramps(rate, in_flight, keys, req
 
 def test_the_reference_is_the_control_once_it_has_enough_samples_else_the_baseline():
     base_ms, base_ts = np.ones(3000), 1000.0 + np.arange(3000) / 100
-    thin_ms, thin_ts = np.full(200, 2.0), 2000.0 + np.arange(200) / 100
+    thin_ms, thin_ts = np.full(MIN_CONTROL_REQUESTS - 1, 2.0), 2000.0 + np.arange(MIN_CONTROL_REQUESTS - 1) / 50
     assert reference(thin_ms, thin_ts, base_ms, base_ts)[0] == "baseline", "too few requests"
+    spell_ms, spell_ts = np.full(190, 2.0), 2000.0 + np.arange(190) / 95
+    assert reference(spell_ms, spell_ts, base_ms, base_ts)[0] == "control", "one 2 s spell at 100 requests/s"
     one_second_ms, one_second_ts = np.full(400, 2.0), 2000.0 + np.arange(400) / 1000
     assert reference(one_second_ms, one_second_ts, base_ms, base_ts)[0] == "baseline", "under two seconds of blocks"
     ok_ms, ok_ts = np.full(400, 2.0), 2000.0 + np.arange(400) / 100
@@ -343,9 +346,9 @@ def test_run_measure_judges_the_moving_samples_against_the_recent_quiet_spells(t
 def test_run_measure_falls_back_to_the_baseline_until_the_control_has_enough(tmp_path):
     now = time.time()
     run = RunFolder(tmp_path, now)
-    run.records([(now - 100, now - 70, 1.0), (now - 25, now - 23, 3.0), (now - 20, now - 1, 3.0)])
+    run.records([(now - 100, now - 70, 1.0), (now - 25, now - 24.2, 3.0), (now - 20, now - 1, 3.0)])
     run.event("quiet_start", 25)
-    run.event("quiet_end", 23)
+    run.event("quiet_end", 24.2)
     run.event("slots_open", 20, slots=[3])
     reading = run_measure(tmp_path, Gates(latency_budget_pct=10.0), {"since": now - 100, "ts": now - 70,
                                                                       "p99_ms": 1.0}, clock=lambda: now)(now - 19)

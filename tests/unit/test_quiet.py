@@ -68,3 +68,12 @@ def test_a_worker_that_finished_is_not_waited_for(tmp_path):
 def test_an_unended_spell_lasts_until_now():
     entries = [{"event": "quiet_start", "ts": 10.0}]
     assert quiet_windows(entries, now=13.0) == [(10.0, 13.0)]
+
+
+def test_the_first_spell_comes_soon_so_the_governor_has_a_control_early(tmp_path):
+    from runbook_lib.cluster.quiet import FIRST_SPELL_S
+    spells = QuietSpells(Journal(tmp_path / "journal.jsonl"), every_s=20.0, quiet_s=2.0, now=lambda: 100.0)
+    spells.start_batch(2)
+    spells.before_group()
+    assert spells.spells == 0, "not due yet"
+    assert spells._due == 100.0 + FIRST_SPELL_S < 100.0 + spells.every_s
