@@ -203,11 +203,14 @@ def window_p99(records: pd.DataFrame, moving: list[tuple[float, float]], quiet: 
         return []
     first = np.floor(moving[0][0] / window_s) * window_s
     last = moving[-1][1]
-    ts, lat = records["ts"].to_numpy(float), records["latency_ms"].to_numpy(float)
+    order = np.argsort(records["ts"].to_numpy(float), kind="stable")
+    ts, lat = records["ts"].to_numpy(float)[order], records["latency_ms"].to_numpy(float)[order]
+    starts = np.arange(first, last, window_s)
+    bounds = np.searchsorted(ts, np.append(starts, starts[-1] + window_s), side="left")
     out = []
-    for start in np.arange(first, last, window_s):
+    for i, start in enumerate(starts):
         end = start + window_s
-        part = lat[(ts >= start) & (ts < end)]
+        part = lat[bounds[i]:bounds[i + 1]]
         out.append({"start": float(start), "start_utc": _utc(start), "n": int(len(part)),
                     "p99_ms": float(np.percentile(part, 99)) if len(part) else None,
                     "moving_s": round(_overlap(moving, start, end), 2), "quiet_s": round(_overlap(quiet, start, end), 2)})
