@@ -30,10 +30,16 @@ def test_plan_refuses_a_port_it_cannot_encode():
         network.plan(80, 2)
 
 
-def test_hosts_file_block_is_added_replaced_and_removed(tmp_path, monkeypatch):
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n")
-    monkeypatch.setattr(network, "HOSTS_FILE", hosts)
+@pytest.fixture
+def hosts(tmp_path, monkeypatch):
+    """A hosts file holding only localhost, standing in for /etc/hosts."""
+    path = tmp_path / "hosts"
+    path.write_text("127.0.0.1 localhost\n")
+    monkeypatch.setattr(network, "HOSTS_FILE", path)
+    return path
+
+
+def test_hosts_file_block_is_added_replaced_and_removed(hosts):
     network._edit_hosts_file("# runbook sandbox /a", ["10.0.0.1 a.test"])
     network._edit_hosts_file("# runbook sandbox /b", ["10.0.0.2 b.test"])
     network._edit_hosts_file("# runbook sandbox /a", ["10.0.0.3 a.test"])
@@ -44,10 +50,7 @@ def test_hosts_file_block_is_added_replaced_and_removed(tmp_path, monkeypatch):
     assert hosts.read_text() == "127.0.0.1 localhost\n"
 
 
-def test_stale_blocks_naming_a_port_are_dropped_and_others_kept(tmp_path, monkeypatch):
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n")
-    monkeypatch.setattr(network, "HOSTS_FILE", hosts)
+def test_stale_blocks_naming_a_port_are_dropped_and_others_kept(hosts):
     network._edit_hosts_file("# runbook sandbox /gone", ["10.0.0.1 redis-1.rb7024.test"])
     network._edit_hosts_file("# runbook sandbox /live", ["10.0.0.2 redis-1.rb17024.test"])
     assert network._drop_host_names("rb7024")
