@@ -49,7 +49,8 @@ def window_from_now(seconds: float, outside: str = "wait") -> dict:
 
 def params_with(sb, name: str, window: dict):
     path = params_variant(sb, name, pace="fixed", slots_per_batch=64, allow_master_without_replica=True, client_learn_wait_s=0.0,
-                          warmup_slot=False, window=window, gates={**LOOSE_GATES, "baseline_s": 1.0})
+                          warmup_slot=False, window=window,
+                          gates={**LOOSE_GATES, "memory_pct": 100.0, "replication_lag_ms": 60000.0, "baseline_s": 1.0})
     text = path.read_text().replace("enabled: true", "enabled: false")
     path.write_text(text)
     return load_params(path)
