@@ -103,9 +103,13 @@ def test_a_run_started_outside_its_window_moves_nothing_then_moves_inside_it(san
     assert events(run_dir)[-1]["event"] == "migration_end" and events(run_dir)[-1]["remaining"] == len(
         the_plan.moves) - 64
 
-    again = migration.run(params, run_dir, observe(SEED, creds), journal, apply=True, progress=False,
-                          max_batches=1).batches
-    assert len(again) == 1 and new_master_slots(creds) == 128, "a second execution goes on where the first stopped"
+    second = migration.run(params, run_dir, observe(SEED, creds), journal, apply=True, progress=False, max_batches=1)
+    moved = new_master_slots(creds) - 64
+    slowed = [e["failing"] for e in events(run_dir) if e["event"] == "gate" and e["action"] == "slow down"]
+    assert len(second.batches) == 1 and second.batches[0].slots == moved > 0, (
+        f"a second execution goes on where the first stopped (gates that slowed it: {slowed})")
+    assert moved == 64 or slowed, "only a gate that failed on this busy machine may shrink the second batch"
+    assert events(run_dir)[-1]["remaining"] == len(the_plan.moves) - 64 - moved
 
 
 def test_outside_stop_stops_before_any_slot_moves(sandbox, tmp_path):
