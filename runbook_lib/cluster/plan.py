@@ -174,24 +174,52 @@ def estimate(plan: Plan, slot_bytes: dict[int, int] | None = None, rates: MoveRa
             "pause_s": pause_s, "max_slots_per_s": max_slots_per_s, "bytes_known": slot_bytes is not None}
 
 
-def paced_estimate(plan: Plan, settings: Migration, achieved: dict | None, source: str = "") -> dict:
-    """The time a budget pace needs for the plan: at the slots/s and keys/s the last migration on this cluster
-    achieved (`achieved`, from the journal of run folder `source`), else at the cautious start pace
-    (`start_slots_per_s`), whichever of slots and keys takes longer; the record says which (pure)."""
+def paced_estimate(plan: Plan, settings: Migration, achieved: dict | None, source: str = "",
+                   slot_bytes: dict[int, int] | None = None) -> dict:
+    """The time a budget pace needs for the plan: at the slots/s, keys/s and (with bytes per slot from the big-key
+    scan) bytes/s the last migration on this cluster achieved (`achieved`, from the journal of run folder `source`),
+    else at the cautious start pace (`start_slots_per_s`), whichever of them takes longest; the record says which
+    (pure)."""
     keys = sum(plan.keys_per_slot.get(m.slot, 0) for m in plan.moves)
+    nbytes = sum(slot_bytes.get(m.slot, 0) for m in plan.moves) if slot_bytes is not None else None
     slots = len(plan.moves)
     if achieved:
-        seconds = max(slots / achieved["slots_per_s"], keys / achieved["keys_per_s"] if achieved["keys_per_s"] else 0)
-        basis = (f"at the pace the budget allowed in the last migration on this cluster (run {source}: "
-                 f"{achieved['slots_per_s']:.1f} slots/s, {achieved['keys_per_s']:,.0f} keys/s over "
-                 f"{achieved['seconds']:.0f} s)")
+        by = {"slots": slots / achieved["slots_per_s"],
+              "keys": keys / achieved["keys_per_s"] if achieved["keys_per_s"] else 0.0,
+              "bytes": nbytes / achieved["bytes_per_s"] if nbytes and achieved.get("bytes_per_s") else 0.0}
+        seconds = max(by.values())
+        rate = (f"{achieved['slots_per_s']:.1f} slots/s, {achieved['keys_per_s']:,.0f} keys/s"
+                + (f", {achieved['bytes_per_s'] / 1e6:,.2f} MB/s" if achieved.get("bytes_per_s") else ""))
+        basis = (f"at the pace the budget allowed in the last migration on this cluster (run {source}: {rate} over "
+                 f"{achieved['seconds']:.0f} s); its {max(by, key=by.get)} take longest")
     else:
         seconds = slots / settings.start_slots_per_s
         basis = (f"at the cautious start pace ({settings.start_slots_per_s:g} slots/s, "
                  "`migration.start_slots_per_s`): no earlier migration on this cluster was found in the report "
                  "folder; the governor ramps up from there while the budget holds, so this errs long")
-    return {"seconds": seconds, "slots": slots, "keys": keys, "basis": basis, "achieved": achieved,
+    return {"seconds": seconds, "slots": slots, "keys": keys, "bytes": nbytes, "basis": basis, "achieved": achieved,
             "from_run": source or None}
+
+
+DUTY_CYCLES_PCT = (1.0, 5.0, 10.0, 25.0)
+"""The duty cycles the 30_plan table prices: 1 % is what p99 tolerates when a MIGRATE blocks a source for longer
+than the budget's headroom (about one request in a hundred may meet one)."""
+
+
+def duty_table(plan: Plan, slot_bytes: dict[int, int], bytes_per_blocked_s: float,
+               duties_pct: tuple[float, ...] = DUTY_CYCLES_PCT) -> list[dict]:
+    """How long the MIGRATEs alone need at each duty cycle (the share of time a source may spend blocked by them):
+    each source's bytes at `bytes_per_blocked_s` (measured in an earlier migration on this cluster), spread so that
+    it is blocked at most that share of the time, the sources in parallel (pure). A floor: slot hand-overs, the quiet
+    spells and the governor's back-offs add to it."""
+    per_source: dict[str, int] = {}
+    for m in plan.moves:
+        per_source[m.source] = per_source.get(m.source, 0) + slot_bytes.get(m.slot, 0)
+    heaviest = max(per_source.values(), default=0)
+    blocked_s = heaviest / bytes_per_blocked_s if bytes_per_blocked_s > 0 else 0.0
+    return [{"duty_cycle_pct": d, "heaviest_source_MB": round(heaviest / 1e6, 1),
+             "seconds_blocked": round(blocked_s, 1), "at_least_s": round(blocked_s / (d / 100), 0)}
+            for d in duties_pct]
 
 
 def describe_estimate(record: dict) -> str:

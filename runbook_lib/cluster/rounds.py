@@ -53,13 +53,18 @@ class Rounds:
     def settings(self) -> Migration:
         return self._settings()
 
-    def migrate(self, src_id: str, migrates: list[tuple], then: list[tuple], weights: list[int] | None = None) -> list:
+    def migrate(self, src_id: str, migrates: list[tuple], then: list[tuple],
+                weights: list[int] | None = None) -> tuple[list, list[float]]:
         """MIGRATEs at most `migrates_per_round_trip` per round trip, then `then` with the last: a source serves its
         clients between rounds. A client timeout counts as a failed MIGRATE for the commands of its round. With
-        `weights` (bytes per MIGRATE) each round measures the source's MIGRATE throughput."""
+        `weights` (bytes per MIGRATE) each round measures the source's MIGRATE throughput.
+
+        Returns the replies and each round's seconds: the source runs a round's MIGRATEs back to back and serves no
+        client meanwhile, so a round's time (the round trip from here included) bounds how long it blocked."""
         depth = self.settings.migrates_per_round_trip
         rounds = [list(range(i, min(i + depth, len(migrates)))) for i in range(0, len(migrates), depth)] or [[]]
         out: list = []
+        blocked: list[float] = []
         for n, indices in enumerate(rounds):
             commands = [migrates[i] for i in indices] + (then if n == len(rounds) - 1 else [])
             started = time.monotonic()
@@ -69,11 +74,15 @@ class Rounds:
                 if not isinstance(e.__cause__, redis.TimeoutError):
                     raise
                 out.extend([e.__cause__] * len(commands))
+                blocked.append(time.monotonic() - started)
                 continue
+            seconds = time.monotonic() - started
+            if indices:
+                blocked.append(seconds)
             if weights:
-                self._measured(src_id, sum(weights[i] for i in indices), time.monotonic() - started)
+                self._measured(src_id, sum(weights[i] for i in indices), seconds)
             failpoint("drain.round")
-        return out
+        return out, blocked
 
     def _measured(self, src_id: str, nbytes: int, seconds: float) -> None:
         """Fold one round's bytes per second into the source's MIGRATE throughput (EWMA, weight 0.3); rounds too

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from runbook_lib.run import verdict_table
 from runbook_lib.run.audit import RESULTS_DIR
+from runbook_lib.sections import plan as planning
 from runbook_lib.watch.acceptance import ACCEPTANCE_FILE
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -121,6 +122,9 @@ def write_index(run_dir: Path, ran: list[SectionResult], sections: list[str]) ->
     others = "".join(_figure(c.stem, CHART_CAPTIONS.get(c.stem, c.stem))
                      for c in sorted(charts_dir.glob("*.png")) if c.stem not in VERDICT_CHARTS)
     source = _verdict_source(run_dir)
+    duration = planning.estimate_against_actual(run_dir)
+    duration_html = (f"<h2>Duration</h2><p>{html.escape(planning.estimate_text_after(duration))}</p>"
+                     if duration else "")
     artifacts = sorted(p for p in run_dir.glob("*") if p.suffix in (".json", ".jsonl", ".csv", ".txt", ".yml", ".yaml") or p.is_dir())
     statuses = [done[n].status for n in planned if n in done]
     overall = "FAIL" if "fail" in statuses else ("PASS" if len(statuses) == len(planned) else "INCOMPLETE")
@@ -135,6 +139,7 @@ of {len(planned)} run.</p>
 <h2>Sections</h2>
 <table class="sections"><tr><th>section</th><th>verdict</th><th>summary</th><th>executed</th></tr>
 {''.join(rows)}</table>
+{duration_html}
 <h2>Other charts</h2>{others or '<p>none</p>'}
 <h2>Artifacts</h2><ul>{''.join(f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>' for p in artifacts)}</ul>
 <h2>Audit</h2><p>Who ran which code where and when: <a href="provenance.json">provenance.json</a>; the params as

@@ -16,11 +16,13 @@ from runbook_lib.cluster.journal import Journal
 from runbook_lib.cluster.migrate import migrate, summary
 from runbook_lib.cluster.mover import BatchResult
 from runbook_lib.cluster.plan import Plan
-from runbook_lib.cluster.topology import Topology
+from runbook_lib.cluster.topology import Topology, names
 from runbook_lib.config import Params, new_master_addresses, replicas_pending
 from runbook_lib.sections import nodes, validate
 from runbook_lib.sections import plan as planning
 from runbook_lib.watch.journal_progress import follow
+from runbook_lib.watch.migrate_cost import COLUMNS as COST_COLUMNS
+from runbook_lib.watch.migrate_cost import migrate_costs
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.probe_stats import latency_stats, per_batch
 from runbook_lib.watch.timeline import batch_windows, pace_series
@@ -104,6 +106,13 @@ def execution_table(run_dir: Path, moved: MigrationResult) -> pd.DataFrame:
         row |= {"requests": stats["ops"], "failed requests": stats["errors"], "p99_ms": round(stats["p99_ms"], 3),
                 "baseline_p99_ms": round(base, 3), "p99_vs_baseline_pct": round((stats["p99_ms"] / base - 1) * 100, 1)}
     return pd.DataFrame([row])
+
+
+def migrate_cost_table(run_dir: Path, topo: Topology) -> pd.DataFrame:
+    """What each source's MIGRATEs cost in this run folder (`migrate_cost.migrate_costs`): MIGRATEs, MB, seconds the
+    source was blocked, the longest round, and the duty cycle against the seconds slots moved."""
+    rows = migrate_costs(Journal(run_dir / "journal.jsonl").entries(), names(topo))
+    return pd.DataFrame(rows, columns=COST_COLUMNS)
 
 
 PACE_TABLE = ["utc", "batch", "action", "slots_per_s", "slots_in_flight", "keys_per_migrate", "requests", "ratio",

@@ -3,8 +3,11 @@ before any slot moves (big keys in the slots to move, each new master's replica)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from runbook_lib.checks import Check
 from runbook_lib.cluster import plan as slot_plan
@@ -14,6 +17,7 @@ from runbook_lib.cluster.plan import Plan
 from runbook_lib.cluster.topology import Topology, named, names
 from runbook_lib.config import Params, new_master_addresses
 from runbook_lib.sections import bigkeys, nodes
+from runbook_lib.watch.migrate_cost import blocked_rate
 from runbook_lib.watch.timeline import achieved_pace
 
 
@@ -93,8 +97,18 @@ def estimate(params: Params, run_dir: Path, plan: Plan, topo: Topology, slot_byt
                                 max_slots_per_s=settings.max_slots_per_s if settings.pace == "fixed" else 0.0)
     if settings.pace == "budget":
         achieved, source = last_pace(params.report_dir, set(topo.nodes), exclude=run_dir)
-        record.update(slot_plan.paced_estimate(plan, settings, achieved, source))
+        record.update(slot_plan.paced_estimate(plan, settings, achieved, source, slot_bytes))
+        cost = achieved.get("migrate_cost") if achieved else None
+        if cost and slot_bytes is not None:
+            record["duty_table"] = slot_plan.duty_table(plan, slot_bytes, cost["bytes_per_blocked_s"])
     return record
+
+
+def duty_frame(found: PlanReport) -> pd.DataFrame:
+    """30_plan's table of duty cycle against the time the MIGRATEs alone need (empty without an earlier migration on
+    this cluster that recorded its MIGRATE cost, or without preflight's bytes per slot)."""
+    return pd.DataFrame(found.estimate.get("duty_table", []),
+                        columns=["duty_cycle_pct", "heaviest_source_MB", "seconds_blocked", "at_least_s"])
 
 
 def last_pace(report_dir: Path, node_ids: set[str], exclude: Path | None = None) -> tuple[dict | None, str]:
@@ -105,9 +119,36 @@ def last_pace(report_dir: Path, node_ids: set[str], exclude: Path | None = None)
         if exclude is not None and journal.parent.resolve() == Path(exclude).resolve():
             continue
         try:
-            pace = achieved_pace(Journal(journal).entries())
+            entries = list(Journal(journal).entries())
+            pace = achieved_pace(entries)
         except (OSError, ValueError, KeyError):
             continue
+        if pace:
+            pace["migrate_cost"] = blocked_rate(entries)
         if pace and set(pace["nodes"]) & node_ids and (best is None or pace["ended"] > best[0]):
             best = (pace["ended"], pace, journal.parent.name)
     return (best[1], best[2]) if best else (None, "")
+
+
+def estimate_against_actual(run_dir: Path) -> dict | None:
+    """30_plan's estimate (its `plan-estimate.json`) beside what the run's migration took (from its journal: first
+    slot opened to last handed over), for the report; None when the folder lacks either."""
+    path = Path(run_dir) / "plan-estimate.json"
+    if not path.exists():
+        return None
+    estimated = json.loads(path.read_text())
+    actual = achieved_pace(Journal(Path(run_dir) / "journal.jsonl").entries())
+    if actual is None or not estimated.get("seconds"):
+        return None
+    ratio = actual["seconds"] / estimated["seconds"]
+    return {"estimated_s": estimated["seconds"], "actual_s": actual["seconds"], "actual_over_estimate": ratio,
+            "basis": estimated.get("basis", "the mover's measured costs at the fixed pace"),
+            "within_2x": 0.5 <= ratio <= 2.0, "slots": actual["slots"], "keys": actual["keys"],
+            "bytes": actual["bytes"]}
+
+
+def estimate_text_after(found: dict) -> str:
+    """The estimate against the actual in one sentence."""
+    return (f"30_plan estimated {found['estimated_s']:.0f} s; the slots moved in {found['actual_s']:.0f} s "
+            f"(x{found['actual_over_estimate']:.2f} the estimate, "
+            + ("within" if found["within_2x"] else "outside") + f" a factor of 2). The estimate was {found['basis']}.")

@@ -180,9 +180,9 @@ def pace_series(entries: Iterable[dict], latencies: pd.DataFrame | None = None, 
 
 
 def achieved_pace(entries: Iterable[dict]) -> dict | None:
-    """What a finished migration achieved while slots moved: slots and keys, the seconds from its first slot
-    opened to its last handed over, slots/s, keys/s, and the node ids it moved from and to (None when nothing was
-    handed over); pure."""
+    """What a finished migration achieved while slots moved: slots, keys and bytes (MEMORY USAGE of what the
+    MIGRATEs carried), the seconds from its first slot opened to its last handed over, slots/s, keys/s, bytes/s, and
+    the node ids it moved from and to (None when nothing was handed over); pure."""
     entries = list(entries)
     assigned = [e for e in entries if e.get("event") == "slots_assigned"]
     opened = [float(e["ts"]) for e in entries if e.get("event") == "slots_open"]
@@ -190,9 +190,12 @@ def achieved_pace(entries: Iterable[dict]) -> dict | None:
         return None
     seconds = max(float(e["ts"]) for e in assigned) - min(opened)
     slots = sum(len(e["slots"]) for e in assigned)
-    keys = sum(sum(int(n) for n in e["slots"].values()) for e in entries if e.get("event") == "keys_migrated")
+    drained = [e for e in entries if e.get("event") == "keys_migrated"]
+    keys = sum(sum(int(n) for n in e["slots"].values()) for e in drained)
+    nbytes = sum(int(e.get("bytes", 0)) for e in drained)
     if seconds <= 0 or slots < 2:
         return None
     nodes = sorted({e[k] for e in assigned for k in ("source", "target") if e.get(k)})
-    return {"slots": slots, "keys": keys, "seconds": round(seconds, 2), "slots_per_s": slots / seconds,
-            "keys_per_s": keys / seconds, "nodes": nodes, "ended": max(float(e["ts"]) for e in assigned)}
+    return {"slots": slots, "keys": keys, "bytes": nbytes, "seconds": round(seconds, 2), "slots_per_s": slots / seconds,
+            "keys_per_s": keys / seconds, "bytes_per_s": nbytes / seconds, "nodes": nodes,
+            "started": min(opened), "ended": max(float(e["ts"]) for e in assigned)}

@@ -529,7 +529,7 @@ def test_crash_at_the_point_then_resume(matrix, point: Failpoint, hit: int):
         p.log.append(f"journal stops at {last}")
         resumed = matrix.resume(p, take_over=scenario in ("close", "owner_told"))
         assert resumed.returncode == 0, (f"resume failed:\n{resumed.stdout}\n{resumed.stderr}\n"
-                                         f"{journal_tail(p.run_dir)}\n{_seen_lost(p)}")
+                                         f"{journal_tail(p.run_dir)}\n{_seen_lost(p)}\n{_views(matrix)}")
         matrix.check(p)
     finally:
         if p.writers is not None:
@@ -627,11 +627,36 @@ def test_master_killed_at_the_point_then_resume(matrix, point: Failpoint | None,
         resumed = matrix.resume(p)
         assert resumed.returncode == 0, (f"resume failed after the {victim} master was killed at {name} (run: exit "
                                          f"{code}, {out[-1500:]}):\n{resumed.stdout}\n{resumed.stderr}\n"
-                                         f"{journal_tail(p.run_dir)}\n{_seen_lost(p)}")
+                                         f"{journal_tail(p.run_dir)}\n{_seen_lost(p)}\n{_views(matrix)}")
         matrix.check(p)
     finally:
         if p.writers is not None:
             p.writers.stop()
+
+
+def _views(matrix: Matrix) -> str:
+    """Each node's role, cluster_state and the slots its view gives an owner other than the masters' own claims
+    (for a failure message: a node that answers CLUSTERDOWN says why here)."""
+    try:
+        topo = matrix.topo()
+    except Exception as e:  # the cluster cannot be read at all: say so rather than hide the failure behind this
+        return f"the cluster could not be observed: {e}"
+    owners = topo.owners()
+    lines = ["each node's view:"]
+    for node in sorted(topo.nodes.values(), key=lambda n: n.address):
+        view = topo.views.get(node.id)
+        try:
+            info = node_client(node.address, matrix.creds).execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            state = " ".join(w for w in text.split() if w.startswith(("cluster_state", "cluster_slots_")))
+        except Exception as e:  # a node down or refusing: its line says so
+            state = f"unreachable: {e}"
+        failing = sorted(e.address for e in view.entries.values() if not e.healthy) if view else []
+        wrong = [slot for slot, seen in enumerate(view.owners()) if seen != owners[slot]] if view else []
+        lines.append(f"  {node.address} {'master' if node.is_master else 'replica'} {state}; sees failing: "
+                     f"{failing or 'none'}; {len(wrong)} slots seen with another owner"
+                     f"{': ' + str(wrong[:10]) if wrong else ''}")
+    return "\n".join(lines)
 
 
 def _seen_lost(p: Point) -> str:

@@ -272,3 +272,28 @@ def test_quiet_spells_leave_no_slot_open_and_start_after_the_handover_tail(clust
             assert entry["ts"] - last_handover >= entry["tail_s"] - 0.01, "the spell began inside the hand-over tail"
     owners = observe(seed, sb.credentials()).slots_by_master()[target]
     assert {m.slot for m in moves} <= set(owners)
+
+
+def test_each_drain_records_what_its_migrates_carried_and_how_long_they_blocked_the_source(cluster, tmp_path):
+    from runbook_lib.cluster.plan import Move, Plan
+    from runbook_lib.watch.migrate_cost import blocked_rate, migrate_costs
+    sb, seed, new = cluster
+    topo = observe(seed, sb.credentials())
+    target = topo.by_address(new).id
+    sources = {source: sorted(slots)[:2] for source, slots in topo.slots_by_master().items() if source != target}
+    for slots in sources.values():
+        for slot in slots:
+            fill_slot(sb, seed, slot, 30, prefix="cost")
+    moves = [Move(slot, source, target) for source, slots in sources.items() for slot in slots]
+    journal = Journal(tmp_path / "journal.jsonl")
+    Mover(observe(seed, sb.credentials()), sb.credentials(), SETTINGS.model_copy(update={"keys_per_migrate": 10}),
+          journal).run(Plan([moves], {}, {}, {}), progress=False)
+    drains = [e for e in journal.entries() if e["event"] == "keys_migrated" and e["slots"]]
+    assert drains and all(e["migrates"] >= 1 and e["bytes"] > 0 and 0 < e["max_block_ms"] <= e["block_ms"]
+                          for e in drains), drains
+    assert sum(sum(e["slots"].values()) for e in drains) >= 30 * len(moves)
+    rows = migrate_costs(journal.entries())
+    assert {r["source"] for r in rows} == set(sources)
+    assert all(r["migrates"] >= 6 and r["MB"] > 0 and 0 < r["duty_pct"] <= 100 for r in rows), rows
+    cost = blocked_rate(journal.entries())
+    assert cost["bytes"] == sum(e["bytes"] for e in drains) and cost["bytes_per_blocked_s"] > 0

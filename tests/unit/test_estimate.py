@@ -106,3 +106,46 @@ def test_achieved_pace_reads_what_a_journal_moved():
     assert pace["slots"] == 6 and pace["seconds"] == 10.0 and pace["slots_per_s"] == pytest.approx(0.6)
     assert pace["keys_per_s"] == pytest.approx(4.0) and pace["nodes"] == ["a", "b", "d"]
     assert achieved_pace(entries[:1]) is None
+
+
+def test_with_bytes_per_slot_the_bytes_the_last_migration_moved_per_second_can_set_the_estimate():
+    from runbook_lib.cluster.plan import paced_estimate
+    from runbook_lib.config import Migration
+    the_plan = plan_expansion(three_masters(), ["d"], 256, keys_per_slot={s: 10 for s in range(SLOTS)})
+    slot_bytes = {m.slot: 100_000 for m in the_plan.moves}
+    achieved = {"slots_per_s": 40.0, "keys_per_s": 200.0, "bytes_per_s": 1e6, "seconds": 100.0}
+    record = paced_estimate(the_plan, Migration(preset="budget"), achieved, "r1", slot_bytes)
+    assert record["seconds"] == pytest.approx(len(the_plan.moves) * 100_000 / 1e6)
+    assert record["bytes"] == len(the_plan.moves) * 100_000 and "its bytes take longest" in record["basis"]
+    assert "1.00 MB/s" in record["basis"]
+    without = paced_estimate(the_plan, Migration(preset="budget"), achieved, "r1")
+    assert without["seconds"] == pytest.approx(len(the_plan.moves) * 10 / 200.0) and without["bytes"] is None
+
+
+def test_the_duty_table_spreads_the_heaviest_sources_blocked_time_over_the_duty_cycle():
+    from runbook_lib.cluster.plan import duty_table
+    the_plan = plan_expansion(three_masters(), ["d"], 256)
+    heavy = next(iter({m.source for m in the_plan.moves}))
+    slot_bytes = {m.slot: 3_000_000 if m.source == heavy else 1_000 for m in the_plan.moves}
+    rows = duty_table(the_plan, slot_bytes, bytes_per_blocked_s=30e6, duties_pct=(1.0, 10.0))
+    heaviest = sum(slot_bytes[m.slot] for m in the_plan.moves if m.source == heavy)
+    assert rows[0]["seconds_blocked"] == pytest.approx(heaviest / 30e6, abs=0.1)
+    assert rows[0]["at_least_s"] == pytest.approx(100 * heaviest / 30e6, abs=1)
+    assert rows[1]["at_least_s"] == pytest.approx(rows[0]["at_least_s"] / 10, abs=1)
+
+
+def test_the_report_sets_the_estimate_against_what_the_migration_took(tmp_path):
+    import json
+
+    from runbook_lib.sections.plan import estimate_against_actual, estimate_text_after
+    assert estimate_against_actual(tmp_path) is None, "no estimate, no line"
+    (tmp_path / "plan-estimate.json").write_text(json.dumps({"seconds": 40.0, "basis": "at the cautious start pace"}))
+    entries = [{"event": "slots_open", "ts": 100.0, "slots": [1, 2]},
+               {"event": "keys_migrated", "ts": 101.0, "slots": {"1": 30}, "bytes": 3000},
+               {"event": "slots_assigned", "ts": 200.0, "slots": [1, 2], "source": "a", "target": "d"}]
+    (tmp_path / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    found = estimate_against_actual(tmp_path)
+    assert found["actual_s"] == 100.0 and found["actual_over_estimate"] == pytest.approx(2.5)
+    assert not found["within_2x"] and "outside a factor of 2" in estimate_text_after(found)
+    (tmp_path / "plan-estimate.json").write_text(json.dumps({"seconds": 80.0}))
+    assert estimate_against_actual(tmp_path)["within_2x"]
