@@ -18,7 +18,7 @@ from runbook_lib.cluster.topology import Topology, named, names
 from runbook_lib.config import Params, new_master_addresses
 from runbook_lib.sections import bigkeys, nodes
 from runbook_lib.watch.migrate_cost import blocked_rate
-from runbook_lib.watch.timeline import achieved_pace
+from runbook_lib.watch.timeline import achieved_pace, migrations
 
 
 @dataclass
@@ -112,21 +112,22 @@ def duty_frame(found: PlanReport) -> pd.DataFrame:
 
 
 def last_pace(report_dir: Path, node_ids: set[str], exclude: Path | None = None) -> tuple[dict | None, str]:
-    """The pace the newest earlier migration on this cluster achieved (a run folder under `report_dir` whose
-    journal moved slots between nodes with these ids), and the folder it came from; (None, "") when there is none."""
+    """The pace the newest earlier migration on this cluster achieved (an expansion or a rollback in a run folder
+    under `report_dir` whose journal moved slots between nodes with these ids), with its MIGRATE cost, and the folder
+    it came from; (None, "") when there is none."""
     best: tuple[float, dict, str] | None = None
     for journal in Path(report_dir).glob("*/journal.jsonl"):
         if exclude is not None and journal.parent.resolve() == Path(exclude).resolve():
             continue
         try:
-            entries = list(Journal(journal).entries())
-            pace = achieved_pace(entries)
+            parts = migrations(Journal(journal).entries()).values()
+            paces = [(achieved_pace(part), part) for part in parts]
         except (OSError, ValueError, KeyError):
             continue
-        if pace:
-            pace["migrate_cost"] = blocked_rate(entries)
-        if pace and set(pace["nodes"]) & node_ids and (best is None or pace["ended"] > best[0]):
-            best = (pace["ended"], pace, journal.parent.name)
+        for pace, part in paces:
+            if pace and set(pace["nodes"]) & node_ids and (best is None or pace["ended"] > best[0]):
+                pace["migrate_cost"] = blocked_rate(part)
+                best = (pace["ended"], pace, journal.parent.name)
     return (best[1], best[2]) if best else (None, "")
 
 
@@ -137,7 +138,7 @@ def estimate_against_actual(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     estimated = json.loads(path.read_text())
-    actual = achieved_pace(Journal(Path(run_dir) / "journal.jsonl").entries())
+    actual = achieved_pace(migrations(Journal(Path(run_dir) / "journal.jsonl").entries())["expansion"])
     if actual is None or not estimated.get("seconds"):
         return None
     ratio = actual["seconds"] / estimated["seconds"]

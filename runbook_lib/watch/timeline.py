@@ -179,6 +179,14 @@ def pace_series(entries: Iterable[dict], latencies: pd.DataFrame | None = None, 
     return out
 
 
+def migrations(entries: Iterable[dict]) -> dict[str, list[dict]]:
+    """A run folder's journal cut at its first `rollback_start`: the expansion's entries and the rollback's (empty
+    when there was none), so each is timed on its own (pure)."""
+    entries = list(entries)
+    cut = next((i for i, e in enumerate(entries) if e.get("event") == "rollback_start"), len(entries))
+    return {"expansion": entries[:cut], "rollback": entries[cut:]}
+
+
 def achieved_pace(entries: Iterable[dict]) -> dict | None:
     """What a finished migration achieved while slots moved: slots, keys and bytes (MEMORY USAGE of what the
     MIGRATEs carried), the seconds from its first slot opened to its last handed over, slots/s, keys/s, bytes/s, and

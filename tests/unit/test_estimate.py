@@ -149,3 +149,27 @@ def test_the_report_sets_the_estimate_against_what_the_migration_took(tmp_path):
     assert not found["within_2x"] and "outside a factor of 2" in estimate_text_after(found)
     (tmp_path / "plan-estimate.json").write_text(json.dumps({"seconds": 80.0}))
     assert estimate_against_actual(tmp_path)["within_2x"]
+
+
+def test_a_folder_that_expanded_then_rolled_back_is_timed_per_migration(tmp_path):
+    import json
+
+    from runbook_lib.sections.plan import estimate_against_actual, last_pace
+    expansion = [{"event": "slots_open", "ts": 100.0, "slots": [1, 2]},
+                 {"event": "keys_migrated", "ts": 101.0, "slots": {"1": 30}, "bytes": 3000, "block_ms": 10.0,
+                  "migrates": 3, "source": "a", "target": "d"},
+                 {"event": "slots_assigned", "ts": 110.0, "slots": [1, 2], "source": "a", "target": "d"}]
+    rollback = [{"event": "rollback_start", "ts": 1000.0},
+                {"event": "slots_open", "ts": 1000.0, "slots": [1, 2]},
+                {"event": "keys_migrated", "ts": 1001.0, "slots": {"1": 30}, "bytes": 3000, "block_ms": 30.0,
+                 "migrates": 3, "source": "d", "target": "a"},
+                {"event": "slots_assigned", "ts": 1040.0, "slots": [1, 2], "source": "d", "target": "a"}]
+    run = tmp_path / "reports" / "r1"
+    run.mkdir(parents=True)
+    (run / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in expansion + rollback))
+    (run / "plan-estimate.json").write_text(json.dumps({"seconds": 20.0}))
+    assert estimate_against_actual(run)["actual_s"] == 10.0, "the expansion alone, not through its rollback"
+    pace, source = last_pace(tmp_path / "reports", {"a", "d"})
+    assert source == "r1" and pace["seconds"] == 40.0, "the newest migration in the folder: its rollback"
+    assert pace["migrate_cost"]["blocked_s"] == pytest.approx(0.03)
+    assert last_pace(tmp_path / "reports", {"x"}) == (None, "")
