@@ -94,10 +94,10 @@ class NewMaster(_Section):
 
 PRESETS = {
     "budget": {"pace": "budget", "slots_per_batch": 256, "slots_in_flight": 16, "migrates_per_round_trip": 4,
-               "keys_per_migrate": 1000, "max_slots_per_s": 64.0},
+               "keys_per_migrate": 1000, "max_slots_per_s": 64.0, "max_duty_pct": 1.0},
     "fast": {"pace": "fixed"},
     "gentle": {"pace": "fixed", "slots_per_batch": 32, "slots_in_flight": 1, "migrates_per_round_trip": 1,
-               "keys_per_migrate": 100, "pause_between_batches_s": 0.0, "max_slots_per_s": 5.0},
+               "keys_per_migrate": 100, "pause_between_batches_s": 0.0, "max_slots_per_s": 5.0, "max_duty_pct": 1.0},
 }
 DEFAULT_PRESET = "budget"
 
@@ -152,6 +152,13 @@ class Migration(_Section):
     slowed only by failing gates between batches. Every MIGRATE carries at most what the source sends in
     `max_migrate_ms` at its measured throughput (0: keys only), big values alone.
 
+    A source serves no client while a round of MIGRATEs runs. With `max_duty_pct` (presets `budget` and `gentle`:
+    1 %; 0: no spacing) each source rests after a round so that rounds blocking it longer than
+    `migrate_headroom_ms` take at most that share of its time: a request meeting one waits longer than the budget
+    allows, and p99 tolerates about one request in a hundred doing so. A round within the headroom is not spaced.
+    Under the budget pace the governor sets the headroom from the baseline p99 and `gates.latency_budget_pct` unless
+    params give one.
+
     `max_slots_per_s` spreads slot moves evenly in time over all sources (0: as fast as they go): clients meet one
     short disturbance at a time instead of bursts. `allow_master_without_replica` lets slots move to a new master
     whose replica is not in sync (attached by 25_add_replicas before the first slot moves): its keys then live in
@@ -176,6 +183,8 @@ class Migration(_Section):
     start_slots_per_s: float = Field(2.0, gt=0)
     min_slots_per_s: float = Field(0.5, gt=0)
     max_migrate_ms: float = Field(20.0, ge=0)
+    max_duty_pct: float = Field(0.0, ge=0, le=100)
+    migrate_headroom_ms: float = Field(0.0, ge=0)
     warmup_slot: bool = True
     convergence_timeout_s: float = Field(60.0, gt=0)
     allow_master_without_replica: bool = False

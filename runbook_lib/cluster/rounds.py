@@ -1,11 +1,15 @@
 """The MIGRATE rounds of a drain and their byte pacing: keys cut into MIGRATEs of at most `keys_per_migrate` keys and,
 with `max_migrate_ms`, of the bytes a source moves in that time at its measured throughput (allowed big keys alone,
 with their own timeout); at most `migrates_per_round_trip` MIGRATEs per round trip, so a source serves its clients
-between rounds; each round timed to measure the source's MIGRATE throughput."""
+between rounds; each round timed to measure the source's MIGRATE throughput and, with `max_duty_pct`, followed by a
+rest that keeps the share of time the source is blocked within the duty cycle (`duty_for`)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import redis
@@ -37,6 +41,38 @@ def chunk_by_bytes(keys: list[bytes], sizes: dict[bytes, int], limit: int | None
     return runs
 
 
+def duty_for(block_s: float, headroom_s: float, max_duty_pct: float) -> float:
+    """The share of its time a source may spend in rounds that block it for `block_s` each (pure).
+
+    A request that arrives during a round waits for the rest of it: uniformly up to `block_s`. With a share d of the
+    time blocked, about a share d of requests wait, and the p99 of their wait is `block_s * (1 - 0.01 / d)`; keeping
+    that within the headroom the budget leaves gives d <= 1 % / (1 - headroom / block). So a round within the headroom
+    needs no rest (1.0), a much longer one tends to `max_duty_pct` (no headroom known: `max_duty_pct`), and 0 turns
+    the spacing off (1.0)."""
+    if max_duty_pct <= 0 or block_s <= 0:
+        return 1.0
+    if headroom_s <= 0:
+        return max_duty_pct / 100
+    if block_s <= headroom_s:
+        return 1.0
+    return min(1.0, (max_duty_pct / 100) / (1 - headroom_s / block_s))
+
+
+def rest_after(block_s: float, duty: float) -> float:
+    """The rest after a round of `block_s` that keeps the source's blocked share at `duty` (pure)."""
+    return 0.0 if duty >= 1.0 else block_s * (1 / duty - 1)
+
+
+@dataclass
+class RoundTimes:
+    """What a drain's rounds cost their source: each round's seconds (a bound on how long it blocked the source:
+    the source runs a round's MIGRATEs back to back and serves no client meanwhile, the round trip from here
+    included) and the seconds waited for the source's rest before them."""
+
+    blocked: list[float] = field(default_factory=list)
+    rested: float = 0.0
+
+
 class Rounds:
     """MIGRATE rounds from source masters, sized and timed by each source's throughput; `settings` gives the pace's
     settings of the moment, `threshold` and `allowed` the big-key params."""
@@ -48,41 +84,68 @@ class Rounds:
         self.threshold = threshold
         self.allowed = allowed
         self._throughput: dict[str, float] = {}
+        self._turns: dict[str, threading.Lock] = {}
+        self._free_at: dict[str, float] = {}
+        self._guard = threading.Lock()
 
     @property
     def settings(self) -> Migration:
         return self._settings()
 
     def migrate(self, src_id: str, migrates: list[tuple], then: list[tuple],
-                weights: list[int] | None = None) -> tuple[list, list[float]]:
+                weights: list[int] | None = None) -> tuple[list, RoundTimes]:
         """MIGRATEs at most `migrates_per_round_trip` per round trip, then `then` with the last: a source serves its
         clients between rounds. A client timeout counts as a failed MIGRATE for the commands of its round. With
-        `weights` (bytes per MIGRATE) each round measures the source's MIGRATE throughput.
+        `weights` (bytes per MIGRATE) each round measures the source's MIGRATE throughput. With `max_duty_pct` the
+        rounds to one source go one at a time, each after the source's rest (`duty_for`).
 
-        Returns the replies and each round's seconds: the source runs a round's MIGRATEs back to back and serves no
-        client meanwhile, so a round's time (the round trip from here included) bounds how long it blocked."""
+        Returns the replies and what the rounds cost (`RoundTimes`)."""
         depth = self.settings.migrates_per_round_trip
         rounds = [list(range(i, min(i + depth, len(migrates)))) for i in range(0, len(migrates), depth)] or [[]]
         out: list = []
-        blocked: list[float] = []
+        times = RoundTimes()
         for n, indices in enumerate(rounds):
             commands = [migrates[i] for i in indices] + (then if n == len(rounds) - 1 else [])
-            started = time.monotonic()
-            try:
-                out.extend(self.nodes.pipeline(src_id, commands, raise_on_error=False))
-            except TopologyChanged as e:
-                if not isinstance(e.__cause__, redis.TimeoutError):
-                    raise
-                out.extend([e.__cause__] * len(commands))
-                blocked.append(time.monotonic() - started)
-                continue
-            seconds = time.monotonic() - started
-            if indices:
-                blocked.append(seconds)
+            with self._turn(src_id, times, spaced=bool(indices)):
+                started = time.monotonic()
+                try:
+                    out.extend(self.nodes.pipeline(src_id, commands, raise_on_error=False))
+                except TopologyChanged as e:
+                    if not isinstance(e.__cause__, redis.TimeoutError):
+                        raise
+                    out.extend([e.__cause__] * len(commands))
+                    times.blocked.append(time.monotonic() - started)
+                    continue
+                seconds = time.monotonic() - started
+                if indices:
+                    times.blocked.append(seconds)
             if weights:
                 self._measured(src_id, sum(weights[i] for i in indices), seconds)
             failpoint("drain.round")
-        return out, blocked
+        return out, times
+
+    @contextmanager
+    def _turn(self, src_id: str, times: RoundTimes, spaced: bool) -> Iterator[None]:
+        """The source's turn for one round: without spacing, now; with it, alone on the source, after its rest, and
+        the next rest set from how long this round blocked it (`duty_for`)."""
+        if not spaced or self.settings.max_duty_pct <= 0:
+            yield
+            return
+        with self._guard:
+            lock = self._turns.setdefault(src_id, threading.Lock())
+        with lock:
+            wait = self._free_at.get(src_id, 0.0) - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+                times.rested += wait
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                block = time.monotonic() - started
+                s = self.settings
+                self._free_at[src_id] = time.monotonic() + rest_after(
+                    block, duty_for(block, s.migrate_headroom_ms / 1000, s.max_duty_pct))
 
     def _measured(self, src_id: str, nbytes: int, seconds: float) -> None:
         """Fold one round's bytes per second into the source's MIGRATE throughput (EWMA, weight 0.3); rounds too
@@ -121,3 +184,4 @@ class Rounds:
             name = k.decode(errors="replace")
             if name in self.allowed:
                 yield [k], self.allowed[name]
+

@@ -140,8 +140,8 @@ class Transitions:
                             target=t)
         failpoint("drain.journaled")
         weights = [sum(sizes.get(k, 0) for k in keys) for _, keys, _ in migrates]
-        replies, blocked = self.rounds.migrate(s, [m[2] for m in migrates],
-                                               [("CLUSTER", "COUNTKEYSINSLOT", x) for x in slots], weights)
+        replies, cost = self.rounds.migrate(s, [m[2] for m in migrates],
+                                            [("CLUSTER", "COUNTKEYSINSLOT", x) for x in slots], weights)
         counts = replies[len(migrates):]
         moved: dict[int, int] = defaultdict(int)
         failed: list[tuple[int, list[bytes], Exception]] = []
@@ -151,8 +151,9 @@ class Transitions:
             else:
                 moved[slot] += len(keys)
         self.journal.record("keys_migrated", slots=dict(moved), source=s, target=t, bytes=sum(weights),
-                            migrates=len(migrates), block_ms=round(sum(blocked) * 1000, 3),
-                            max_block_ms=round(max(blocked, default=0.0) * 1000, 3))
+                            migrates=len(migrates), block_ms=round(sum(cost.blocked) * 1000, 3),
+                            max_block_ms=round(max(cost.blocked, default=0.0) * 1000, 3),
+                            rested_ms=round(cost.rested * 1000, 3))
         failpoint("drain.migrated")
         for slot, left in zip(slots, counts):
             n = int(left) if isinstance(left, int) else states[slot].keys.get(s, 0)

@@ -11,19 +11,19 @@ from typing import Iterable
 from runbook_lib.watch.timeline import MOVE_TAIL_S, moving_windows
 
 COLUMNS = ["source", "drains", "migrates", "keys", "MB", "blocked_s", "mean_migrate_ms", "max_round_ms",
-           "MB_per_s_blocked", "duty_pct"]
+           "MB_per_s_blocked", "duty_pct", "rested_s"]
 
 
 def migrate_costs(entries: Iterable[dict], names: dict[str, str] | None = None) -> list[dict]:
     """One row per source master (named by `names` where given) from the journal's `keys_migrated` events: drains,
-    MIGRATEs, keys, MB, seconds blocked, mean ms per MIGRATE, the longest round, MB/s while blocked, and the duty
-    cycle against the seconds slots moved (pure). Journals written before block times were recorded give none."""
+    MIGRATEs, keys, MB, seconds blocked, mean ms per MIGRATE, the longest round, MB/s while blocked, the duty
+    cycle against the seconds slots moved, and the seconds it rested to keep within `migration.max_duty_pct` (pure). Journals written before block times were recorded give none."""
     entries = list(entries)
     names = names or {}
     last = max((float(e["ts"]) for e in entries), default=0.0) + MOVE_TAIL_S
     moving_s = sum(b - a for a, b in moving_windows(entries, now=last))
     totals: dict[str, dict] = defaultdict(lambda: {"drains": 0, "migrates": 0, "keys": 0, "bytes": 0, "block_ms": 0.0,
-                                                   "max_round_ms": 0.0})
+                                                   "max_round_ms": 0.0, "rested_ms": 0.0})
     for e in entries:
         if e.get("event") != "keys_migrated" or "block_ms" not in e:
             continue
@@ -34,6 +34,7 @@ def migrate_costs(entries: Iterable[dict], names: dict[str, str] | None = None) 
         t["bytes"] += int(e.get("bytes", 0))
         t["block_ms"] += float(e["block_ms"])
         t["max_round_ms"] = max(t["max_round_ms"], float(e.get("max_block_ms", 0.0)))
+        t["rested_ms"] += float(e.get("rested_ms", 0.0))
     rows = []
     for source, t in sorted(totals.items(), key=lambda kv: names.get(kv[0], kv[0])):
         blocked_s = t["block_ms"] / 1000
@@ -43,7 +44,8 @@ def migrate_costs(entries: Iterable[dict], names: dict[str, str] | None = None) 
             "mean_migrate_ms": round(t["block_ms"] / t["migrates"], 3) if t["migrates"] else None,
             "max_round_ms": round(t["max_round_ms"], 3),
             "MB_per_s_blocked": round(t["bytes"] / 1e6 / blocked_s, 2) if blocked_s > 0 else None,
-            "duty_pct": round(100 * blocked_s / moving_s, 2) if moving_s > 0 else None})
+            "duty_pct": round(100 * blocked_s / moving_s, 2) if moving_s > 0 else None,
+            "rested_s": round(t["rested_ms"] / 1000, 3)})
     return rows
 
 

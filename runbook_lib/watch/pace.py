@@ -420,8 +420,12 @@ def _finite(x: float | None) -> float | None:
 
 
 def governor(settings: Migration, gates: Gates, run_dir: str | Path, journal: Journal, baseline: dict) -> Governor:
-    """The governor of a run folder, over its probe and sampler, against its baseline."""
-    return Governor(settings, Bounds.of(settings, gates, baseline.get("p99_ms")),
+    """The governor of a run folder, over its probe and sampler, against its baseline; a MIGRATE round's headroom
+    (`migration.migrate_headroom_ms`, unless params set it) is what the budget leaves over the baseline p99."""
+    bounds = Bounds.of(settings, gates, baseline.get("p99_ms"))
+    if not settings.migrate_headroom_ms and baseline.get("p99_ms"):
+        settings = settings.model_copy(update={"migrate_headroom_ms": baseline["p99_ms"] * (bounds.limit - 1)})
+    return Governor(settings, bounds,
                     run_measure(run_dir, gates, baseline), journal, pause_after_s=gates.pause_after_s,
                     baseline_p99_ms=baseline.get("p99_ms"))
 

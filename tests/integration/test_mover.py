@@ -297,3 +297,31 @@ def test_each_drain_records_what_its_migrates_carried_and_how_long_they_blocked_
     assert all(r["migrates"] >= 6 and r["MB"] > 0 and 0 < r["duty_pct"] <= 100 for r in rows), rows
     cost = blocked_rate(journal.entries())
     assert cost["bytes"] == sum(e["bytes"] for e in drains) and cost["bytes_per_blocked_s"] > 0
+
+
+def test_with_a_duty_cycle_each_source_rests_after_a_round_so_it_is_blocked_at_most_that_share(cluster, tmp_path):
+    from runbook_lib.cluster.plan import Move, Plan
+    from runbook_lib.cluster.rounds import duty_for, rest_after
+    sb, seed, new = cluster
+    topo = observe(seed, sb.credentials())
+    target = topo.by_address(new).id
+    source, owned = next((s, sorted(slots)) for s, slots in topo.slots_by_master().items() if s != target)
+    slots = owned[2:4]
+    for slot in slots:
+        fill_slot(sb, seed, slot, 30, prefix="duty")
+    settings = SETTINGS.model_copy(update={"keys_per_migrate": 5, "migrates_per_round_trip": 1, "slots_in_flight": 2,
+                                           "max_duty_pct": 1.0, "migrate_headroom_ms": 0.0})
+    journal = Journal(tmp_path / "journal.jsonl")
+    Mover(observe(seed, sb.credentials()), sb.credentials(), settings, journal).run(
+        Plan([[Move(slot, source, target) for slot in slots]], {}, {}, {}), progress=False)
+    entries = list(journal.entries())
+    drains = [e for e in entries if e["event"] == "keys_migrated" and e["slots"]]
+    assert sum(e["migrates"] for e in drains) >= 12 and sum(e["rested_ms"] for e in drains) > 0, drains
+    first = min(e["ts"] for e in entries if e["event"] == "keys_migrating")
+    last = max(e["ts"] for e in drains)
+    # each round began only after the rest the one before it earned (99 times its block at 1 %), so the rounds' span
+    # holds every rest but the last round's, whatever else the mover did meanwhile
+    blocked_s = sum(e["block_ms"] for e in drains) / 1000
+    longest_s = max(e["max_block_ms"] for e in drains) / 1000
+    assert last - first >= rest_after(blocked_s - longest_s, duty_for(1.0, 0.0, 1.0)), (last - first, blocked_s)
+    assert {s for s in slots} <= set(observe(seed, sb.credentials()).slots_by_master()[target])
