@@ -5,7 +5,9 @@ Each configuration gets a fresh 3+3 sandbox with the same deterministic keys, jo
 replica the same way (the replica before any slot moves, as the runbook's 25_add_replicas does), runs the traffic
 probe (patched and stock redis-py workers) and the node sampler, and times only the slot moves:
 
-- `budget`: our default (`Migration()`: the budget governor, quiet spells on);
+- `budget`: our default (`Migration()`: the budget governor, quiet spells on, MIGRATE rounds spaced to a 1 % duty
+  cycle), governed and judged at `--budget-pct`; `budget-P` the same at +P % (`--only budget-10,budget-50,budget-200`
+  gives the trade-off table of a budget against keys/s and MB/s);
 - `fixed-R`: the sweep an SRE would do by hand, our mover at a fixed R slots/s (preset gentle's one slot at a time),
   quiet spells on as well, so that it is judged the same way;
 - `redis-cli rebalance`: `redis-cli --cluster rebalance --cluster-use-empty-masters` (it moves everything);
@@ -45,6 +47,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -64,6 +67,7 @@ from runbook_lib.exceptions import PaceStop, SandboxError
 from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import health, key_count
+from runbook_lib.watch.migrate_cost import migrate_costs
 from runbook_lib.watch.pace import governor
 from runbook_lib.watch.probe import TrafficProbe
 from runbook_lib.watch.probe_stats import latency_stats
@@ -91,6 +95,10 @@ class Moved:
     control: list[Span]
     quiet_s: float = 0.0
     note: str = ""
+    nbytes: int | None = None
+    """Bytes the MIGRATEs carried (MEMORY USAGE, from our journal; None for redis-cli)."""
+    duty_pct: float | None = None
+    """The busiest source's share of the moving time blocked by MIGRATE rounds (ours only)."""
 
 
 @dataclass
@@ -115,6 +123,8 @@ class Result:
     lost: int
     elapsed_s: float
     notes: list[str] = field(default_factory=list)
+    mb_per_s: float | None = None
+    duty_pct: float | None = None
 
     @property
     def clean(self) -> bool:
@@ -195,8 +205,11 @@ def move_ours(seed: str, creds, new: str, settings: Migration, journal: Journal,
     ended = time.time()
     entries = list(journal.entries())
     moved = sum(len(e["slots"]) for e in entries if e["event"] == "slots_assigned")
+    duties = [r["duty_pct"] for r in migrate_costs(entries) if r["duty_pct"] is not None]
     return Moved(moved, ended - started, moving_windows(entries, now=ended + MOVE_TAIL_S), quiet_windows(entries),
-                quiet_seconds(entries), note)
+                quiet_seconds(entries), note,
+                nbytes=sum(int(e.get("bytes", 0)) for e in entries if e["event"] == "keys_migrated"),
+                duty_pct=max(duties, default=None))
 
 
 def move_reshard(seed: str, creds, new_id: str, slots: int, move_s: float, pause_s: float) -> Moved:
@@ -262,8 +275,15 @@ def run_move(config: str, seed: str, creds, new: str, journal: Journal, run_dir:
         return move_rebalance(seed, creds, new_id)
     if config == RESHARD:
         return move_reshard(seed, creds, new_id, args.slots, args.move_s, args.pause_s)
-    settings = budget_settings() if config == "budget" else fixed_settings(float(config.split("-")[1]))
-    return move_ours(seed, creds, new, settings, journal, run_dir, args.slots, args.move_s, args.budget_pct, baseline)
+    settings = budget_settings() if config.startswith("budget") else fixed_settings(float(config.split("-")[1]))
+    return move_ours(seed, creds, new, settings, journal, run_dir, args.slots, args.move_s, budget_of(config, args),
+                     baseline)
+
+
+def budget_of(config: str, args) -> float:
+    """The latency budget a configuration is governed (budget-P) and judged by: P for `budget-P`, else
+    `--budget-pct`."""
+    return float(config.split("-")[1]) if config.startswith("budget-") else args.budget_pct
 
 
 def one_round(number: int, config: str, workdir: Path, args) -> Result:
@@ -296,7 +316,7 @@ def one_round(number: int, config: str, workdir: Path, args) -> Result:
         time.sleep(MOVE_TAIL_S)
         probe.stop()
         summary = probe.verify()
-        verdicts = judge(probe.records(), move, rest, args.budget_pct)
+        verdicts = judge(probe.records(), move, rest, budget_of(config, args))
         probe.cleanup()
         topo = observe(seed, creds)
         problems = [c.detail for c in health(topo) if c.status == "fail" and c.name != "slots balanced"]
@@ -308,7 +328,9 @@ def one_round(number: int, config: str, workdir: Path, args) -> Result:
                       quiet_share=move.quiet_s / move.seconds, **verdicts, base_p99_ms=baseline["p99_ms"],
                       stock_failed=summary.stock_errors, patched_failed=summary.errors - summary.stock_errors,
                       lost=len(summary.lost_writes) + len(summary.wrong_writes), elapsed_s=time.time() - began,
-                      notes=[move.note] if move.note else [])
+                      notes=[move.note] if move.note else [],
+                      mb_per_s=move.nbytes / 1e6 / move.seconds if move.nbytes is not None else None,
+                      duty_pct=move.duty_pct)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -322,13 +344,16 @@ def _ratio(interval: RatioInterval) -> str:
     return f"x{ratio:.2f} [{low:.2f}, {high:.2f}]" if low == low else f"x{ratio:.2f} [no interval]"
 
 
-HEADER = (f"{'rd':>2} {'configuration':22} {'slots':>5} {'keys/s':>7} {'quiet':>5} {'vs control [95 %]':>22} "
+HEADER = (f"{'rd':>2} {'configuration':22} {'slots':>5} {'keys/s':>7} {'MB/s':>6} {'duty':>5} {'quiet':>5} "
+          f"{'vs control [95 %]':>22} "
           f"{'verdict':>12} {'vs baseline [95 %]':>22} {'verdict':>12} {'stock':>5} {'patch':>5} {'lost':>4}")
 
 
 def row(r: Result) -> str:
     """One result as a table row."""
-    return (f"{r.round:>2} {r.config:22} {r.slots:>5} {r.keys_per_s:>7,.0f} {r.quiet_share:>5.0%} "
+    mb = f"{r.mb_per_s:.2f}" if r.mb_per_s is not None else "-"
+    duty = f"{r.duty_pct:.1f}%" if r.duty_pct is not None else "-"
+    return (f"{r.round:>2} {r.config:22} {r.slots:>5} {r.keys_per_s:>7,.0f} {mb:>6} {duty:>5} {r.quiet_share:>5.0%} "
             f"{_ratio(r.vs_control):>22} {r.verdict:>12} {_ratio(r.vs_baseline):>22} {r.baseline_verdict:>12} "
             f"{r.stock_failed:>5} {r.patched_failed:>5} {r.lost:>4}")
 
@@ -390,10 +415,12 @@ def configurations(rates: str, only: str) -> list[str]:
     configs = ["budget", *[f"fixed-{float(r):g}" for r in rates.split(",") if r], REBALANCE, RESHARD]
     if only:
         wanted = [w.strip() for w in only.split(",")]
-        unknown = [w for w in wanted if w not in configs]
+        budgets = [w for w in wanted if re.fullmatch(r"budget-\d+(\.\d+)?", w)]
+        unknown = [w for w in wanted if w not in configs and w not in budgets]
         if unknown:
-            raise SystemExit(f"unknown configuration(s) {unknown}; known: {configs}")
-        configs = [c for c in configs if c in wanted]
+            raise SystemExit(f"unknown configuration(s) {unknown}; known: {configs}, or budget-P (the budget pace "
+                             "governed and judged at +P %)")
+        configs = budgets + [c for c in configs if c in wanted]
     return configs
 
 
