@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from runbook_lib.cluster.rounds import INITIAL_MIGRATE_BYTES_PER_S
 from runbook_lib.cluster.topology import SLOTS
 from runbook_lib.config import Migration
 from runbook_lib.exceptions import BadInput
@@ -194,11 +195,26 @@ def paced_estimate(plan: Plan, settings: Migration, achieved: dict | None, sourc
                  f"{achieved['seconds']:.0f} s); its {max(by, key=by.get)} take longest")
     else:
         seconds = slots / settings.start_slots_per_s
+        floor = fastest_budget_pace(plan, settings, slot_bytes)
         basis = (f"at the cautious start pace ({settings.start_slots_per_s:g} slots/s, "
                  "`migration.start_slots_per_s`): no earlier migration on this cluster was found in the report "
-                 "folder; the governor ramps up from there while the budget holds, so this errs long")
+                 "folder; the governor ramps up from there while the budget holds, so this errs long. It cannot take "
+                 f"less than about {floor:.0f} s (the slots at `max_slots_per_s`"
+                 + (", and each source's bytes at the duty cycle's share of an unmeasured 20 MB/s MIGRATE "
+                    "throughput" if slot_bytes is not None and settings.max_duty_pct else "") + ")")
     return {"seconds": seconds, "slots": slots, "keys": keys, "bytes": nbytes, "basis": basis, "achieved": achieved,
             "from_run": source or None}
+
+
+def fastest_budget_pace(plan: Plan, settings: Migration, slot_bytes: dict[int, int] | None = None,
+                        bytes_per_blocked_s: float = INITIAL_MIGRATE_BYTES_PER_S) -> float:
+    """The least time a budget pace can take (pure): its slots at the `max_slots_per_s` ceiling, and with bytes per
+    slot and a duty cycle, the heaviest source's MIGRATE time at `bytes_per_blocked_s` spread over that share."""
+    seconds = len(plan.moves) / settings.max_slots_per_s if settings.max_slots_per_s else 0.0
+    if slot_bytes is not None and settings.max_duty_pct:
+        rows = duty_table(plan, slot_bytes, bytes_per_blocked_s, (settings.max_duty_pct,))
+        seconds = max(seconds, rows[0]["at_least_s"])
+    return seconds
 
 
 DUTY_CYCLES_PCT = (1.0, 5.0, 10.0, 25.0)

@@ -114,7 +114,8 @@ class Rounds:
                     if not isinstance(e.__cause__, redis.TimeoutError):
                         raise
                     out.extend([e.__cause__] * len(commands))
-                    times.blocked.append(time.monotonic() - started)
+                    if indices:
+                        times.blocked.append(time.monotonic() - started)
                     continue
                 seconds = time.monotonic() - started
                 if indices:
@@ -184,4 +185,3 @@ class Rounds:
             name = k.decode(errors="replace")
             if name in self.allowed:
                 yield [k], self.allowed[name]
-

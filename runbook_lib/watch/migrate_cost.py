@@ -17,7 +17,8 @@ COLUMNS = ["source", "drains", "migrates", "keys", "MB", "blocked_s", "mean_migr
 def migrate_costs(entries: Iterable[dict], names: dict[str, str] | None = None) -> list[dict]:
     """One row per source master (named by `names` where given) from the journal's `keys_migrated` events: drains,
     MIGRATEs, keys, MB, seconds blocked, mean ms per MIGRATE, the longest round, MB/s while blocked, the duty
-    cycle against the seconds slots moved, and the seconds it rested to keep within `migration.max_duty_pct` (pure). Journals written before block times were recorded give none."""
+    cycle against the seconds slots moved, and the seconds it rested to keep within `migration.max_duty_pct`
+    (pure). Journals written before block times were recorded give none."""
     entries = list(entries)
     names = names or {}
     last = max((float(e["ts"]) for e in entries), default=0.0) + MOVE_TAIL_S

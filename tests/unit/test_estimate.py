@@ -173,3 +173,18 @@ def test_a_folder_that_expanded_then_rolled_back_is_timed_per_migration(tmp_path
     assert source == "r1" and pace["seconds"] == 40.0, "the newest migration in the folder: its rollback"
     assert pace["migrate_cost"]["blocked_s"] == pytest.approx(0.03)
     assert last_pace(tmp_path / "reports", {"x"}) == (None, "")
+
+
+def test_without_history_the_estimate_says_the_least_time_the_budget_pace_can_take():
+    from runbook_lib.cluster.plan import fastest_budget_pace, paced_estimate
+    from runbook_lib.config import Migration
+    the_plan = plan_expansion(three_masters(), ["d"], 256)
+    settings = Migration(preset="budget")
+    assert fastest_budget_pace(the_plan, settings) == pytest.approx(len(the_plan.moves) / 64.0), "the slot ceiling"
+    heavy = {m.slot: 1_000_000 for m in the_plan.moves}
+    per_source = max(sum(1 for m in the_plan.moves if m.source == s) for s in {m.source for m in the_plan.moves})
+    assert fastest_budget_pace(the_plan, settings, heavy, bytes_per_blocked_s=20e6) == pytest.approx(
+        per_source * 1_000_000 / 20e6 / 0.01, rel=0.01), "the heaviest source's bytes at a 1 % duty cycle"
+    record = paced_estimate(the_plan, settings, None, slot_bytes=heavy)
+    assert record["seconds"] == pytest.approx(len(the_plan.moves) / settings.start_slots_per_s)
+    assert "cannot take less than about" in record["basis"] and "duty cycle" in record["basis"]
