@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runbook_lib.watch.acceptance import ACCEPTANCE_FILE
+from runbook_lib.watch.verdict import ratio_pct
 
 VALIDATE = "60_validate"
 ACCEPTANCE_CHECKS = {"latency variation", "failed requests", "lost writes", "downtime", "zero downtime proven"}
@@ -42,10 +43,6 @@ def _status(checks: list[dict], name: str) -> str:
     return found[0] if found else NOT_RUN
 
 
-def _pct(ratio: float | None) -> str:
-    return "n/a" if ratio is None else f"{(ratio - 1) * 100:+.1f} %"
-
-
 def latency_row(latency: dict, checks: list[dict]) -> Row:
     """Latency variation: p99 while slots moved against the control of the quiet spells (or the baseline when there
     was no control), its interval, the pre-move baseline comparison beside it, the worst 10 s window, and the budget
@@ -67,12 +64,13 @@ def latency_row(latency: dict, checks: list[dict]) -> Row:
     else:
         ref_text = f"{ref_p99:.2f} ms baseline before the first slot moved ({ref_n}; no quiet spell to compare with)"
     measured = (f"p99 {latency['during_p99_ms']:.2f} ms while slots moved ({latency['during_n']} requests, "
-                f"{latency['moving_s']:.1f} s) vs {ref_text}: {_pct(latency['ratio'])}, "
-                f"{latency['confidence']:.0%} interval {_pct(latency['low'])} to {_pct(latency['high'])}")
+                f"{latency['moving_s']:.1f} s) vs {ref_text}: {ratio_pct(latency['ratio'])}, "
+                f"{latency['confidence']:.0%} interval {ratio_pct(latency['low'])} to {ratio_pct(latency['high'])}")
     beside = latency.get("against_baseline")
     if beside:
-        measured += (f"; beside it, against the pre-move baseline {beside['p99_ms']:.2f} ms: {_pct(beside['ratio'])} "
-                     f"[{_pct(beside['low'])}, {_pct(beside['high'])}], {beside['verdict']}")
+        measured += (f"; beside it, against the pre-move baseline {beside['p99_ms']:.2f} ms: "
+                     f"{ratio_pct(beside['ratio'])} [{ratio_pct(beside['low'])}, {ratio_pct(beside['high'])}], "
+                     f"{beside['verdict']}")
     worst = latency.get("worst_window")
     if worst:
         measured += f"; worst 10 s window {worst['p99_ms']:.2f} ms from {worst['start_utc']} UTC"

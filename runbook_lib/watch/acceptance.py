@@ -31,6 +31,7 @@ from runbook_lib.watch.verdict import (
     latency_check,
     latency_verdict,
     p99_ratio_interval,
+    ratio_pct,
     time_blocks,
     to_settle,
 )
@@ -184,9 +185,8 @@ def _comparison(reference: pd.DataFrame, during: pd.DataFrame, budget_pct: float
 
 
 def _pct_text(c: dict) -> str:
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{(x - 1) * 100:+.1f} %"
-    return f"{pct(c['ratio'])} [{pct(c['low'])}, {pct(c['high'])}] vs {c['p99_ms']:.2f} ms: {c['verdict']}"
+    return (f"{ratio_pct(c['ratio'])} [{ratio_pct(c['low'])}, {ratio_pct(c['high'])}] vs {c['p99_ms']:.2f} ms: "
+            f"{c['verdict']}")
 
 
 WINDOW_S = 10.0

@@ -259,52 +259,54 @@ def _run_worker(probe_dir: Path, index: int, state: dict, creds: Credentials) ->
     path = _worker_path(probe_dir, index, state["token"])
     new_file = not path.exists() or not path.stat().st_size
     board = InFlight(probe_dir / INFLIGHT_FILE, index, len(kinds))
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        if new_file:
-            out.writerow(COLUMNS)
-            f.flush()
-        (probe_dir / f"worker-{index}.ready").write_text(str(time.time()))
-        seq, flushed = 0, time.monotonic()
-        for scheduled in schedule(interval, flag.is_set):
-            while oldest < len(acked) and acked[oldest][1] < time.time() - readable_for:
-                oldest += 1
-            reading = oldest < len(acked) and rng.random() < s["read_ratio"]
-            n = acked[rng.randrange(oldest, len(acked))][0] if reading else seq
-            key = f"{prefix}{n}"
-            handled = getattr(client, "ask_unknown_targets", 0)
-            node = _routed_node(client, key)
-            sent = time.monotonic()
-            lag = sent - scheduled
-            worst_lag = max(worst_lag, lag)
-            ts = time.time() - lag
-            board.sending(ts)
-            outcome, error = "ok", ""
-            try:
-                if reading:
-                    value = client.get(key)
-                    if value is None:
-                        outcome, error = "lost", "acknowledged key missing"
-                    elif value != str(n):
-                        outcome, error = "wrong", f"value {value[:40]!r}, expected {n}"
-                else:
-                    if client.set(key, n, ex=s["ttl_s"]):
-                        acked.append((n, ts))
-                    else:
-                        outcome, error = "response", "SET not acknowledged"
-            except Exception as e:
-                outcome, error = classify(e), f"{type(e).__name__}: {e}"[:200]
-            done = time.monotonic()
-            board.done()
-            if not reading:
-                seq += 1
-            note = ASK_UNKNOWN_NODE if getattr(client, "ask_unknown_targets", 0) > handled else ""
-            out.writerow([f"{ts:.6f}", index, "get" if reading else "set", key, f"{(done - scheduled) * 1000:.3f}",
-                          outcome, error, note, f"{(done - sent) * 1000:.3f}", kind, node])
-            if done - flushed > 0.2:
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            if new_file:
+                out.writerow(COLUMNS)
                 f.flush()
-                flushed = done
-    board.close()
+            (probe_dir / f"worker-{index}.ready").write_text(str(time.time()))
+            seq, flushed = 0, time.monotonic()
+            for scheduled in schedule(interval, flag.is_set):
+                while oldest < len(acked) and acked[oldest][1] < time.time() - readable_for:
+                    oldest += 1
+                reading = oldest < len(acked) and rng.random() < s["read_ratio"]
+                n = acked[rng.randrange(oldest, len(acked))][0] if reading else seq
+                key = f"{prefix}{n}"
+                handled = getattr(client, "ask_unknown_targets", 0)
+                node = _routed_node(client, key)
+                sent = time.monotonic()
+                lag = sent - scheduled
+                worst_lag = max(worst_lag, lag)
+                ts = time.time() - lag
+                board.sending(ts)
+                outcome, error = "ok", ""
+                try:
+                    if reading:
+                        value = client.get(key)
+                        if value is None:
+                            outcome, error = "lost", "acknowledged key missing"
+                        elif value != str(n):
+                            outcome, error = "wrong", f"value {value[:40]!r}, expected {n}"
+                    else:
+                        if client.set(key, n, ex=s["ttl_s"]):
+                            acked.append((n, ts))
+                        else:
+                            outcome, error = "response", "SET not acknowledged"
+                except Exception as e:
+                    outcome, error = classify(e), f"{type(e).__name__}: {e}"[:200]
+                done = time.monotonic()
+                board.done()
+                if not reading:
+                    seq += 1
+                note = ASK_UNKNOWN_NODE if getattr(client, "ask_unknown_targets", 0) > handled else ""
+                out.writerow([f"{ts:.6f}", index, "get" if reading else "set", key, f"{(done - scheduled) * 1000:.3f}",
+                              outcome, error, note, f"{(done - sent) * 1000:.3f}", kind, node])
+                if done - flushed > 0.2:
+                    f.flush()
+                    flushed = done
+    finally:
+        board.close()
     client.close()
     return f"{flag.reason} ({kind} client; at most {worst_lag:.3f} s behind schedule)"
 

@@ -230,6 +230,11 @@ def p99_ratio_interval(baseline_ms, during_ms, n_boot: int = 2000, confidence: f
     return float(ratio), float(low), float(high)
 
 
+def ratio_pct(ratio: float | None) -> str:
+    """A p99 ratio as the change it means, e.g. 1.123 -> "+12.3 %" ("n/a" without one)."""
+    return "n/a" if ratio is None else f"{(ratio - 1) * 100:+.1f} %"
+
+
 def latency_verdict(ratio_interval: RatioInterval, budget_pct: float = 10.0) -> str:
     """"pass" when the interval's high end is within 1 + budget, "fail" when its low end is beyond it, else
     "inconclusive" (also when nothing was measured)."""
