@@ -47,7 +47,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -110,6 +110,14 @@ class Reading:
     reference: str | None = None
     reference_p99_ms: float | None = None
     late: int = 0
+    moved_per_s: float | None = None
+    """Slots handed over per second since the last change (None: not known)."""
+
+
+USED_SHARE = 0.5
+"""A ramp needs the mover to have used at least this share of the slot rate since the last change: a rate it did not
+reach (slots one at a time until the clients know a new master, rests of the duty cycle, heavy slots) was not judged
+by the clients, so raising it would be a guess (as TCP does not grow a window the application left unused)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,9 @@ def decide(level: Level, reading: Reading, bounds: Bounds, slow_start: bool = Fa
     else:
         why = (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of {of}: within x{bounds.limit:.2f}"
                + ("" if reading.high <= bounds.limit else " (not yet sure)"))
+    if reading.moved_per_s is not None and reading.moved_per_s < USED_SHARE * level.slots_per_s:
+        return level, "hold", (f"{why}; but the mover used {reading.moved_per_s:.1f} of {level.slots_per_s:g} slots/s "
+                               "since the last change, so a faster pace would not have been judged")
     rate = min(bounds.max_slots_per_s, level.slots_per_s * 2 if slow_start else level.slots_per_s + bounds.step)
     higher = Level(rate, in_flight_for(rate, bounds.max_in_flight),
                    min(bounds.max_keys_per_migrate, level.keys_per_migrate * 2))
@@ -271,7 +282,7 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict, clock: Callab
         late = inside(late_ts, moving) & (late_ms > ref_p99 * limit)
         win_ms, win_ts = np.concatenate([lat[judged], late_ms[late]]), np.concatenate([ts[judged], late_ts[late]])
         found = Reading(requests=len(win_ms), failing=failing, probing=True, reference=name, reference_p99_ms=ref_p99,
-                        late=int(late.sum()))
+                        late=int(late.sum()), moved_per_s=moved_per_s(recent, since, now))
         if len(win_ms) < MIN_BACKOFF_REQUESTS:
             return found
         ratio, low, high = ratio_interval(ref_ms, win_ms, ref_ts, win_ts)
@@ -279,6 +290,15 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict, clock: Callab
             low = high = None
         return replace(found, ratio=ratio, low=low, high=high, p99_ms=float(np.percentile(win_ms, 99)))
     return measure
+
+
+def moved_per_s(entries: Iterable[dict], since: float, now: float) -> float | None:
+    """Slots handed over per second from `since` to `now`, from journal entries (pure); None under a second."""
+    if now - since < 1.0:
+        return None
+    moved = sum(len(e.get("slots", ())) for e in entries
+                if e.get("event") == "slots_assigned" and since <= float(e["ts"]) <= now)
+    return moved / (now - since)
 
 
 def reference(control_ms: np.ndarray, control_ts: np.ndarray, base_ms: np.ndarray,

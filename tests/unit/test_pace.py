@@ -394,3 +394,23 @@ def test_the_governor_journals_the_reference_it_judged_by(tmp_path):
     last = [e for e in journal.entries() if e["event"] == "pace"][-1]
     assert (last["reference"], last["reference_p99_ms"], last["late"]) == ("control", 2.0, 3)
     assert last["limit_ms"] == pytest.approx(2.2) and "of control" in last["reason"]
+
+
+def test_a_rate_the_mover_did_not_use_is_not_raised():
+    level = Level(16.0, 8, 1000)
+    unused = replace(QUIET, moved_per_s=3.0)
+    held, action, why = decide(level, unused, BOUNDS, slow_start=True)
+    assert (held, action) == (level, "hold") and "used 3.0 of 16 slots/s" in why
+    used = replace(QUIET, moved_per_s=12.0)
+    assert decide(level, used, BOUNDS, slow_start=True)[1] == "ramp"
+    assert decide(level, replace(STEP_UP, moved_per_s=3.0), BOUNDS)[1] == "back off", "backing off needs no use"
+
+
+def test_moved_per_s_counts_the_slots_handed_over_since_the_change():
+    from runbook_lib.watch.pace import moved_per_s
+    entries = [{"event": "slots_assigned", "ts": 99.0, "slots": [1, 2, 3]},
+               {"event": "slots_assigned", "ts": 101.0, "slots": [4, 5]},
+               {"event": "slots_open", "ts": 102.0, "slots": [6]},
+               {"event": "slots_assigned", "ts": 103.0, "slots": [6, 7]}]
+    assert moved_per_s(entries, since=100.0, now=104.0) == pytest.approx(1.0)
+    assert moved_per_s(entries, since=103.5, now=104.0) is None, "under a second says nothing"
