@@ -179,7 +179,7 @@ def paced_estimate(plan: Plan, settings: Migration, achieved: dict | None, sourc
                    slot_bytes: dict[int, int] | None = None) -> dict:
     """The time a budget pace needs for the plan: at the slots/s, keys/s and (with bytes per slot from the big-key
     scan) bytes/s the last migration on this cluster achieved (`achieved`, from the journal of run folder `source`),
-    else at the cautious start pace (`start_slots_per_s`), whichever of them takes longest; the record says which
+    whichever of them takes longest, else at the open-loop pace (`open_loop_seconds`); the record says which
     (pure)."""
     keys = sum(plan.keys_per_slot.get(m.slot, 0) for m in plan.moves)
     nbytes = sum(slot_bytes.get(m.slot, 0) for m in plan.moves) if slot_bytes is not None else None
@@ -194,27 +194,29 @@ def paced_estimate(plan: Plan, settings: Migration, achieved: dict | None, sourc
         basis = (f"at the pace the budget allowed in the last migration on this cluster (run {source}: {rate} over "
                  f"{achieved['seconds']:.0f} s); its {max(by, key=by.get)} take longest")
     else:
-        seconds = slots / settings.start_slots_per_s
-        floor = fastest_budget_pace(plan, settings, slot_bytes)
-        basis = (f"at the cautious start pace ({settings.start_slots_per_s:g} slots/s, "
-                 "`migration.start_slots_per_s`): no earlier migration on this cluster was found in the report "
-                 "folder; the governor ramps up from there while the budget holds, so this errs long. It cannot take "
-                 f"less than about {floor:.0f} s (the slots at `max_slots_per_s`"
-                 + (", and each source's bytes at the duty cycle's share of an unmeasured 20 MB/s MIGRATE "
-                    "throughput" if slot_bytes is not None and settings.max_duty_pct else "") + ")")
+        cautious = slots / settings.start_slots_per_s
+        seconds = open_loop_seconds(plan, settings, slot_bytes)
+        basis = ("at the open-loop pace of the budget: the slots at `max_slots_per_s`"
+                 + (", each source's bytes at the duty cycle's share of an assumed 20 MB/s MIGRATE throughput (not yet "
+                    "measured on this cluster)" if slot_bytes is not None and settings.max_duty_pct else "")
+                 + ", whichever takes longer, plus the quiet spells. No earlier migration on this cluster was found in "
+                 "the report folder; the governor moves slower wherever the clients' latency asks it to, and at its "
+                 f"cautious start pace ({settings.start_slots_per_s:g} slots/s) it would take {cautious:.0f} s")
     return {"seconds": seconds, "slots": slots, "keys": keys, "bytes": nbytes, "basis": basis, "achieved": achieved,
             "from_run": source or None}
 
 
-def fastest_budget_pace(plan: Plan, settings: Migration, slot_bytes: dict[int, int] | None = None,
-                        bytes_per_blocked_s: float = INITIAL_MIGRATE_BYTES_PER_S) -> float:
-    """The least time a budget pace can take (pure): its slots at the `max_slots_per_s` ceiling, and with bytes per
-    slot and a duty cycle, the heaviest source's MIGRATE time at `bytes_per_blocked_s` spread over that share."""
+def open_loop_seconds(plan: Plan, settings: Migration, slot_bytes: dict[int, int] | None = None,
+                      bytes_per_blocked_s: float = INITIAL_MIGRATE_BYTES_PER_S) -> float:
+    """The time the budget pace takes when the clients never ask it to slow down (pure): its slots at the
+    `max_slots_per_s` ceiling or, with bytes per slot and a duty cycle, the heaviest source's MIGRATE time at
+    `bytes_per_blocked_s` spread over that share, whichever is longer; plus the quiet spells' share."""
     seconds = len(plan.moves) / settings.max_slots_per_s if settings.max_slots_per_s else 0.0
     if slot_bytes is not None and settings.max_duty_pct:
         rows = duty_table(plan, slot_bytes, bytes_per_blocked_s, (settings.max_duty_pct,))
         seconds = max(seconds, rows[0]["at_least_s"])
-    return seconds
+    quiet = settings.quiet_s / settings.quiet_every_s if settings.quiet_every_s else 0.0
+    return seconds * (1 + quiet)
 
 
 DUTY_CYCLES_PCT = (1.0, 5.0, 10.0, 25.0)

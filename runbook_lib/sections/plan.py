@@ -91,7 +91,7 @@ def checks(params: Params, topo: Topology, plan: Plan, scan: bigkeys.ScanResult 
 
 def estimate(params: Params, run_dir: Path, plan: Plan, topo: Topology, slot_bytes: dict[int, int] | None) -> dict:
     """The plan's duration: under a budget pace, from the pace the last migration on this cluster achieved (else the
-    cautious start pace); under a fixed pace, from the mover's measured costs and the fixed rate."""
+    open-loop pace of the budget); under a fixed pace, from the mover's measured costs and the fixed rate."""
     settings = params.model.migration
     record = slot_plan.estimate(plan, slot_bytes, pause_s=settings.pause_between_batches_s,
                                 max_slots_per_s=settings.max_slots_per_s if settings.pace == "fixed" else 0.0)

@@ -88,8 +88,7 @@ def test_a_budget_pace_estimates_from_the_last_migration_on_the_cluster_or_says_
     the_plan = plan_expansion(three_masters(), ["d"], 256, keys_per_slot={s: 10 for s in range(SLOTS)})
     settings = Migration(preset="budget", start_slots_per_s=4.0)
     cautious = paced_estimate(the_plan, settings, None)
-    assert cautious["seconds"] == pytest.approx(len(the_plan.moves) / 4.0)
-    assert "cautious start pace" in cautious["basis"] and cautious["from_run"] is None
+    assert f"would take {len(the_plan.moves) / 4.0:.0f} s" in cautious["basis"] and cautious["from_run"] is None
     achieved = {"slots_per_s": 40.0, "keys_per_s": 200.0, "seconds": 100.0}
     learned = paced_estimate(the_plan, settings, achieved, "20261201T000000Z")
     assert learned["seconds"] == pytest.approx(len(the_plan.moves) * 10 / 200.0), "keys take longer than slots here"
@@ -175,16 +174,18 @@ def test_a_folder_that_expanded_then_rolled_back_is_timed_per_migration(tmp_path
     assert last_pace(tmp_path / "reports", {"x"}) == (None, "")
 
 
-def test_without_history_the_estimate_says_the_least_time_the_budget_pace_can_take():
-    from runbook_lib.cluster.plan import fastest_budget_pace, paced_estimate
+def test_without_history_the_estimate_is_the_budget_pace_the_clients_never_slow_down():
+    from runbook_lib.cluster.plan import open_loop_seconds, paced_estimate
     from runbook_lib.config import Migration
     the_plan = plan_expansion(three_masters(), ["d"], 256)
     settings = Migration(preset="budget")
-    assert fastest_budget_pace(the_plan, settings) == pytest.approx(len(the_plan.moves) / 64.0), "the slot ceiling"
+    quiet = 1 + settings.quiet_s / settings.quiet_every_s
+    assert open_loop_seconds(the_plan, settings) == pytest.approx(len(the_plan.moves) / 64.0 * quiet), "slot ceiling"
     heavy = {m.slot: 1_000_000 for m in the_plan.moves}
     per_source = max(sum(1 for m in the_plan.moves if m.source == s) for s in {m.source for m in the_plan.moves})
-    assert fastest_budget_pace(the_plan, settings, heavy, bytes_per_blocked_s=20e6) == pytest.approx(
-        per_source * 1_000_000 / 20e6 / 0.01, rel=0.01), "the heaviest source's bytes at a 1 % duty cycle"
+    assert open_loop_seconds(the_plan, settings, heavy, bytes_per_blocked_s=20e6) == pytest.approx(
+        per_source * 1_000_000 / 20e6 / 0.01 * quiet, rel=0.01), "the heaviest source's bytes at a 1 % duty cycle"
     record = paced_estimate(the_plan, settings, None, slot_bytes=heavy)
-    assert record["seconds"] == pytest.approx(len(the_plan.moves) / settings.start_slots_per_s)
-    assert "cannot take less than about" in record["basis"] and "duty cycle" in record["basis"]
+    assert record["seconds"] == pytest.approx(open_loop_seconds(the_plan, settings, heavy))
+    assert "open-loop pace" in record["basis"] and "duty cycle" in record["basis"]
+    assert f"it would take {len(the_plan.moves) / settings.start_slots_per_s:.0f} s" in record["basis"]
