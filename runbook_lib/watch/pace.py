@@ -23,13 +23,6 @@ AIMD, the scheme TCP uses to find an unknown capacity from a noisy congestion si
   tens of percent wide on shared cores, so the pace would stay at its cautious start whatever the clients felt. The
   asymmetry stays: a back-off needs a window surely over, a ramp only one not shown to hurt, and backing off halves
   while ramping adds a step.
-- **The verdict's view, pooled.** Windows that are each not surely over can still pool to a p99 that is: holding
-  while the point estimate sits over the limit and ramping while it sits under keeps the *median* window at the
-  limit, and the verdict, which pools every moving sample, then fails (the 2 000 000-key sandbox did, at +35 %). So
-  each reading also pools every moving sample of the last `CONTROL_S` against the same reference: while that pooled
-  p99 is over the limit nothing ramps, and a window over the limit backs off when the pooled interval is surely
-  over. The pooled window is bounded, so a tick costs the same after hours as after minutes. Rates the mover did not
-  use since the last change are not raised (`USED_SHARE`).
 - A window only counts samples taken since the last change of pace, so the pace is judged on what it did, and a
   window with too few requests holds (it cannot tell): a ramp needs `MIN_REQUESTS` (about 3 s at the probe's
   default 100 requests/s), a back-off `MIN_BACKOFF_REQUESTS`. The interval resamples whole seconds (the probe's
@@ -119,11 +112,6 @@ class Reading:
     late: int = 0
     moved_per_s: float | None = None
     """Slots handed over per second since the last change (None: not known)."""
-    recent_ratio: float | None = None
-    recent_low: float | None = None
-    recent_high: float | None = None
-    """p99 of every sample while slots moved in the last `CONTROL_S` against the same reference, with its interval:
-    what the verdict will see of these minutes, pooled (None: too few samples)."""
 
 
 USED_SHARE = 0.5
@@ -178,17 +166,11 @@ def decide(level: Level, reading: Reading, bounds: Bounds, slow_start: bool = Fa
     """The next pace, the action (ramp, back off, hold, slowest) and why, from one window's reading (pure). In
     `slow_start` (no back-off yet) a ramp doubles the rate instead of adding a step, as TCP's slow start does."""
     of = reading.reference or "baseline"
-    window_over = (reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS
-                   and reading.ratio > bounds.limit)
-    recent_over = reading.recent_ratio is not None and reading.recent_ratio > bounds.limit
-    pooled_sure = recent_over and reading.recent_low is not None and reading.recent_low > 1.0
-    over = window_over and ((reading.low is not None and reading.low > 1.0) or reading.ratio > 2 * bounds.limit
-                            or pooled_sure)
+    over = (reading.ratio is not None and reading.requests >= MIN_BACKOFF_REQUESTS and reading.ratio > bounds.limit
+            and ((reading.low is not None and reading.low > 1.0) or reading.ratio > 2 * bounds.limit))
     if reading.failing or over:
         why = "; ".join([*reading.failing, *([f"p99 x{reading.ratio:.2f} of {of} over the budget x"
-                                              f"{bounds.limit:.2f}"] if over else []),
-                         *([f"the last {CONTROL_S:.0f} s moving pooled: x{reading.recent_ratio:.2f} "
-                            f"[{reading.recent_low:.2f}, {reading.recent_high:.2f}]"] if over and pooled_sure else [])])
+                                              f"{bounds.limit:.2f}"] if over else [])])
         rate = max(bounds.min_slots_per_s, level.slots_per_s / 2)
         lower = Level(rate, max(1, min(level.in_flight // 2, in_flight_for(rate, bounds.max_in_flight))),
                       max(MIN_KEYS_PER_MIGRATE, level.keys_per_migrate // 2))
@@ -211,9 +193,6 @@ def decide(level: Level, reading: Reading, bounds: Bounds, slow_start: bool = Fa
     else:
         why = (f"p99 x{reading.ratio:.2f} [{reading.low:.2f}, {reading.high:.2f}] of {of}: within x{bounds.limit:.2f}"
                + ("" if reading.high <= bounds.limit else " (not yet sure)"))
-    if recent_over:
-        return level, "hold", (f"{why}; but the last {CONTROL_S:.0f} s moving, pooled as the verdict pools them, are at "
-                               f"x{reading.recent_ratio:.2f} of {of}, over x{bounds.limit:.2f}")
     if reading.moved_per_s is not None and reading.moved_per_s < USED_SHARE * level.slots_per_s:
         return level, "hold", (f"{why}; but the mover used {reading.moved_per_s:.1f} of {level.slots_per_s:g} slots/s "
                                "since the last change, so a faster pace would not have been judged")
@@ -309,11 +288,6 @@ def run_measure(run_dir: str | Path, gates: Gates, baseline: dict, clock: Callab
         ratio, low, high = ratio_interval(ref_ms, win_ms, ref_ts, win_ts)
         if not (math.isfinite(low) and math.isfinite(high)):
             low = high = None
-        pooled = inside(ts, moving) & (ts >= now - CONTROL_S)
-        if pooled.sum() >= MIN_REQUESTS:
-            r_ratio, r_low, r_high = ratio_interval(ref_ms, lat[pooled], ref_ts, ts[pooled])
-            if math.isfinite(r_low) and math.isfinite(r_high):
-                found = replace(found, recent_ratio=r_ratio, recent_low=r_low, recent_high=r_high)
         return replace(found, ratio=ratio, low=low, high=high, p99_ms=float(np.percentile(win_ms, 99)))
     return measure
 
