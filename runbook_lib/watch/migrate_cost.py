@@ -23,19 +23,7 @@ def migrate_costs(entries: Iterable[dict], names: dict[str, str] | None = None) 
     names = names or {}
     last = max((float(e["ts"]) for e in entries), default=0.0) + MOVE_TAIL_S
     moving_s = sum(b - a for a, b in moving_windows(entries, now=last))
-    totals: dict[str, dict] = defaultdict(lambda: {"drains": 0, "migrates": 0, "keys": 0, "bytes": 0, "block_ms": 0.0,
-                                                   "max_round_ms": 0.0, "rested_ms": 0.0})
-    for e in entries:
-        if e.get("event") != "keys_migrated" or "block_ms" not in e:
-            continue
-        t = totals[e["source"]]
-        t["drains"] += 1
-        t["migrates"] += int(e.get("migrates", 0))
-        t["keys"] += sum(int(n) for n in e.get("slots", {}).values())
-        t["bytes"] += int(e.get("bytes", 0))
-        t["block_ms"] += float(e["block_ms"])
-        t["max_round_ms"] = max(t["max_round_ms"], float(e.get("max_block_ms", 0.0)))
-        t["rested_ms"] += float(e.get("rested_ms", 0.0))
+    totals = _per_source(entries)
     rows = []
     for source, t in sorted(totals.items(), key=lambda kv: names.get(kv[0], kv[0])):
         blocked_s = t["block_ms"] / 1000
@@ -54,14 +42,29 @@ def blocked_rate(entries: Iterable[dict]) -> dict | None:
     """The MIGRATE cost of a whole migration, for estimates (pure): bytes, keys and MIGRATEs moved, seconds blocked
     summed over the sources, bytes per blocked second, and seconds blocked per MIGRATE; None when the journal
     recorded no block time."""
-    bytes_, keys, migrates, block_ms = 0, 0, 0, 0.0
-    for e in entries:
-        if e.get("event") == "keys_migrated" and "block_ms" in e:
-            bytes_ += int(e.get("bytes", 0))
-            keys += sum(int(n) for n in e.get("slots", {}).values())
-            migrates += int(e.get("migrates", 0))
-            block_ms += float(e["block_ms"])
+    totals = _per_source(entries).values()
+    bytes_, keys, migrates = (sum(t[k] for t in totals) for k in ("bytes", "keys", "migrates"))
+    block_ms = sum(t["block_ms"] for t in totals)
     if block_ms <= 0 or not migrates:
         return None
     return {"bytes": bytes_, "keys": keys, "migrates": migrates, "blocked_s": block_ms / 1000,
             "bytes_per_blocked_s": bytes_ / (block_ms / 1000), "s_per_migrate": block_ms / 1000 / migrates}
+
+
+def _per_source(entries: Iterable[dict]) -> dict[str, dict]:
+    """The `keys_migrated` events that recorded block times, summed per source: drains, MIGRATEs, keys, bytes, block
+    ms, the longest round and the ms rested."""
+    totals: dict[str, dict] = defaultdict(lambda: {"drains": 0, "migrates": 0, "keys": 0, "bytes": 0, "block_ms": 0.0,
+                                                   "max_round_ms": 0.0, "rested_ms": 0.0})
+    for e in entries:
+        if e.get("event") != "keys_migrated" or "block_ms" not in e:
+            continue
+        t = totals[e["source"]]
+        t["drains"] += 1
+        t["migrates"] += int(e.get("migrates", 0))
+        t["keys"] += sum(int(n) for n in e.get("slots", {}).values())
+        t["bytes"] += int(e.get("bytes", 0))
+        t["block_ms"] += float(e["block_ms"])
+        t["max_round_ms"] = max(t["max_round_ms"], float(e.get("max_block_ms", 0.0)))
+        t["rested_ms"] += float(e.get("rested_ms", 0.0))
+    return totals
