@@ -22,7 +22,7 @@ from runbook_lib.run.audit import git_commit, redact, verify
 from runbook_lib.run.confirm import confirm
 from runbook_lib.run.context import RunContext, continued_run_dir, sealed
 from runbook_lib.run.interactive import RUN_RECORD
-from runbook_lib.sandbox import Sandbox, SandboxLayout
+from runbook_lib.sandbox import VALUES, Sandbox, SandboxLayout
 from runbook_lib.sections.plan import current
 from runbook_lib.sections.resume import phase, resume
 from runbook_lib.sections.rollback import watched_rollback
@@ -46,7 +46,8 @@ def _sandbox_up(args) -> int:
                            hosts=args.hosts, rtt_ms=args.rtt_ms, ipv6=args.ipv6,
                            announce_hostnames=args.announce_hostnames or (args.tls and args.hosts > 1))
     sb = Sandbox(args.dir)
-    sb.up(layout, keys=args.keys, persistence=args.persistence, progress=not args.quiet, acl=args.acl, tls=args.tls)
+    sb.up(layout, keys=args.keys, persistence=args.persistence, progress=not args.quiet, acl=args.acl, tls=args.tls,
+          values=args.values)
     print(f"sandbox up in {sb.root}: masters {layout.master_ports}, replicas {layout.replica_ports}, "
           f"new masters {layout.new_master_ports} and replicas {layout.new_replica_ports} (not joined)")
     print(f"params for it: {sb.root / 'params.yaml'} (the password stays in {sb.password_path}, mode 0600)")
@@ -335,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replicas", type=int, default=1, help="replicas per existing master (default 1)")
     up.add_argument("--new-masters", type=int, default=1, help="new masters to add, each with a replica (default 1)")
     up.add_argument("--keys", type=int, default=200_000, help="keys of mixed types to load (default 200000)")
+    up.add_argument("--values", choices=VALUES, default="mixed",
+                    help="the data's profile: mixed (default; strings up to 4 KiB, collections up to 30 members, "
+                         "about 1000 bytes a key) or small (strings up to 64 bytes, collections up to 5, about 120 "
+                         "bytes a key: tens of millions of keys on one machine). Each node's maxmemory is sized from "
+                         "the keys, and a sandbox this host cannot hold is refused before it starts")
     up.add_argument("--persistence", action="store_true", help="enable AOF and RDB saves (off by default)")
     up.add_argument("--quiet", action="store_true", help="no progress bar")
     up.add_argument("--acl", action="store_true",

@@ -23,6 +23,7 @@ from redis.crc import key_slot
 from tqdm.auto import tqdm
 
 import runbook_lib.sandbox.network as network
+import runbook_lib.sandbox.sizing as sizing
 from runbook_lib import acl as acl_rules
 from runbook_lib.addresses import meet_address
 from runbook_lib.cluster.connection import cluster_client, node_client
@@ -108,7 +109,7 @@ def _port_free(port: int) -> bool:
 
 
 def _node_config(port: int, node_dir: Path, security: list[str], persistence: bool, tls: bool = False,
-                 bind: str = "127.0.0.1", hostname: str = "") -> str:
+                 bind: str = "127.0.0.1", hostname: str = "", maxmemory: int = sizing.MIN_MAXMEMORY) -> str:
     """redis.conf for one node; with TLS it listens only on a TLS port (the cluster bus and replication too); with a
     hostname it announces it and sends clients there."""
     lines = [
@@ -116,7 +117,7 @@ def _node_config(port: int, node_dir: Path, security: list[str], persistence: bo
         f"bind {bind}", f"dir {node_dir}", "daemonize yes",
         f"pidfile {node_dir / 'redis.pid'}", f"logfile {node_dir / 'redis.log'}",
         "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000",
-        "maxmemory 1gb", "maxmemory-policy noeviction", "enable-debug-command local",
+        f"maxmemory {maxmemory}", "maxmemory-policy noeviction", "enable-debug-command local",
         *security,
     ]
     if hostname:
@@ -188,11 +189,12 @@ class Sandbox:
         return alive
 
     def up(self, layout: SandboxLayout, keys: int = 200_000, persistence: bool = False, progress: bool = True,
-           acl: bool = False, tls: bool = False) -> dict:
+           acl: bool = False, tls: bool = False, values: str = "mixed") -> dict:
         """Start the existing cluster with data and the new nodes unjoined; write params for it.
 
         `acl`: the default user is off, the runbook connects as a least-privilege `runbook` user and replicas sync as
         `replicator`; the sandbox sets itself up as `admin`. `tls`: a throwaway CA, and every connection over TLS.
+        `values`: the data's profile (`sample_keys`); each node's maxmemory is sized from it and the keys.
         """
         if self.running_pids():
             raise SandboxError(f"a sandbox is already up in {self.root}; run `runbook sandbox down --dir {self.root}` first")
@@ -209,6 +211,10 @@ class Sandbox:
             raise SandboxError(f"--hosts {layout.hosts} needs network namespaces: {missing}")
         if layout.rtt_ms and (missing := network.netem_unavailable()):
             raise SandboxError(f"--rtt-ms needs tc netem (the kernel's sch_netem), which this machine lacks: {missing}")
+        if values not in VALUES:
+            raise SandboxError(f"--values must be one of {', '.join(VALUES)}, not {values!r}")
+        fp = sizing.footprint(keys, values, layout.masters, layout.replicas)
+        sizing.check_host(fp)
         server = redis_binary()
         if self.root.exists():
             network.remove(self.root)
@@ -217,7 +223,7 @@ class Sandbox:
         password = _secret_file(self.password_path)
         hosts = network.plan(layout.port, layout.hosts, layout.ipv6) if layout.hosts > 1 else []
         state = {"layout": asdict(layout), "ports": layout.all_ports, "started": time.time(), "acl": acl, "tls": tls,
-                 "hosts": [asdict(h) for h in hosts]}
+                 "hosts": [asdict(h) for h in hosts], "keys": keys, "values": values, "maxmemory": fp.maxmemory}
         self.state_path.write_text(json.dumps(state, indent=2))
         if hosts:
             network.create(self.root, layout.port, hosts, layout.rtt_ms)
@@ -234,7 +240,8 @@ class Sandbox:
             conf.touch(mode=0o600)
             host = hosts[layout.host_index(port)] if hosts else None
             conf.write_text(_node_config(port, node_dir, security, persistence, tls, bind=host.ip if host else "127.0.0.1",
-                                         hostname=host.name if host and layout.announce_hostnames else ""))
+                                         hostname=host.name if host and layout.announce_hostnames else "",
+                                         maxmemory=fp.maxmemory))
             prefix = network.exec_prefix(host.namespace) if host else []
             proc = subprocess.run([*prefix, server, str(conf)], capture_output=True, text=True)
             if proc.returncode != 0:
@@ -245,7 +252,7 @@ class Sandbox:
             self._wait_ready(layout.all_ports, creds)
             self._create_cluster(layout, creds)
             if keys:
-                load_data(self.address(layout.port), creds, keys, progress=progress)
+                load_data(self.address(layout.port), creds, keys, progress=progress, values=values)
         except BaseException:
             self.down()
             raise
@@ -385,34 +392,46 @@ def _is_our_redis(pid: int, port: int) -> bool:
     return "redis-server" in cmdline and f":{port}" in cmdline
 
 
-def sample_keys(count: int, seed: int = 7):
-    """Deterministic mixed data set: (key, type, value) with strings of varied size, hashes, lists, sets, zsets, hash tags."""
+VALUES = ("mixed", "small")
+
+
+def sample_keys(count: int, seed: int = 7, values: str = "mixed"):
+    """Deterministic data set: (key, type, value) of strings, hashes, lists, sets, zsets and hash tags. `mixed` has
+    strings up to 4 KiB and collections up to 30 members; `small` (many keys in little memory) strings up to 64 bytes
+    and collections up to 5."""
+    if values not in VALUES:
+        raise SandboxError(f"values must be one of {', '.join(VALUES)}, not {values!r}")
+    small = values == "small"
+    sizes = (8, 16, 32, 48, 64) if small else (16, 64, 256, 1024, 4096)
+    most = 5 if small else 30
     rng = random.Random(seed)
     for i in range(count):
         r = rng.random()
         if r < 0.05:
             yield f"{{user:{i % 500}}}:session:{i}", "string", "s" * rng.randint(8, 64)
         elif r < 0.65:
-            yield f"str:{i}", "string", "v" * rng.choice((16, 64, 256, 1024, 4096))
+            yield f"str:{i}", "string", "v" * rng.choice(sizes)
         elif r < 0.77:
-            yield f"hash:{i}", "hash", {f"f{j}": str(j * i) for j in range(rng.randint(2, 20))}
+            yield f"hash:{i}", "hash", {f"f{j}": str(j * i) for j in range(rng.randint(2, min(most, 20)))}
         elif r < 0.86:
-            yield f"list:{i}", "list", [str(j) for j in range(rng.randint(2, 30))]
+            yield f"list:{i}", "list", [str(j) for j in range(rng.randint(2, most))]
         elif r < 0.94:
-            yield f"set:{i}", "set", [str(j) for j in range(rng.randint(2, 30))]
+            yield f"set:{i}", "set", [str(j) for j in range(rng.randint(2, most))]
         else:
-            yield f"zset:{i}", "zset", {f"m{j}": float(j) for j in range(rng.randint(2, 30))}
+            yield f"zset:{i}", "zset", {f"m{j}": float(j) for j in range(rng.randint(2, most))}
 
 
-def load_data(seed: str, creds: Credentials, count: int, progress: bool = True, chunk: int = 2000) -> int:
-    """Load `count` sample keys, pipelined straight to each slot's owner; returns the keys written."""
+def load_data(seed: str, creds: Credentials, count: int, progress: bool = True, chunk: int = 2000,
+              values: str = "mixed") -> int:
+    """Load `count` sample keys, pipelined straight to each slot's owner; returns the keys written. A master that
+    reaches its maxmemory stops the load with a SandboxError that says how far it got."""
     view = read_view(node_client(seed, creds), seed)
     owners = view.owners()
     address = {e.id: e.address for e in view.entries.values()}
     pipes = {i: node_client(a, creds).pipeline(transaction=False) for i, a in address.items()}
     bar = tqdm(total=count, unit="key", desc="loading sandbox data", disable=not progress)
-    pending = 0
-    for key, kind, value in sample_keys(count):
+    pending = written = 0
+    for key, kind, value in sample_keys(count, values=values):
         pipe = pipes[owners[key_slot(key.encode())]]
         if kind == "string":
             pipe.set(key, value)
@@ -426,24 +445,34 @@ def load_data(seed: str, creds: Credentials, count: int, progress: bool = True, 
             pipe.zadd(key, value)
         pending += 1
         if pending == chunk:
-            for p in pipes.values():
-                p.execute()
+            _flush(pipes, address, written)
+            written += pending
             bar.update(pending)
             pending = 0
-    for p in pipes.values():
-        p.execute()
+    _flush(pipes, address, written)
     bar.update(pending)
     bar.close()
     return count
 
 
-def changed_keys(seed: str, creds: Credentials, count: int, limit: int = 10) -> list[str]:
+def _flush(pipes: dict, address: dict, written: int) -> None:
+    """Send each master's pipelined writes; out of memory is the sandbox's sizing error, not a traceback."""
+    for node, pipe in pipes.items():
+        try:
+            pipe.execute()
+        except redis.exceptions.OutOfMemoryError as e:
+            raise SandboxError(f"the master {address[node]} reached its maxmemory after about {written:,} keys ({e}); "
+                               "the sandbox sizes maxmemory from the keys and their values, so this host's memory or "
+                               "that estimate is short: load fewer keys or use --values small") from e
+
+
+def changed_keys(seed: str, creds: Credentials, count: int, limit: int = 10, values: str = "mixed") -> list[str]:
     """The sample keys (as `load_data` wrote `count` of them) whose value now differs or is missing, read through a
     cluster client: a value-level check that an expansion left the data unchanged. At most `limit` are named."""
     client = cluster_client([seed], creds)
     changed: list[str] = []
     try:
-        for key, kind, value in sample_keys(count):
+        for key, kind, value in sample_keys(count, values=values):
             if kind == "string":
                 same = client.get(key) == value
             elif kind == "hash":

@@ -7,6 +7,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from runbook_lib import meminfo
 from runbook_lib.addresses import format_address, parse_address, resolve
 
 LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}
@@ -40,15 +41,7 @@ def is_local(host: str) -> bool:
 
 def mem_total(root: Path = Path("/")) -> int | None:
     """This host's RAM in bytes (MemTotal of /proc/meminfo), or None when it cannot be read."""
-    try:
-        for line in (root / "proc/meminfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name == "MemTotal":
-                fields = value.split()
-                return int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return meminfo.read("MemTotal", root)
 
 
 def kernel_settings(root: Path = Path("/")) -> dict[str, str | OSError]:

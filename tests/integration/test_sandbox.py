@@ -8,9 +8,10 @@ import stat
 
 import pytest
 
+from runbook_lib.cluster.connection import node_client
 from runbook_lib.cluster.topology import observe
 from runbook_lib.exceptions import SandboxError
-from runbook_lib.sandbox import Sandbox, SandboxLayout
+from runbook_lib.sandbox import Sandbox, SandboxLayout, load_data
 from tests.conftest import module_sandbox, port_block, start_sandbox
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,31 @@ def test_password_file_is_owner_only_and_params_do_not_hold_it(sandbox):
 def test_second_up_is_refused(sandbox):
     with pytest.raises(SandboxError, match="already up"):
         sandbox.up(SandboxLayout(port=PORT), keys=0, progress=False)
+
+
+def test_each_node_gets_the_maxmemory_sized_from_the_keys(sandbox):
+    sized = sandbox.state()["maxmemory"]
+    for port in range(PORT, PORT + 8):
+        assert node_client(f"127.0.0.1:{port}", sandbox.admin_credentials()).config_get("maxmemory") == \
+            {"maxmemory": str(sized)}
+
+
+def test_a_sandbox_this_host_cannot_hold_is_refused_before_any_node_starts(tmp_path):
+    root = tmp_path / "huge"
+    with pytest.raises(SandboxError, match=r"keys of mixed values need about .* GiB .* available; load at most"):
+        Sandbox(root).up(SandboxLayout(port=OTHER), keys=10**12, progress=False)
+    assert not root.exists()
+
+
+def test_a_master_out_of_memory_stops_the_load_with_a_sandbox_error(sandbox):
+    master = node_client(f"127.0.0.1:{PORT}", sandbox.admin_credentials())
+    before = master.config_get("maxmemory")["maxmemory"]
+    master.config_set("maxmemory", master.info("memory")["used_memory"] + 2**20)
+    try:
+        with pytest.raises(SandboxError, match=rf"the master 127.0.0.1:{PORT} reached its maxmemory after about"):
+            load_data(f"127.0.0.1:{PORT}", sandbox.admin_credentials(), 20_000, progress=False)
+    finally:
+        master.config_set("maxmemory", before)
 
 
 def test_taken_port_is_refused(tmp_path):

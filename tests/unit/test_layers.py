@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "runbook_lib"
 BASE = {"runbook_lib", "runbook_lib.acl", "runbook_lib.addresses", "runbook_lib.config", "runbook_lib.exceptions",
-        "runbook_lib.checks", "runbook_lib.files", "runbook_lib.progress"}
+        "runbook_lib.checks", "runbook_lib.files", "runbook_lib.meminfo", "runbook_lib.progress"}
 ALLOWED = {
     "base": BASE,
     "cluster": BASE | {"runbook_lib.cluster"},
