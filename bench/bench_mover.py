@@ -64,7 +64,7 @@ from runbook_lib.cluster.mover import Mover
 from runbook_lib.cluster.topology import observe
 from runbook_lib.config import BigKeys, Gates, Migration
 from runbook_lib.exceptions import PaceStop, SandboxError
-from runbook_lib.sandbox import Sandbox, SandboxLayout, redis_binary
+from runbook_lib.sandbox import VALUES, Sandbox, SandboxLayout, redis_binary
 from runbook_lib.sections import nodes
 from runbook_lib.sections.validate import health, key_count
 from runbook_lib.watch.migrate_cost import migrate_costs
@@ -292,7 +292,7 @@ def one_round(number: int, config: str, workdir: Path, args) -> Result:
     began = time.time()
     sb = Sandbox(workdir / f"round{number}-{config.replace(' ', '-')}-{args.port}")
     layout = SandboxLayout(port=args.port, hosts=args.hosts, rtt_ms=args.rtt_ms)
-    sb.up(layout, keys=args.keys, progress=False)
+    sb.up(layout, keys=args.keys, progress=False, values=args.values)
     sampler = None
     try:
         creds = sb.credentials()
@@ -427,6 +427,8 @@ def configurations(rates: str, only: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=200_000, help="sandbox keys (default 200000)")
+    parser.add_argument("--values", choices=VALUES, default="mixed",
+                        help="the data's profile (`runbook sandbox up --values`; default mixed)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (default 3)")
     parser.add_argument("--move-s", type=float, default=48.0,
                         help="seconds each of our configurations and the reshard move slots, stopping between slots "
@@ -452,7 +454,8 @@ def main() -> None:
     configs = configurations(args.rates, args.only)
     began = time.time()
     results: list[Result] = []
-    print(f"{args.keys} keys, 3+3 -> 4+4, {args.rounds} round(s) of {len(configs)} configuration(s); our moves and "
+    print(f"{args.keys} keys ({args.values} values), 3+3 -> 4+4, {args.rounds} round(s) of {len(configs)} "
+          f"configuration(s); our moves and "
           f"the reshard: {args.move_s:g} s or {args.slots} slots; probe {args.probe_rate:g} req/s; budget "
           f"+{args.budget_pct:g} %; control: quiet spells (ours), pauses between batches (reshard), none (rebalance: "
           f"baseline only); baseline: {args.baseline_s:g} s at rest before the move; "

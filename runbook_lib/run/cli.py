@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keys", type=int, default=200_000, help="keys of mixed types to load (default 200000)")
     up.add_argument("--values", choices=VALUES, default="mixed",
                     help="the data's profile: mixed (default; strings up to 4 KiB, collections up to 30 members, "
-                         "about 1000 bytes a key) or small (strings up to 64 bytes, collections up to 5, about 120 "
+                         "about 1000 bytes a key) or small (strings up to 64 bytes, collections up to 5, about 150 "
                          "bytes a key: tens of millions of keys on one machine). Each node's maxmemory is sized from "
                          "the keys, and a sandbox this host cannot hold is refused before it starts")
     up.add_argument("--persistence", action="store_true", help="enable AOF and RDB saves (off by default)")
